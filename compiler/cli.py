@@ -1,0 +1,134 @@
+"""``python -m compiler`` / ``sparsemac``: argument parsing and printing only; every command
+calls a library function that the tests call too.
+
+Any :class:`~compiler.errors.SparsemacError` becomes one line on stderr and exit status 2
+(1 for a hardware/reference mismatch); unexpected exceptions are reported in one line too,
+with ``SPARSEMAC_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import SparsemacError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False, soft_wrap=True)
+
+
+def cmd_build(args) -> int:
+    from .build import BuildConfig, build
+
+    config = BuildConfig(model=args.model, board=args.board, pes=args.pes,
+                         calibration=args.calibration, out=args.out,
+                         trust_pickle=args.trust_pickle, index_bits=args.index_bits,
+                         queue_depth=args.queue_depth, dense=args.dense)
+    console = _console()
+    with console.status("building") as status:
+        result = build(config, on_step=lambda name: status.update(f"build step: {name}"))
+    r = result.report
+    c = r["cycles"]
+    console.print(f"[bold]{r['model']}[/] -> {result.out_dir} ({r['board']}, {r['pes']} PEs)")
+    console.print(f"  sparsity {100 * r['totals']['sparsity']:.1f} % "
+                  f"({r['totals']['nnz']}/{r['totals']['weights']} weights), "
+                  f"index bits {r['index_bits']}")
+    console.print(f"  cycles per inference: ideal {c['ideal']:.1f}, PE bound {c['pe_bound']:.1f}, "
+                  f"dense {c['dense']}")
+    console.print(f"  Verilog {r['verilog']}; report {result.out_dir / 'report.md'}")
+    if r.get("bitstream"):
+        console.print(f"  bitstream {r['bitstream']} (Fmax {r['fmax_mhz']} MHz)")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .simulate import simulate
+
+    console = _console()
+    with console.status(f"simulating on {args.simulator}"):
+        result = simulate(args.dir, simulator=args.simulator, inputs=args.inputs,
+                          outputs=args.outputs, waves=args.waves, limit=args.limit)
+    sim = result.report["cycles"]["simulation"]
+    console.print(f"{len(result.hw)} inferences on {args.simulator}: RTL == reference "
+                  f"(bit-exact)")
+    console.print(f"  cycles per inference {sim['measured_mean']:.1f} "
+                  f"(ideal {sim['ideal_mean']:.1f}, {sim['ratio_to_ideal']:.3f} x; dense "
+                  f"{result.report['cycles']['dense']}, {sim['dense_to_measured']:.2f} x slower)")
+    console.print(f"  outputs {result.outputs_path}")
+    if args.waves:
+        console.print(f"  waveform in {os.path.join(args.dir, 'sim_' + args.simulator)}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    from boards import board_names
+
+    parser = _Parser(prog="python -m compiler",
+                     description="sparsemac: pruned PyTorch model -> sparse FPGA accelerator")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("build", help="compile a model to Verilog (and a bitstream)")
+    p.add_argument("model", help="torch.save(model) or TorchScript file")
+    p.add_argument("--board", required=True, help=f"one of: {', '.join(board_names())}")
+    p.add_argument("--pes", type=_positive, default=8, help="processing elements (default 8)")
+    p.add_argument("--calibration", help=".npy float32 [N, in_features] (default: digits)")
+    p.add_argument("--out", help="build folder (default build/<model>-<board>)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle that needs arbitrary classes (runs its code!)")
+    p.add_argument("--index-bits", type=_positive, help="relative row index width")
+    p.add_argument("--queue-depth", type=_positive, help="PE-to-PE job queue depth")
+    p.add_argument("--dense", action="store_true",
+                   help="store and process every weight and input (baseline for benchmarks)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("simulate", help="run the Verilog in cocotb against the reference model")
+    p.add_argument("dir", help="build folder")
+    p.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus")
+    p.add_argument("--inputs", help=".npy float32 [N, in_features] (default: first 100 of the "
+                                    "calibration set)")
+    p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
+                                     "cycles)")
+    p.add_argument("--limit", type=_positive, help="simulate only the first N inputs")
+    p.add_argument("--waves", action="store_true", help="write an FST waveform")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SparsemacError as e:
+        from .simulate import RTLMismatch
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, RTLMismatch) else 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line, the traceback on request
+        if os.environ.get("SPARSEMAC_DEBUG"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (please report it; set "
+              f"SPARSEMAC_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 3

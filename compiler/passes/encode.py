@@ -1,0 +1,184 @@
+"""Sparsity encoding: EIE-style per-PE column-compressed memory images.
+
+Each PE stores, for every column of every layer, its nonzero weights in that column as
+(int8 value, relative row index) words, plus a column pointer (start, count). A relative index
+counts the PE's local rows skipped since the previous entry; where a gap does not fit
+``index_bits``, a padding entry (value 0, index ``2**index_bits - 1``) bridges it.
+
+Hidden layers are renumbered: the input column of layer ``m`` that carries output ``i`` of PE
+``j`` in layer ``m-1`` is ``j * row_slots[m-1] + i``. The compiler is free to permute hidden
+neurons, so each PE can send its outputs without any global reordering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import ACT_MIN, MULTIPLIER_BITS, LaneImage, Model, SparseProgram, Widths
+from .assign import assign_rows
+
+__all__ = ["encode"]
+
+
+def _encode_column(local_rows: np.ndarray, values: np.ndarray, index_bits: int):
+    """Relative-index encoding of one column of one PE: ([values], [indices])."""
+    limit = (1 << index_bits) - 1
+    out_v, out_i = [], []
+    prev = -1
+    for row, value in zip(local_rows.tolist(), values.tolist()):
+        gap = row - prev - 1
+        while gap > limit:
+            out_v.append(0)
+            out_i.append(limit)
+            prev += limit + 1
+            gap = row - prev - 1
+        out_v.append(value)
+        out_i.append(gap)
+        prev = row
+    return out_v, out_i
+
+
+def _choose_index_bits(gaps: list[int], entries: int, row_slots) -> int:
+    """Narrowest relative-index field whose padding costs at most 1 % more entries (a padding
+    entry costs a cycle and a word), never wider than the deepest PE needs."""
+    gaps = np.asarray(gaps, dtype=np.int64)
+    widest = max(1, int(max(row_slots) - 1).bit_length())
+    for bits in range(1, widest):
+        if int((gaps >> bits).sum()) <= 0.01 * max(entries, 1):
+            return bits
+    return widest
+
+
+def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=None,
+           skip_zero_activations: bool = True) -> SparseProgram:
+    """Build the memory images of ``model`` (quantized) for ``pes`` processing elements.
+
+    ``index_bits``: width of the relative row index (None: the narrowest with <= 1 % padding).
+
+    ``activity``: optional list, per layer, of bool [S, in_features] (which inputs are nonzero
+    on calibration data, model order), used to balance the PEs. With
+    ``skip_zero_activations=False`` the images describe a dense array: every weight is stored
+    and every input column is processed, zero or not (the baseline for benchmarks).
+    """
+    if not model.quantized:
+        raise ValueError("encode needs a quantized model")
+    if pes < 1:
+        raise ValueError(f"pes must be at least 1, not {pes}")
+    if index_bits is not None and not 1 <= index_bits <= 16:
+        raise ValueError(f"index_bits must be in 1..16, not {index_bits}")
+    dense = not skip_zero_activations
+    layers = model.layers
+    n_layers = len(layers)
+
+    owners = []
+    for m, layer in enumerate(layers):
+        mask = layer.quant.weight != 0
+        act = None if activity is None else np.asarray(activity[m], dtype=bool)
+        owners.append(assign_rows(np.ones_like(mask) if dense else mask, pes, act))
+    row_slots = tuple(max(1, max(len(r) for r in owners[m])) for m in range(n_layers))
+    row_base = tuple(int(x) for x in np.concatenate([[0], np.cumsum(row_slots)[:-1]]))
+
+    # model column feeding each program column of each layer (-1: an unused slot)
+    col_source = [np.arange(layers[0].in_features)]
+    for m in range(1, n_layers):
+        src = np.full(pes * row_slots[m - 1], -1, dtype=np.int64)
+        for j, rows in enumerate(owners[m - 1]):
+            src[j * row_slots[m - 1]: j * row_slots[m - 1] + len(rows)] = rows
+        col_source.append(src)
+    col_counts = [len(s) for s in col_source]
+    ptr_base = tuple(int(x) for x in np.concatenate([[0], np.cumsum(col_counts)[:-1]]))
+
+    if index_bits is None:
+        gaps, entries = [], 0
+        for m, layer in enumerate(layers):
+            w = layer.quant.weight
+            for rows in owners[m]:
+                for src in col_source[m]:
+                    if src >= 0 and len(rows):
+                        local = np.arange(len(rows)) if dense else np.flatnonzero(w[rows, src])
+                        gaps += np.diff(local, prepend=-1).tolist()
+                        entries += len(local)
+        index_bits = _choose_index_bits([g - 1 for g in gaps], entries, row_slots)
+
+    lanes_v = [[] for _ in range(pes)]
+    lanes_i = [[] for _ in range(pes)]
+    ptr_start = np.zeros((pes, sum(col_counts)), dtype=np.int64)
+    ptr_count = np.zeros((pes, sum(col_counts)), dtype=np.int64)
+    for m, layer in enumerate(layers):
+        w = layer.quant.weight
+        for k, rows in enumerate(owners[m]):
+            for c, src in enumerate(col_source[m]):
+                p = ptr_base[m] + c
+                ptr_start[k, p] = len(lanes_v[k])
+                if src < 0 or len(rows) == 0:
+                    continue
+                column = w[rows, src].astype(np.int64)
+                local = np.arange(len(rows)) if dense else np.flatnonzero(column)
+                values, indices = _encode_column(local, column[local], index_bits)
+                lanes_v[k] += values
+                lanes_i[k] += indices
+                ptr_count[k, p] = len(values)
+
+    widths = _widths([np.abs(layer.quant.weight.astype(np.int64)).sum(axis=1) for layer in layers],
+                     [layer.quant.bias for layer in layers])
+    # A shift this large rounds every reachable product to 0: store the equivalent (0, 1) so
+    # the rounding term always fits the product register.
+    never = widths.biased + MULTIPLIER_BITS
+
+    total_rows = sum(row_slots)
+    lanes = []
+    for k in range(pes):
+        bias = np.zeros(total_rows, dtype=np.int64)
+        mult = np.zeros(total_rows, dtype=np.int64)
+        shift = np.ones(total_rows, dtype=np.int64)
+        fanout = np.zeros(total_rows, dtype=np.int64)
+        for m, layer in enumerate(layers):
+            rows = owners[m][k]
+            sl = slice(row_base[m], row_base[m] + len(rows))
+            bias[sl] = layer.quant.bias[rows]
+            vanishes = layer.quant.shift[rows] >= never
+            mult[sl] = np.where(vanishes, 0, layer.quant.multiplier[rows])
+            shift[sl] = np.where(vanishes, 1, layer.quant.shift[rows])
+            if m + 1 < n_layers:
+                for i in range(len(rows)):
+                    p = ptr_base[m + 1] + k * row_slots[m] + i
+                    fanout[row_base[m] + i] = sum(1 << j for j in range(pes)
+                                                  if ptr_count[j, p] > 0)
+        lanes.append(LaneImage(
+            rows=tuple(np.asarray(r, dtype=np.int64) for r in (owners[m][k]
+                                                               for m in range(n_layers))),
+            entry_value=np.array(lanes_v[k], dtype=np.int8),
+            entry_index=np.array(lanes_i[k], dtype=np.int64),
+            ptr_start=ptr_start[k], ptr_count=ptr_count[k],
+            bias=bias, multiplier=mult, shift=shift, fanout=fanout))
+
+    input_fanout = np.array([sum(1 << j for j in range(pes) if ptr_count[j, c] > 0)
+                             for c in range(layers[0].in_features)], dtype=np.int64)
+    out_lane = np.zeros(model.out_features, dtype=np.int64)
+    out_row = np.zeros(model.out_features, dtype=np.int64)
+    for k, rows in enumerate(owners[-1]):
+        out_lane[rows] = k
+        out_row[rows] = np.arange(len(rows))
+    return SparseProgram(
+        model=model, pes=pes, index_bits=index_bits, row_slots=row_slots, row_base=row_base,
+        ptr_base=ptr_base, lanes=tuple(lanes), input_fanout=input_fanout,
+        output_lane=out_lane, output_row=out_row, widths=widths,
+        skip_zero_activations=skip_zero_activations).verify()
+
+
+def _signed_bits(bound: int) -> int:
+    """Bits of a signed integer holding every value in [-bound, bound]."""
+    return max(2, int(bound).bit_length() + 1)
+
+
+def _widths(mats_abs_sums, biases) -> Widths:
+    """Worst case over all int8 inputs: |x| <= 128 for every input."""
+    worst_input = -ACT_MIN
+    acc_bound = max((int(s.max(initial=0)) for s in mats_abs_sums), default=0) * worst_input
+    biased_bound = max((int((s * worst_input + np.abs(b)).max(initial=0))
+                        for s, b in zip(mats_abs_sums, biases)), default=0)
+    biased = _signed_bits(biased_bound)
+    return Widths(accumulator=_signed_bits(acc_bound), biased=biased,
+                  product=biased + MULTIPLIER_BITS + 1)

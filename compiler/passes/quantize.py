@@ -1,0 +1,85 @@
+"""Post-training quantization: int8 weights per output channel, int8 activations calibrated on
+sample inputs, int32 biases, and a fixed-point multiplier and shift per output row.
+
+The integer arithmetic these parameters drive is defined in :mod:`compiler.reference`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ..errors import SparsemacError
+from ..ir import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX, Layer, Model, Quantization
+
+__all__ = ["quantize", "quantize_multiplier", "float_forward", "QuantizationError"]
+
+
+class QuantizationError(SparsemacError):
+    pass
+
+
+def float_forward(model: Model, x: np.ndarray) -> list[np.ndarray]:
+    """Float activations of every layer (input first), as PyTorch would compute them."""
+    acts = [np.asarray(x, dtype=np.float64)]
+    for layer in model.layers:
+        y = acts[-1] @ layer.weight.astype(np.float64).T + layer.bias
+        acts.append(np.maximum(y, 0.0) if layer.relu else y)
+    return acts
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """``real ≈ multiplier * 2**-shift`` with ``2**(B-1) <= multiplier < 2**B``, B =
+    MULTIPLIER_BITS. Too small to represent: (0, 1), which requantizes everything to 0."""
+    if not math.isfinite(real) or real < 0:
+        raise QuantizationError(f"requantization scale {real} is not a finite positive number")
+    if real == 0:
+        return 0, 1
+    exponent = math.floor(math.log2(real))
+    shift = MULTIPLIER_BITS - 1 - exponent
+    multiplier = round(real * 2.0 ** shift)
+    if multiplier == 2 ** MULTIPLIER_BITS:
+        multiplier //= 2
+        shift -= 1
+    if shift > SHIFT_MAX:
+        return 0, 1
+    if shift < 1:
+        raise QuantizationError(f"requantization scale {real:g} is too large (layer outputs are "
+                                f"far smaller than its inputs); recalibrate on other data")
+    return multiplier, shift
+
+
+def _activation_scale(values: np.ndarray) -> float:
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    return peak / ACT_MAX if peak > 0 else 1.0
+
+
+def quantize(model: Model, calibration: np.ndarray) -> Model:
+    """Quantize ``model`` with activation ranges measured on ``calibration`` (float [N, in])."""
+    acts = float_forward(model, calibration)
+    scales = [_activation_scale(a) for a in acts]
+    layers = []
+    for i, layer in enumerate(model.layers):
+        in_scale, out_scale = scales[i], scales[i + 1]
+        w = layer.weight.astype(np.float64)
+        peak = np.abs(w).max(axis=1)
+        nonzero = peak > 0
+        w_scale = np.where(nonzero, peak / WEIGHT_MAX, peak.max() / WEIGHT_MAX if nonzero.any()
+                           else 1.0)
+        w_q = np.clip(np.rint(w / w_scale[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+        bias_q = np.rint(layer.bias.astype(np.float64) / (in_scale * w_scale))
+        if (np.abs(bias_q) >= 2 ** 31).any():
+            row = int(np.argmax(np.abs(bias_q)))
+            raise QuantizationError(
+                f"layer {layer.name!r}: bias of row {row} does not fit int32 after quantization "
+                f"({layer.bias[row]:g} at scale {in_scale * w_scale[row]:g}); the bias dwarfs the "
+                f"weights - check the model or calibrate on representative inputs")
+        mults, shifts = zip(*(quantize_multiplier(in_scale * s / out_scale) for s in w_scale))
+        q = Quantization(
+            weight=w_q, bias=bias_q.astype(np.int64),
+            multiplier=np.array(mults, dtype=np.int64), shift=np.array(shifts, dtype=np.int64),
+            weight_scale=w_scale, in_scale=in_scale, out_scale=out_scale)
+        layers.append(dataclasses.replace(layer, quant=q))
+    return dataclasses.replace(model, layers=tuple(layers)).verify()

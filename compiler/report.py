@@ -1,0 +1,167 @@
+"""Build reports: ``report.json`` for machines, ``report.md`` for people.
+
+``simulate`` adds the measured cycles to the same files (see :func:`record_simulation`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .reference import dense_cycles
+
+__all__ = ["build_report", "write_report", "read_report", "record_simulation"]
+
+
+def build_report(state) -> dict:
+    from hw.images import geometry, memory_bits
+
+    program, config, run = state.program, state.config, state.reference_run
+    geo = geometry(program, queue_depth=config.queue_depth)
+    layers = []
+    for m, layer in enumerate(program.layers):
+        ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.column_count(m))
+        pe_entries = [int(lane.ptr_count[ptr].sum()) for lane in program.lanes]
+        layers.append({
+            "name": layer.name,
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+            "nnz": layer.nnz,
+            "sparsity": round(layer.sparsity, 6),
+            "relu": layer.relu,
+            "in_scale": layer.quant.in_scale,
+            "out_scale": layer.quant.out_scale,
+            "pe_rows": [len(lane.rows[m]) for lane in program.lanes],
+            "pe_entries": pe_entries,
+            "padding_entries": int(sum(pe_entries) - layer.nnz) if not config.dense else 0,
+            "nnz_active_mean": round(float(run.nnz_active[:, m].mean()), 3),
+            "pe_active_entries_mean": [round(float(v), 3)
+                                       for v in run.lane_entries[:, m, :].mean(axis=0)],
+        })
+    weights = sum(layer.in_features * layer.out_features for layer in program.layers)
+    nnz = sum(layer.nnz for layer in program.layers)
+    ideal = run.ideal_cycles
+    bits = memory_bits(geo)
+    return {
+        "model": program.model.name,
+        "model_path": str(config.model),
+        "board": state.board.name,
+        "board_description": state.board.description,
+        "pes": program.pes,
+        "index_bits": program.index_bits,
+        "queue_depth": geo.queue_depth,
+        "dense_mode": config.dense,
+        "in_features": program.model.in_features,
+        "out_features": program.model.out_features,
+        "input_scale": program.model.input_scale,
+        "output_scale": program.model.output_scale,
+        "layers": layers,
+        "totals": {"weights": weights, "nnz": nnz, "sparsity": round(1 - nnz / weights, 6)},
+        "cycles": {
+            "basis": f"calibration data, {len(ideal)} inputs",
+            "ideal": round(float(ideal.mean()), 3),
+            "ideal_min": int(ideal.min()),
+            "ideal_max": int(ideal.max()),
+            "pe_bound": round(float(run.lane_entries.max(axis=2).sum(axis=1).mean()), 3),
+            "dense": dense_cycles(program.model, program.pes),
+            "measured": None,
+        },
+        "widths": {"accumulator": program.widths.accumulator, "biased": program.widths.biased,
+                   "product": program.widths.product},
+        "memory_bits": bits,
+        "verilog": str(state.verilog),
+        "resources": state.board_results.get("resources") or {
+            "source": "estimate from the memory images (no synthesis run)",
+            "memory_bits": sum(bits.values()),
+            "multipliers": 2 * program.pes,
+        },
+        "fmax_mhz": state.board_results.get("fmax_mhz"),
+        "bitstream": state.board_results.get("bitstream"),
+        "steps": dict(state.timings),
+    }
+
+
+def read_report(out_dir) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())
+
+
+def write_report(out_dir, report: dict) -> None:
+    out_dir = Path(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(_markdown(report))
+
+
+def record_simulation(out_dir, report: dict, *, simulator: str, cycles: np.ndarray,
+                      ideal: np.ndarray, outputs: str) -> dict:
+    """Add measured cycles (from the RTL) to the report, against the ideal for the same
+    inputs."""
+    ratio = cycles / np.maximum(ideal, 1)
+    report["cycles"]["measured"] = round(float(cycles.mean()), 3)
+    report["cycles"]["simulation"] = {
+        "simulator": simulator,
+        "inputs": int(len(cycles)),
+        "measured_mean": round(float(cycles.mean()), 3),
+        "measured_min": int(cycles.min()),
+        "measured_max": int(cycles.max()),
+        "ideal_mean": round(float(ideal.mean()), 3),
+        "ratio_to_ideal": round(float(ratio.mean()), 4),
+        "dense_to_measured": round(report["cycles"]["dense"] / float(cycles.mean()), 3),
+        "outputs": outputs,
+    }
+    write_report(out_dir, report)
+    return report
+
+
+def _markdown(r: dict) -> str:
+    c = r["cycles"]
+    lines = [
+        f"# sparsemac build: {r['model']} on {r['board']}",
+        "",
+        f"- board: {r['board_description']}",
+        f"- processing elements: {r['pes']}, relative index bits: {r['index_bits']}, "
+        f"job queue depth: {r['queue_depth']}",
+        f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
+        f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",
+        f"- input scale {r['input_scale']:.6g}, output scale {r['output_scale']:.6g}",
+        f"- Verilog: `{r['verilog']}`",
+        f"- Fmax: {r['fmax_mhz'] if r['fmax_mhz'] is not None else 'not built'} MHz, "
+        f"bitstream: {r['bitstream'] or 'none'}",
+        "",
+        "## Layers",
+        "",
+        "| layer | in | out | nnz | sparsity | ReLU | nonzero in active columns (mean) "
+        "| PE entries min/max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for layer in r["layers"]:
+        lines.append(
+            f"| {layer['name']} | {layer['in_features']} | {layer['out_features']} "
+            f"| {layer['nnz']} | {100 * layer['sparsity']:.1f} % | {'yes' if layer['relu'] else 'no'} "
+            f"| {layer['nnz_active_mean']:.1f} "
+            f"| {min(layer['pe_entries'])}/{max(layer['pe_entries'])} |")
+    lines += [
+        "",
+        "## Cycles per inference",
+        "",
+        f"- ideal, sum over layers of ceil(nonzero weights in active columns / P): "
+        f"{c['ideal']:.1f} (mean over {c['basis']}, range {c['ideal_min']}..{c['ideal_max']})",
+        f"- bound of this PE assignment (busiest PE per layer): {c['pe_bound']:.1f}",
+        f"- dense array of the same size: {c['dense']}",
+    ]
+    sim = c.get("simulation")
+    if sim:
+        lines += [
+            f"- measured in RTL ({sim['simulator']}, {sim['inputs']} inputs): "
+            f"{sim['measured_mean']:.1f} (range {sim['measured_min']}..{sim['measured_max']}), "
+            f"{sim['ratio_to_ideal']:.3f} x ideal; dense / measured = "
+            f"{sim['dense_to_measured']:.2f}",
+        ]
+    else:
+        lines.append("- measured: not simulated yet (`python -m compiler simulate`)")
+    lines += ["", "## Memory (bits)", "", "| kind | bits |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in r["memory_bits"].items()]
+    lines += ["", "## Build steps (seconds)", "", "| step | s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in r.get("steps", {}).items()]
+    return "\n".join(lines) + "\n"

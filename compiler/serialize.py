@@ -1,0 +1,91 @@
+"""Save and load a compiled :class:`~compiler.ir.SparseProgram` without pickle.
+
+A build folder keeps its program as ``program.npz``: plain arrays plus one JSON header, read
+back with ``allow_pickle=False``, so ``simulate`` can check the hardware against the very images
+it was built from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .ir import LaneImage, Layer, LayerKind, Model, Quantization, SparseProgram, Widths
+
+__all__ = ["save_program", "load_program"]
+
+_FORMAT = "sparsemac-program/1"
+_QUANT_ARRAYS = ("weight", "bias", "multiplier", "shift", "weight_scale")
+_LANE_ARRAYS = ("entry_value", "entry_index", "ptr_start", "ptr_count", "bias", "multiplier",
+                "shift", "fanout")
+
+
+def save_program(program: SparseProgram, path) -> None:
+    arrays = {}
+    layers = []
+    for m, layer in enumerate(program.layers):
+        q = layer.quant
+        arrays[f"layer{m}.weight"] = layer.weight
+        arrays[f"layer{m}.bias"] = layer.bias
+        for name in _QUANT_ARRAYS:
+            arrays[f"layer{m}.q.{name}"] = getattr(q, name)
+        layers.append({"name": layer.name, "kind": layer.kind.value, "relu": layer.relu,
+                       "in_scale": q.in_scale, "out_scale": q.out_scale})
+    for k, lane in enumerate(program.lanes):
+        for name in _LANE_ARRAYS:
+            arrays[f"lane{k}.{name}"] = getattr(lane, name)
+        for m, rows in enumerate(lane.rows):
+            arrays[f"lane{k}.rows{m}"] = rows
+    arrays["input_fanout"] = program.input_fanout
+    arrays["output_lane"] = program.output_lane
+    arrays["output_row"] = program.output_row
+    header = {
+        "format": _FORMAT, "name": program.model.name, "layers": layers, "pes": program.pes,
+        "index_bits": program.index_bits, "row_slots": list(program.row_slots),
+        "row_base": list(program.row_base), "ptr_base": list(program.ptr_base),
+        "widths": dataclasses.asdict(program.widths),
+        "skip_zero_activations": program.skip_zero_activations,
+    }
+    arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez_compressed(path, **arrays)
+
+
+def load_program(path) -> SparseProgram:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+        header = json.loads(arrays["header"].tobytes().decode())
+        if header.get("format") != _FORMAT:
+            raise ValueError(f"unknown format {header.get('format')!r}")
+        layers = []
+        for m, info in enumerate(header["layers"]):
+            q = Quantization(**{name: arrays[f"layer{m}.q.{name}"] for name in _QUANT_ARRAYS},
+                             in_scale=info["in_scale"], out_scale=info["out_scale"])
+            w = arrays[f"layer{m}.weight"]
+            layers.append(Layer(name=info["name"], kind=LayerKind(info["kind"]),
+                                in_features=w.shape[1], out_features=w.shape[0], weight=w,
+                                bias=arrays[f"layer{m}.bias"], relu=info["relu"], quant=q))
+        lanes = []
+        for k in range(header["pes"]):
+            lanes.append(LaneImage(
+                rows=tuple(arrays[f"lane{k}.rows{m}"] for m in range(len(layers))),
+                **{name: arrays[f"lane{k}.{name}"] for name in _LANE_ARRAYS}))
+        return SparseProgram(
+            model=Model(name=header["name"], layers=tuple(layers)), pes=header["pes"],
+            index_bits=header["index_bits"], row_slots=tuple(header["row_slots"]),
+            row_base=tuple(header["row_base"]), ptr_base=tuple(header["ptr_base"]),
+            lanes=tuple(lanes), input_fanout=arrays["input_fanout"],
+            output_lane=arrays["output_lane"], output_row=arrays["output_row"],
+            widths=Widths(**header["widths"]),
+            skip_zero_activations=header["skip_zero_activations"]).verify()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no compiled program here; run `python -m compiler build` "
+                         f"first") from None
+    except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise InputError(f"{path}: corrupt compiled program ({e}); rebuild it") from None

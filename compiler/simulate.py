@@ -1,0 +1,135 @@
+"""``simulate``: run a build folder's Verilog in cocotb on Icarus or Verilator and compare every
+output with the reference model, bit for bit."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import reference
+from .arrays import load_features
+from .errors import InputError, SparsemacError
+from .report import read_report, record_simulation
+from .serialize import load_program
+
+__all__ = ["simulate", "run_rtl", "RTLMismatch", "SimulationResult", "DEFAULT_LIMIT"]
+
+#: Inputs simulated when none are given: the first ones of the calibration set.
+DEFAULT_LIMIT = 100
+
+
+@dataclass
+class SimulationResult:
+    hw: np.ndarray            # int [N, out]: what the RTL streamed out
+    reference: np.ndarray     # int [N, out]
+    dequantized: np.ndarray   # float [N, out]
+    cycles: np.ndarray        # int [N]: measured compute cycles per inference
+    ideal: np.ndarray         # int [N]
+    outputs_path: Path
+    report: dict
+
+
+def _build_dir(out_dir) -> Path:
+    out_dir = Path(out_dir)
+    if not (out_dir / "program.npz").is_file() or not (out_dir / "report.json").is_file():
+        raise InputError(f"{out_dir} is not a build folder (no program.npz / report.json); run "
+                         f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
+    return out_dir
+
+
+def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
+             waves: bool = False, limit: int | None = None) -> SimulationResult:
+    """Simulate build folder ``out_dir``; ``inputs``: .npy of real-valued inputs [N, in]
+    (default: the first ``DEFAULT_LIMIT`` of the build's calibration set). Raises ``SimulationFailed`` on any mismatch,
+    after writing the outputs file."""
+    from sim.runner import SIMULATORS
+
+    if simulator not in SIMULATORS:
+        raise InputError(f"unknown simulator {simulator!r}; choose {' or '.join(SIMULATORS)}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, not {limit}")
+    out_dir = _build_dir(out_dir)
+    program = load_program(out_dir / "program.npz")
+    report = read_report(out_dir)
+    features = program.model.in_features
+    if inputs is None:
+        config = json.loads((out_dir / "build_config.json").read_text())
+        if config.get("calibration"):
+            x = load_features(config["calibration"], features, "calibration")
+        else:
+            from .datasets import digits_split
+            x = digits_split()[0]
+        if limit is None:
+            limit = DEFAULT_LIMIT
+    else:
+        x = load_features(inputs, features, "input")
+    if limit is not None:
+        x = x[:limit]
+    xq = reference.quantize_input(x, program.model.input_scale)
+    expected = reference.run(program, xq)
+
+    work = out_dir / f"sim_{simulator}"
+    outputs_path = Path(outputs) if outputs else work / "outputs.npz"
+    try:
+        hw, cycles = run_rtl(out_dir / "sparsemac_top.v", xq, expected.outputs,
+                             simulator=simulator, work_dir=work, waves=waves)
+        failure = None
+    except RTLMismatch as e:
+        hw, cycles, failure = e.hw, e.cycles, e
+    dequantized = reference.dequantize(hw, program.model.output_scale)
+    np.savez(outputs_path, hw=hw, reference=expected.outputs, dequantized=dequantized,
+             cycles=cycles)
+    if failure is not None:
+        raise failure
+    report = record_simulation(out_dir, report, simulator=simulator, cycles=cycles,
+                               ideal=expected.ideal_cycles, outputs=str(outputs_path))
+    return SimulationResult(hw=hw, reference=expected.outputs, dequantized=dequantized,
+                            cycles=cycles, ideal=expected.ideal_cycles,
+                            outputs_path=outputs_path, report=report)
+
+
+class RTLMismatch(SparsemacError):
+    """The RTL's outputs differ from the reference; carries what the RTL produced."""
+
+    def __init__(self, message, hw, cycles):
+        super().__init__(message)
+        self.hw, self.cycles = hw, cycles
+
+
+def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, work_dir,
+            waves: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Stream integer inputs ``xq`` [N, in] through ``verilog`` in cocotb and return the RTL's
+    ``(outputs [N, out], cycles [N])``. Raises :class:`RTLMismatch` unless the outputs equal
+    ``expected`` exactly (checked in the bench and again here)."""
+    from hw.verilog import TOPLEVEL
+    from sim.runner import SimulationFailed, run_cocotb
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    bench = work / "bench.npz"
+    results = work / "results.npz"
+    results.unlink(missing_ok=True)
+    np.savez(bench, inputs=np.asarray(xq, dtype=np.int64),
+             expected=np.asarray(expected, dtype=np.int64))
+    failure = None
+    try:
+        run_cocotb(verilog=Path(verilog), toplevel=TOPLEVEL, simulator=simulator,
+                   build_dir=work, test_module="sim.bench", waves=waves,
+                   extra_env={"SPARSEMAC_BENCH": str(bench.resolve()),
+                              "SPARSEMAC_RESULTS": str(results.resolve())})
+    except SimulationFailed as e:
+        failure = e
+    if not results.is_file():
+        raise failure or SimulationFailed(f"the bench wrote no results; see {work / 'sim.log'}")
+    with np.load(results, allow_pickle=False) as f:
+        hw, cycles = f["hw"], f["cycles"]
+    if failure is None and not np.array_equal(hw, expected):
+        n, o = np.argwhere(hw != expected)[0]
+        failure = SimulationFailed(f"RTL differs from the reference: inference {n}, output "
+                                   f"{o}: RTL {hw[n, o]}, reference {expected[n, o]}")
+    if failure is not None:
+        raise RTLMismatch(str(failure), hw, cycles)
+    return hw, cycles

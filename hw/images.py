@@ -1,0 +1,136 @@
+"""Host side of the memory images: packs a :class:`~compiler.ir.SparseProgram` into the words
+the gateware memories are initialised with, and derives every width and depth from it.
+
+The reference model reads the same :class:`~compiler.ir.LaneImage` arrays, so the two cannot
+drift: this module only fixes bit positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
+
+__all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
+           "pack_entries", "pack_pointers", "pack_rows", "memory_bits"]
+
+
+def _bits(n: int) -> int:
+    """Unsigned bits to hold values 0..n."""
+    return max(1, int(n).bit_length())
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every width and depth of the gateware, derived from one program."""
+    pes: int
+    layers: int
+    in_features: int
+    out_features: int
+    index_bits: int
+    row_slots: tuple
+    max_row_slots: int
+    ptr_depth: int
+    ptr_width: int            # bits of a pointer-memory address (a job's column)
+    entry_depth: tuple        # per lane
+    start_bits: int
+    count_bits: int
+    row_bits: int
+    acc_width: int
+    bias_width: int
+    queue_depth: int
+    input_queue_depth: int
+    skip_zero_activations: bool
+
+    @property
+    def shift_bits(self) -> int:
+        return SHIFT_MAX.bit_length()
+
+
+def geometry(program: SparseProgram, *, queue_depth: int | None = None) -> Geometry:
+    ptr_depth = program.ptr_base[-1] + program.column_count(len(program.layers) - 1)
+    entries = [max(1, len(lane.entry_value)) for lane in program.lanes]
+    max_count = max(int(lane.ptr_count.max(initial=0)) for lane in program.lanes)
+    slots = max(program.row_slots)
+    if queue_depth is None:
+        # A queue never holds more than one layer's outputs of one PE: this depth never stalls.
+        queue_depth = max(2, min(slots, 16))
+    return Geometry(
+        pes=program.pes, layers=len(program.layers),
+        in_features=program.model.in_features, out_features=program.model.out_features,
+        index_bits=program.index_bits, row_slots=tuple(program.row_slots), max_row_slots=slots,
+        ptr_depth=ptr_depth, ptr_width=_bits(ptr_depth - 1),
+        entry_depth=tuple(entries), start_bits=_bits(max(entries)),
+        count_bits=_bits(max(1, max_count)), row_bits=_bits(slots),
+        acc_width=program.widths.accumulator, bias_width=program.widths.biased,
+        queue_depth=queue_depth, input_queue_depth=max(2, program.model.in_features),
+        skip_zero_activations=program.skip_zero_activations)
+
+
+def job_layout(geo: Geometry) -> data.StructLayout:
+    """A job: one nonzero activation sent to one PE - which column, its value, and the parity
+    of the layer that consumes it."""
+    return data.StructLayout({
+        "column": unsigned(geo.ptr_width),
+        "value": signed(8),
+        "tag": unsigned(1),
+    })
+
+
+def entry_layout(geo: Geometry) -> data.StructLayout:
+    return data.StructLayout({"value": signed(8), "index": unsigned(geo.index_bits)})
+
+
+def pointer_layout(geo: Geometry) -> data.StructLayout:
+    return data.StructLayout({"start": unsigned(geo.start_bits),
+                              "count": unsigned(geo.count_bits)})
+
+
+def row_layout(geo: Geometry) -> data.StructLayout:
+    return data.StructLayout({
+        "bias": signed(geo.bias_width),
+        "multiplier": unsigned(MULTIPLIER_BITS),
+        "shift": unsigned(SHIFT_MAX.bit_length()),
+        "fanout": unsigned(geo.pes),
+    })
+
+
+def pack_entries(program: SparseProgram, lane: int, geo: Geometry) -> list:
+    img = program.lanes[lane]
+    layout = entry_layout(geo)
+    words = [layout.const({"value": int(v), "index": int(i)}).as_value().value
+             for v, i in zip(img.entry_value, img.entry_index)]
+    return words or [0]
+
+
+def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
+    img = program.lanes[lane]
+    layout = pointer_layout(geo)
+    return [layout.const({"start": int(s), "count": int(c)}).as_value().value
+            for s, c in zip(img.ptr_start, img.ptr_count)]
+
+
+def pack_rows(program: SparseProgram, lane: int, geo: Geometry) -> list:
+    img = program.lanes[lane]
+    layout = row_layout(geo)
+    return [layout.const({"bias": int(b), "multiplier": int(m), "shift": int(s),
+                          "fanout": int(f)}).as_value().value
+            for b, m, s, f in zip(img.bias, img.multiplier, img.shift, img.fanout)]
+
+
+def memory_bits(geo: Geometry) -> dict:
+    """Storage the design needs, by kind, in bits (what the fit check weighs against a
+    board's block RAM)."""
+    job_bits = job_layout(geo).size
+    return {
+        "weights": sum(geo.entry_depth) * (8 + geo.index_bits),
+        "pointers": geo.pes * geo.ptr_depth * (geo.start_bits + geo.count_bits),
+        "row_parameters": geo.pes * sum(geo.row_slots) * row_layout(geo).size,
+        "accumulators": geo.pes * 2 * geo.max_row_slots * geo.acc_width,
+        "job_queues": geo.pes * geo.pes * geo.queue_depth * job_bits,
+        "input_queues": geo.pes * geo.input_queue_depth * job_bits,
+        "outputs": geo.pes * max(2, geo.row_slots[-1]) * 8,
+    }

@@ -1,0 +1,333 @@
+"""One processing element of the sparse MAC array.
+
+A PE owns some output rows of every layer. It takes *jobs* (a nonzero activation: column,
+value) from its source queues - one per PE, plus the input loader - looks up its column pointer,
+walks its nonzero weights of that column one per cycle and accumulates ``weight * activation``
+into the owning row. When it has consumed every job of a layer, it requantizes its rows and
+pushes each nonzero result as a job to exactly the PEs that hold weights in that column.
+
+Layers overlap: a PE starts the next layer's jobs as soon as any PE has sent some, while slower
+PEs finish the previous layer. Accumulators are double-banked by layer parity, and every job
+carries the parity of the layer that consumes it.
+
+Pipeline (one entry per cycle, no stalls once a job is popped)::
+
+    pop (arbiter) -> pointer read -> walker issues entry reads -> decode row, multiply
+                  -> read-modify-write accumulator bank
+    writeback: read bank + row parameters -> Requantizer -> push job / write output
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from compiler.ir import SparseProgram
+
+from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_pointers, pack_rows,
+                     pointer_layout, row_layout)
+from .requant import Requantizer
+
+__all__ = ["SparsePE"]
+
+
+def _table(values, shape):
+    """A per-layer constant table, read combinationally."""
+    return Array([Const(int(v), shape) for v in values])
+
+
+class SparsePE(wiring.Component):
+    """Processing element ``lane`` of ``program``.
+
+    Members
+    -------
+    run : In(1)
+        High while the accelerator computes; low holds the PE idle.
+    restart : In(1)
+        High resets the layer counters for a new inference.
+    src_valid : In(pes + 1)
+        Source ``s`` has a job at its head (sources ``0..pes-1``: PEs, ``pes``: the input).
+    src_busy : In(pes + 1)
+        Source ``s`` holds any job, visible at the head or not yet.
+    src_job : In(ArrayLayout(job, pes + 1))
+        The job at each source's head.
+    src_pop : Out(pes + 1)
+        One-hot: the job taken this cycle.
+    layers_done : In(range(layers + 1))
+        Layers every PE has written back (minimum over PEs of ``wb_count``).
+    push : Out(StructLayout(job, mask)), push_valid : Out(1), push_ready : In(1)
+        A job for the PEs whose bit is set in ``mask``; taken when valid and ready.
+    wb_count : Out(range(layers + 1))
+        Layers this PE has written back.
+    out_addr : In(range(row_slots[-1])), out_en : In(1), out_data : Out(signed(8))
+        Read port (one cycle latency, holds while ``out_en`` is low) of this PE's final-layer
+        outputs.
+    """
+
+    def __init__(self, program: SparseProgram, lane: int, geo: Geometry):
+        if not isinstance(program, SparseProgram):
+            raise TypeError(f"program must be a SparseProgram, not {program!r}")
+        if not 0 <= lane < program.pes:
+            raise ValueError(f"lane must be in 0..{program.pes - 1}, not {lane!r}")
+        self.program, self.lane, self.geo = program, lane, geo
+        sources = geo.pes + 1
+        self._job = job_layout(geo)
+        super().__init__({
+            "run": In(1),
+            "restart": In(1),
+            "src_valid": In(sources),
+            "src_busy": In(sources),
+            "src_job": In(data.ArrayLayout(self._job, sources)),
+            "src_pop": Out(sources),
+            "layers_done": In(range(geo.layers + 1)),
+            "push": Out(data.StructLayout({"job": self._job, "mask": unsigned(geo.pes)})),
+            "push_valid": Out(1),
+            "push_ready": In(1),
+            "wb_count": Out(range(geo.layers + 1)),
+            "out_addr": In(range(max(2, geo.row_slots[-1]))),
+            "out_en": In(1),
+            "out_data": Out(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo, prog, k = self.geo, self.program, self.lane
+        L, P = geo.layers, geo.pes
+        layer_shape = range(L + 1)
+
+        rows_of = _table([prog.lanes[k].row_count(i) for i in range(L)] + [0],
+                         range(geo.max_row_slots + 1))
+        row_base = _table(list(prog.row_base) + [0], range(sum(geo.row_slots) + 1))
+        push_base = _table([prog.ptr_base[i + 1] + k * prog.row_slots[i] if i + 1 < L else 0
+                            for i in range(L)] + [0], range(geo.ptr_depth + 1))
+        relu_of = _table([layer.relu for layer in prog.layers] + [0], 1)
+
+        # ---- memories -------------------------------------------------------------------
+        elay, play, rlay = entry_layout(geo), pointer_layout(geo), row_layout(geo)
+        m.submodules.entries = entries = memory.Memory(
+            shape=elay.size, depth=geo.entry_depth[k], init=pack_entries(prog, k, geo))
+        m.submodules.pointers = pointers = memory.Memory(
+            shape=play.size, depth=geo.ptr_depth, init=pack_pointers(prog, k, geo))
+        m.submodules.rowparams = rowparams = memory.Memory(
+            shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
+        banks = []
+        for b in range(2):
+            mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[])
+            m.submodules[f"acc{b}"] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(transparent_for=(wp,))
+            banks.append((rp, wp))
+        m.submodules.outputs = outputs = memory.Memory(
+            shape=signed(8), depth=max(2, geo.row_slots[-1]), init=[])
+        out_wp = outputs.write_port()
+        out_rp = outputs.read_port()
+        m.d.comb += [out_rp.addr.eq(self.out_addr), out_rp.en.eq(self.out_en),
+                     self.out_data.eq(out_rp.data)]
+
+        # ---- pop stage: pick a job of the current layer ---------------------------------
+        layer = Signal(layer_shape)
+        parity = layer[0]
+        sources = P + 1
+        matches = Signal(sources)
+        for s in range(P):
+            m.d.comb += matches[s].eq(self.src_valid[s] & (self.src_job[s].tag == parity)
+                                      & (layer != 0))
+        m.d.comb += matches[P].eq(self.src_valid[P] & (layer == 0))
+        eligible = Signal(sources)
+        m.d.comb += eligible.eq(Mux(self.run & (layer < L), matches, 0))
+
+        # Round-robin: the first eligible source at or after `rr`, else the first at all.
+        rr = Signal(range(sources))
+        later = Signal(sources)
+        m.d.comb += later.eq(eligible & ~((Const(1, sources + 1) << rr) - 1)[:sources])
+        pick = Signal(range(sources))
+        for s in reversed(range(sources)):
+            with m.If(eligible[s]):
+                m.d.comb += pick.eq(s)
+        with m.If(later.any()):
+            for s in reversed(range(sources)):
+                with m.If(later[s]):
+                    m.d.comb += pick.eq(s)
+
+        # pointer stage and walker registers
+        ptr_valid = Signal()
+        ptr_value = Signal(signed(8))
+        ptr_bank = Signal()
+        walk_left = Signal(range(2 ** geo.count_bits))
+        walk_addr = Signal(geo.start_bits)
+        walk_value = Signal(signed(8))
+        walk_bank = Signal()
+
+        ptr_rp = pointers.read_port()
+        ptr_word = data.View(play, ptr_rp.data)
+        walker_free = walk_left == 0
+        take = ptr_valid & walker_free
+        can_pop = ~ptr_valid | take
+        pop = Signal()
+        m.d.comb += pop.eq(eligible.any() & can_pop)
+        m.d.comb += [
+            self.src_pop.eq(Mux(pop, Const(1, sources) << pick, 0)),
+            ptr_rp.addr.eq(self.src_job[pick].column),
+            ptr_rp.en.eq(pop),
+        ]
+        with m.If(pop):
+            m.d.sync += [
+                ptr_value.eq(self.src_job[pick].value),
+                ptr_bank.eq(parity),
+                rr.eq(Mux(pick == sources - 1, 0, pick + 1)),
+            ]
+        m.d.sync += ptr_valid.eq(pop | (ptr_valid & ~take))
+
+        # walker: one entry read per cycle
+        entry_rp = entries.read_port()
+        issue_valid = ~walker_free | take
+        m.d.comb += [
+            entry_rp.addr.eq(Mux(walker_free, ptr_word.start, walk_addr)),
+            entry_rp.en.eq(1),
+        ]
+        with m.If(take):
+            m.d.sync += [
+                walk_addr.eq(ptr_word.start + 1),
+                walk_left.eq(ptr_word.count - 1),
+                walk_value.eq(ptr_value),
+                walk_bank.eq(ptr_bank),
+            ]
+        with m.Elif(~walker_free):
+            m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1)]
+
+        # decode stage (entry data arrives): row, product, accumulator read
+        c_valid = Signal()
+        c_first = Signal()
+        c_value = Signal(signed(8))
+        c_bank = Signal()
+        m.d.sync += [
+            c_valid.eq(issue_valid),
+            c_first.eq(take),
+            c_value.eq(Mux(take, ptr_value, walk_value)),
+            c_bank.eq(Mux(take, ptr_bank, walk_bank)),
+        ]
+        entry = data.View(elay, entry_rp.data)
+        prev_row = Signal(geo.row_bits)
+        row = Signal(geo.row_bits)
+        m.d.comb += row.eq(Mux(c_first, entry.index, prev_row + entry.index + 1))
+        with m.If(c_valid):
+            m.d.sync += prev_row.eq(row)
+
+        d_valid = Signal()
+        d_bank = Signal()
+        d_row = Signal(geo.row_bits)
+        d_product = Signal(signed(16))
+        m.d.sync += [
+            d_valid.eq(c_valid),
+            d_bank.eq(c_bank),
+            d_row.eq(row),
+            d_product.eq(entry.value * c_value),
+        ]
+
+        # ---- layer advance --------------------------------------------------------------
+        quiet = Signal()
+        owner_quiet = [~self.src_busy[s] | (self.src_valid[s] & (self.src_job[s].tag != parity))
+                       for s in range(P)]
+        m.d.comb += quiet.eq(Mux(layer == 0, ~self.src_busy[P], Cat(*owner_quiet).all()))
+        sources_done = (layer == 0) | (self.layers_done >= layer)
+        bank_free = self.wb_count >= layer
+        with m.If(self.restart):
+            m.d.sync += [layer.eq(0), rr.eq(0)]
+        with m.Elif(self.run & (layer < L) & ~eligible.any() & quiet & sources_done & bank_free):
+            m.d.sync += layer.eq(layer + 1)
+
+        # ---- writeback ------------------------------------------------------------------
+        # Layer `wb_count` is written back once the pop stage has moved past it and no job of
+        # its bank is left before the accumulate stage: the read port is transparent to the
+        # accumulate stage's write, so the last product may land in the same cycle.
+        wb_layer = self.wb_count
+        wb_bank = wb_layer[0]
+        pending = [
+            (ptr_valid & (ptr_bank == b)) | (~walker_free & (walk_bank == b))
+            | (c_valid & (c_bank == b))
+            for b in range(2)]
+        wb_active = Signal()
+        wb_issue_row = Signal(range(geo.max_row_slots + 1))
+        wb_done_rows = Signal(range(geo.max_row_slots + 1))
+        wb_rows = rows_of[wb_layer]
+        wb_live = Signal()
+        m.d.comb += wb_live.eq(wb_active | (self.run & (wb_layer < L) & (layer > wb_layer)
+                                            & ~Mux(wb_bank, pending[1], pending[0])))
+        with m.If(wb_live):
+            m.d.sync += wb_active.eq(1)
+
+        m.submodules.requant = rq = Requantizer(
+            acc_width=geo.acc_width, bias_width=geo.bias_width,
+            tag_shape=data.StructLayout({"row": unsigned(geo.row_bits),
+                                         "fanout": unsigned(P)}))
+        param_rp = rowparams.read_port()
+        params = data.View(rlay, param_rp.data)
+        rd_valid = Signal()
+        rd_row = Signal(geo.row_bits)
+        can_issue = ~rd_valid | rq.i.ready
+        issue_wb = wb_live & (wb_issue_row < wb_rows) & can_issue
+        m.d.comb += [
+            param_rp.addr.eq(row_base[wb_layer] + wb_issue_row),
+            param_rp.en.eq(can_issue),
+        ]
+        with m.If(issue_wb):
+            m.d.sync += [wb_issue_row.eq(wb_issue_row + 1), rd_row.eq(wb_issue_row)]
+        with m.If(can_issue):
+            m.d.sync += rd_valid.eq(issue_wb)
+        acc_data = Mux(wb_bank, banks[1][0].data, banks[0][0].data)
+        m.d.comb += [
+            rq.i.valid.eq(rd_valid),
+            rq.i.payload.acc.eq(acc_data),
+            rq.i.payload.bias.eq(params.bias),
+            rq.i.payload.multiplier.eq(params.multiplier),
+            rq.i.payload.shift.eq(params.shift),
+            rq.i.payload.relu.eq(relu_of[wb_layer]),
+            rq.i.payload.tag.row.eq(rd_row),
+            rq.i.payload.tag.fanout.eq(params.fanout),
+        ]
+        clear = rd_valid & rq.i.ready
+
+        # accumulator banks: the compute pipeline and the writeback never share a bank
+        for b, (rp, wp) in enumerate(banks):
+            compute_reads = c_valid & (c_bank == b)
+            compute_writes = d_valid & (d_bank == b)
+            m.d.comb += [
+                rp.addr.eq(Mux(compute_reads, row, Mux(can_issue, wb_issue_row, rd_row))),
+                rp.en.eq(compute_reads | can_issue | (wb_bank != b)),
+            ]
+            with m.If(compute_writes):
+                m.d.comb += [wp.addr.eq(d_row), wp.data.eq(rp.data + d_product), wp.en.eq(1)]
+            with m.Elif(clear & (wb_bank == b)):
+                m.d.comb += [wp.addr.eq(rd_row), wp.data.eq(0), wp.en.eq(1)]
+
+        # requantized rows: a job for the next layer, or a final output
+        last_layer = wb_layer == L - 1
+        value = rq.o.payload.value
+        drop = (value == 0) if geo.skip_zero_activations else Const(0)
+        needs_push = ~last_layer & ~drop & (rq.o.payload.tag.fanout != 0)
+        m.d.comb += [
+            self.push.job.column.eq(push_base[wb_layer] + rq.o.payload.tag.row),
+            self.push.job.value.eq(value),
+            self.push.job.tag.eq(~wb_layer[0]),
+            self.push.mask.eq(rq.o.payload.tag.fanout),
+            self.push_valid.eq(rq.o.valid & needs_push),
+            rq.o.ready.eq(~needs_push | self.push_ready),
+            out_wp.addr.eq(rq.o.payload.tag.row),
+            out_wp.data.eq(value),
+            out_wp.en.eq(rq.o.valid & last_layer),
+        ]
+        retire = rq.o.valid & rq.o.ready
+        finished = Signal()
+        m.d.comb += finished.eq(wb_live & Mux(wb_rows == 0, 1,
+                                              retire & (wb_done_rows + 1 == wb_rows)))
+        with m.If(retire):
+            m.d.sync += wb_done_rows.eq(wb_done_rows + 1)
+        with m.If(finished):
+            m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
+                         wb_issue_row.eq(0), wb_done_rows.eq(0)]
+        with m.If(self.restart):
+            m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
+                         wb_done_rows.eq(0)]
+        # internal signals a testbench may watch (cycle accounting in benchmarks)
+        self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
+                       "pop": pop}
+        return m

@@ -1,0 +1,187 @@
+"""The whole accelerator: input loader, P processing elements, the job queues between them, the
+output unit and a cycle counter.
+
+Queue ``(j, k)`` carries jobs from PE ``j``'s writeback to PE ``k``; the input loader has one
+queue per PE, deep enough for a whole input vector. An inference is three phases::
+
+    LOAD   input stream -> nonzero inputs become jobs for the PEs that need them
+    RUN    PEs compute all layers (counted in ``cycles``)
+    OUTPUT final-layer values streamed out in the model's output order
+"""
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from compiler.ir import SparseProgram
+
+from .images import geometry, job_layout
+from .lane import SparsePE
+
+__all__ = ["SparseAccelerator"]
+
+
+class SparseAccelerator(wiring.Component):
+    """Sparse MAC array for one compiled model.
+
+    Parameters
+    ----------
+    program : SparseProgram
+        Memory images and shapes from :func:`compiler.passes.encode.encode`.
+    queue_depth : int or None
+        Depth of each PE-to-PE job queue (None: deep enough never to stall, at most 16).
+
+    Members
+    -------
+    input : In(stream.Signature(signed(8)))
+        ``in_features`` quantized inputs per inference, in model order.
+    output : Out(stream.Signature(signed(8)))
+        ``out_features`` quantized outputs per inference, in model order.
+    cycles : Out(32)
+        Compute cycles of the last inference (valid once its first output is out).
+    busy : Out(1)
+        An inference is in progress (past its first input beat).
+    """
+
+    def __init__(self, program: SparseProgram, *, queue_depth: int | None = None):
+        if not isinstance(program, SparseProgram):
+            raise TypeError(f"program must be a SparseProgram, not {program!r}")
+        if queue_depth is not None and (not isinstance(queue_depth, int) or queue_depth < 2):
+            raise ValueError(f"queue_depth must be an integer >= 2, not {queue_depth!r}")
+        self.program = program
+        self.geo = geometry(program, queue_depth=queue_depth)
+        super().__init__({
+            "input": In(stream.Signature(signed(8))),
+            "output": Out(stream.Signature(signed(8))),
+            "cycles": Out(32),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo, prog = self.geo, self.program
+        P, L = geo.pes, geo.layers
+        job = job_layout(geo)
+
+        lanes = self._lanes = [SparsePE(prog, k, geo) for k in range(P)]
+        for k, lane in enumerate(lanes):
+            m.submodules[f"pe{k}"] = lane
+        queues = [[SyncFIFO(width=job.size, depth=geo.queue_depth) for _ in range(P)]
+                  for _ in range(P)]
+        in_queues = [SyncFIFOBuffered(width=job.size, depth=geo.input_queue_depth)
+                     for _ in range(P)]
+        for j in range(P):
+            m.submodules[f"inq{j}"] = in_queues[j]
+            for k in range(P):
+                m.submodules[f"q{j}_{k}"] = queues[j][k]
+
+        # PE k reads queues (j, k) for every j, then its input queue
+        for k, lane in enumerate(lanes):
+            sources = [queues[j][k] for j in range(P)] + [in_queues[k]]
+            for s, q in enumerate(sources):
+                m.d.comb += [
+                    lane.src_valid[s].eq(q.r_rdy),
+                    lane.src_busy[s].eq(q.level != 0),
+                    lane.src_job[s].eq(q.r_data),
+                    q.r_en.eq(lane.src_pop[s]),
+                ]
+        # PE j writes queues (j, k) for the k in its push mask, all at once
+        for j, lane in enumerate(lanes):
+            room = Signal(P, name=f"room{j}")
+            for k in range(P):
+                m.d.comb += room[k].eq(queues[j][k].w_rdy | ~lane.push.mask[k])
+                m.d.comb += [
+                    queues[j][k].w_data.eq(lane.push.job),
+                    queues[j][k].w_en.eq(lane.push_valid & lane.push.mask[k] & room.all()),
+                ]
+            m.d.comb += lane.push_ready.eq(room.all())
+
+        layers_done = Signal(range(L + 1))
+        minimum = lanes[0].wb_count
+        for lane in lanes[1:]:
+            minimum = Mux(lane.wb_count < minimum, lane.wb_count, minimum)
+        m.d.comb += layers_done.eq(minimum)
+        for lane in lanes:
+            m.d.comb += lane.layers_done.eq(layers_done)
+
+        # ---- input loader ----------------------------------------------------------------
+        m.submodules.fanout = fanout_rom = memory.Memory(
+            shape=unsigned(P), depth=geo.in_features,
+            init=[int(f) for f in prog.input_fanout])
+        fan_rp = fanout_rom.read_port()
+        in_count = Signal(range(geo.in_features + 1))
+        staged_valid = Signal()
+        staged = Signal(job)
+        m.d.comb += fan_rp.addr.eq(in_count)
+
+        # ---- output unit -----------------------------------------------------------------
+        out_index = Signal(range(geo.out_features + 1))
+        out_valid = Signal()
+        out_lane = Signal(range(P))
+        lane_of = Array([Const(int(v), range(P)) for v in prog.output_lane])
+        row_of = Array([Const(int(v), range(max(2, geo.row_slots[-1])))
+                        for v in prog.output_row])
+        out_data = Array([lane.out_data for lane in lanes])
+        m.d.comb += [
+            self.output.valid.eq(out_valid),
+            self.output.payload.eq(out_data[out_lane]),
+        ]
+        issue = Signal()
+        for lane in lanes:
+            m.d.comb += [lane.out_addr.eq(row_of[out_index]), lane.out_en.eq(issue)]
+
+        cycles = Signal(32)
+        all_done = Signal()
+        m.d.comb += all_done.eq(layers_done == L)
+
+        with m.FSM(name="phase"):
+            with m.State("LOAD"):
+                m.d.comb += [
+                    self.input.ready.eq(in_count < geo.in_features),
+                    self.busy.eq(in_count != 0),
+                ]
+                for lane in lanes:
+                    m.d.comb += lane.restart.eq(1)
+                accept = self.input.valid & self.input.ready
+                m.d.sync += staged_valid.eq(accept)
+                with m.If(accept):
+                    m.d.sync += [
+                        staged.value.eq(self.input.payload),
+                        staged.column.eq(in_count),
+                        staged.tag.eq(0),
+                        in_count.eq(in_count + 1),
+                    ]
+                keep = (staged.value != 0) if geo.skip_zero_activations else Const(1)
+                for k in range(P):
+                    m.d.comb += [
+                        in_queues[k].w_data.eq(staged),
+                        in_queues[k].w_en.eq(staged_valid & keep & fan_rp.data[k]),
+                    ]
+                with m.If((in_count == geo.in_features) & ~staged_valid):
+                    m.d.sync += [in_count.eq(0), cycles.eq(0)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.busy.eq(1)
+                for lane in lanes:
+                    m.d.comb += lane.run.eq(1)
+                m.d.sync += cycles.eq(cycles + 1)
+                with m.If(all_done):
+                    m.d.sync += [self.cycles.eq(cycles + 1), out_index.eq(0)]
+                    m.next = "OUTPUT"
+            with m.State("OUTPUT"):
+                m.d.comb += self.busy.eq(1)
+                m.d.comb += issue.eq((~out_valid | self.output.ready)
+                                     & (out_index < geo.out_features))
+                with m.If(issue):
+                    m.d.sync += [
+                        out_valid.eq(1),
+                        out_lane.eq(lane_of[out_index]),
+                        out_index.eq(out_index + 1),
+                    ]
+                with m.Elif(self.output.ready):
+                    m.d.sync += out_valid.eq(0)
+                with m.If((out_index == geo.out_features) & out_valid & self.output.ready):
+                    m.next = "LOAD"
+        return m
+
