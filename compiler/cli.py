@@ -111,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, help="simulate only the first N inputs")
     p.add_argument("--waves", action="store_true", help="write an FST waveform")
     p.set_defaults(func=cmd_simulate)
+
+    # Commands of other features register themselves here (one line each).
     return parser
 
 
