@@ -98,7 +98,7 @@ def run_cocotb(*, verilog: Path, toplevel: str, simulator: str, build_dir: Path,
         if simulator == "icarus":
             source = icarus_source(source, build_dir)
         try:
-            runner.build(verilog_sources=[source], hdl_toplevel=toplevel,
+            runner.build(sources=[source], hdl_toplevel=toplevel,
                          build_dir=build_dir, always=True, waves=waves,
                          timescale=("1ns", "1ps"), build_args=build_args, log_file=log)
         except (SystemExit, Exception) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from ..errors import FrontendError
 
 __all__ = ["load_module", "SAFE_CLASSES"]
 
-#: Classes a weights-only load may construct: the layers we compile and the containers of
+#: Classes a weights-only load may construct: torch's own layer classes (so that a model with
+#: a layer we cannot compile loads, and the error names that layer) and the containers of
 #: torch.nn.utils.prune (plain records of a pruning amount, no code).
-SAFE_CLASSES = [
-    nn.Sequential, nn.Linear, nn.ReLU, nn.Flatten, nn.Dropout, nn.Identity, nn.BatchNorm1d,
-    nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d,
+SAFE_CLASSES = sorted(
+    {cls for cls in vars(nn).values()
+     if isinstance(cls, type) and issubclass(cls, nn.Module)
+     and cls.__module__.startswith("torch.nn.modules.")}, key=lambda c: c.__name__) + [
     prune.L1Unstructured, prune.RandomUnstructured, prune.LnStructured, prune.RandomStructured,
     prune.PruningContainer, prune.CustomFromMask, prune.Identity,
 ]
@@ -69,7 +72,9 @@ def load_module(path, *, trust_pickle: bool = False):
     kind = _kind(path)
     if kind == "torchscript":
         try:
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():     # deprecated upstream, still a format we read
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # torch raises RuntimeError with C++ context on corrupt archives
             raise FrontendError(f"{path}: corrupt TorchScript file "
                                 f"({_first_line(e)}); re-save it with torch.jit.save") from None

@@ -1,0 +1,58 @@
+"""Model factories for the tests: float IR models with controlled sparsity patterns, and torch
+modules for the frontend."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compiler.ir import Layer, LayerKind, Model
+
+
+def float_model(shapes, *, sparsity=0.8, seed=0, relu_last=False, zero_rows=(), zero_cols=(),
+                name="test") -> Model:
+    """An MLP with ``shapes`` = [in, h1, ..., out], uniform random sparsity, ReLU between layers.
+
+    ``zero_rows`` / ``zero_cols``: (layer, index) pairs forced to all-zero.
+    """
+    rng = np.random.default_rng(seed)
+    layers = []
+    for m, (fan_in, fan_out) in enumerate(zip(shapes, shapes[1:])):
+        w = rng.standard_normal((fan_out, fan_in)) / np.sqrt(fan_in)
+        w[rng.random(w.shape) < sparsity] = 0.0
+        for layer, row in zero_rows:
+            if layer == m:
+                w[row, :] = 0.0
+        for layer, col in zero_cols:
+            if layer == m:
+                w[:, col] = 0.0
+        b = rng.standard_normal(fan_out) * 0.1
+        last = m == len(shapes) - 2
+        layers.append(Layer(name=f"fc{m}", kind=LayerKind.LINEAR, in_features=fan_in,
+                            out_features=fan_out, weight=w.astype(np.float32),
+                            bias=b.astype(np.float32), relu=relu_last or not last))
+    return Model(name=name, layers=tuple(layers)).verify()
+
+
+def calibration(features, n=64, *, seed=1, nonneg=False, density=0.6) -> np.ndarray:
+    """Random real inputs, about ``density`` of them nonzero."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, features))
+    if nonneg:
+        x = np.abs(x)
+    x[rng.random(x.shape) > density] = 0.0
+    return x.astype(np.float32)
+
+
+def torch_mlp(shapes, *, seed=0, sparsity=0.5) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = []
+    for m, (a, b) in enumerate(zip(shapes, shapes[1:])):
+        linear = nn.Linear(a, b)
+        with torch.no_grad():
+            linear.weight[torch.rand_like(linear.weight) < sparsity] = 0.0
+        layers.append(linear)
+        if m < len(shapes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()

@@ -1,0 +1,143 @@
+"""The documented CLI end to end, and a one-line error for each kind of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from models import torch_mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "digits_mlp.pt"
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "compiler", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+def test_build_and_simulate_the_example(tmp_path, simulator):
+    out = tmp_path / "build"
+    result = cli("build", EXAMPLE, "--board", "arty_a7", "--out", out)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    for key in ("board", "pes", "layers", "input_scale", "output_scale", "cycles", "verilog",
+                "resources", "fmax_mhz", "bitstream"):
+        assert key in report
+    assert report["pes"] == 8 and report["board"] == "arty_a7_35"
+    assert [layer["out_features"] for layer in report["layers"]] == [128, 64, 10]
+    assert all(layer["sparsity"] > 0.7 for layer in report["layers"])
+    assert report["totals"]["sparsity"] >= 0.9
+    assert report["cycles"]["measured"] is None and report["cycles"]["dense"] == 2128
+    assert Path(report["verilog"]).is_file()
+
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.load(ROOT / "examples" / "digits_test_x.npy")[:6])
+    outputs = tmp_path / "out.npz"
+    result = cli("simulate", out, "--simulator", simulator, "--inputs", inputs, "--outputs",
+                 outputs)
+    assert result.returncode == 0, result.stderr
+    assert "bit-exact" in result.stdout
+    with np.load(outputs) as f:
+        assert np.array_equal(f["hw"], f["reference"]) and f["hw"].shape == (6, 10)
+        assert f["dequantized"].shape == (6, 10) and f["cycles"].shape == (6,)
+        scale = report["output_scale"]
+        assert np.array_equal(f["dequantized"], f["hw"] * scale)
+    report = json.loads((out / "report.json").read_text())
+    assert report["cycles"]["measured"] > report["cycles"]["simulation"]["ideal_mean"]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "text.pt").write_text("not a model")
+    good = EXAMPLE.read_bytes()
+    (d / "corrupt.pt").write_bytes(good[: len(good) // 3])
+    torch.save(nn.Sequential(nn.Linear(4, 3), nn.Tanh()), d / "tanh.pt")
+    nan = torch_mlp([4, 3, 2])
+    with torch.no_grad():
+        nan[0].weight[0, 0] = float("nan")
+    torch.save(nan, d / "nan.pt")
+    np.save(d / "cal_wrong.npy", np.zeros((10, 5), dtype=np.float32))
+    np.save(d / "x_wrong.npy", np.zeros((3, 63), dtype=np.float32))
+    torch.save({"model": _Evil()}, d / "evil.pt")
+    return d
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(cli("build", tmp_path / "nope.pt", "--board", "arty_a7"),
+                          "no such file")
+
+
+def test_not_a_model_file(bad_files):
+    assert_one_line_error(cli("build", bad_files / "text.pt", "--board", "arty_a7"),
+                          "not a model file")
+
+
+def test_corrupt_file(bad_files):
+    assert_one_line_error(cli("build", bad_files / "corrupt.pt", "--board", "arty_a7"),
+                          "corrupt")
+
+
+def test_unsupported_layer(bad_files):
+    assert_one_line_error(cli("build", bad_files / "tanh.pt", "--board", "arty_a7"),
+                          "unsupported layer '1' (Tanh)", "supported: ", "Linear")
+
+
+def test_nan_weights(bad_files):
+    assert_one_line_error(cli("build", bad_files / "nan.pt", "--board", "arty_a7"),
+                          "NaN or Inf")
+
+
+def test_calibration_of_the_wrong_shape(bad_files, tmp_path):
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "arty_a7", "--calibration",
+                              bad_files / "cal_wrong.npy", "--out", tmp_path),
+                          "shape [10, 5]", "[N, 64]")
+
+
+def test_unknown_board(tmp_path):
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "de10nano", "--out", tmp_path),
+                          "unknown board 'de10nano'", "icebreaker", "arty_a7")
+
+
+def test_fewer_than_one_pe(tmp_path):
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "0"),
+                          "--pes", "at least 1")
+
+
+def test_a_pickle_needing_code_is_refused_and_nothing_runs(bad_files, tmp_path):
+    result = cli("build", bad_files / "evil.pt", "--board", "arty_a7", "--out", tmp_path / "o",
+                 cwd=tmp_path)
+    assert_one_line_error(result, "refused", "--trust-pickle")
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.slow
+def test_simulation_inputs_of_the_wrong_shape(bad_files, tmp_path):
+    out = tmp_path / "b"
+    assert cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", out).returncode \
+        == 0
+    assert_one_line_error(cli("simulate", out, "--inputs", bad_files / "x_wrong.npy"),
+                          "shape [3, 63]", "[N, 64]")
+    assert_one_line_error(cli("simulate", tmp_path / "nowhere"), "not a build folder")
