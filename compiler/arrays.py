@@ -12,15 +12,19 @@ from .errors import InputError
 __all__ = ["load_features"]
 
 
-def load_features(path, features: int, what: str) -> np.ndarray:
-    """A float array of shape [N, features] from a ``.npy`` file (no pickles).
+def load_features(path, shape, what: str) -> np.ndarray:
+    """A float array of shape [N, *shape] from a ``.npy`` file (no pickles).
 
-    Arrays of shape [N, ...] whose trailing dimensions hold ``features`` values are flattened.
+    ``shape``: an int (a feature vector: arrays [N, ...] holding that many values per row are
+    flattened) or a tuple (C, H, W) for image inputs, where None matches any size.
     """
     path = Path(path)
+    vector = isinstance(shape, (int, np.integer))
+    want = f"[N, {shape}]" if vector else \
+        "[N, " + ", ".join("H" if d is None and i == 1 else "W" if d is None else str(d)
+                           for i, d in enumerate(shape)) + "]"
     if not path.is_file():
-        raise InputError(f"{what} file {path} not found; give a .npy file of shape "
-                         f"[N, {features}]")
+        raise InputError(f"{what} file {path} not found; give a .npy file of shape {want}")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -31,12 +35,18 @@ def load_features(path, features: int, what: str) -> np.ndarray:
                          f"numpy.save") from None
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
         raise InputError(f"{what} file {path} holds {getattr(array, 'dtype', type(array))}, "
-                         f"not numbers; save a float32 array of shape [N, {features}]")
-    if array.ndim >= 2 and int(np.prod(array.shape[1:])) == features:
-        array = array.reshape(len(array), features)
-    if array.ndim != 2 or array.shape[1] != features or len(array) == 0:
+                         f"not numbers; save a float32 array of shape {want}")
+    if vector:
+        if array.ndim >= 2 and int(np.prod(array.shape[1:])) == shape:
+            array = array.reshape(len(array), shape)
+        ok = array.ndim == 2 and array.shape[1] == shape
+    else:
+        ok = array.ndim == len(shape) + 1 and all(
+            d is None or d == got for d, got in zip(shape, array.shape[1:]))
+    if not ok or len(array) == 0:
+        model_takes = f"{shape} features" if vector else f"inputs of shape {want}"
         raise InputError(f"{what} array {path} has shape {list(array.shape)} but the model "
-                         f"takes {features} features: give an array of shape [N, {features}]")
+                         f"takes {model_takes}: give an array of shape {want}")
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise InputError(f"{what} array {path} contains NaN or Inf; clean the data first")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["digits_split", "DIGITS_FEATURES"]
+__all__ = ["digits_split", "DIGITS_FEATURES", "DIGITS_IMAGE"]
 
 DIGITS_FEATURES = 64
+DIGITS_IMAGE = (1, 8, 8)        # the same pixels as one-channel 8x8 images
 
 
 def digits_split(*, test_size: float = 0.2, seed: int = 0):

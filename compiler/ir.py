@@ -7,13 +7,16 @@ Every pass returns a new object; ``verify()`` checks the invariants a pass may r
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
-    "LayerKind", "Quantization", "Layer", "Model", "Widths", "LaneImage", "SparseProgram",
+    "LayerKind", "Conv2dShape", "Pool", "Quantization", "Layer", "Model", "Widths", "LaneImage",
+    "SparseProgram",
     "IRError", "ACT_MIN", "ACT_MAX", "WEIGHT_MAX", "MULTIPLIER_BITS", "SHIFT_MAX",
 ]
 
@@ -33,50 +36,172 @@ class IRError(ValueError):
 
 class LayerKind(enum.Enum):
     LINEAR = "linear"
+    CONV2D = "conv2d"
+
+
+@dataclass(frozen=True)
+class Conv2dShape:
+    """Geometry of a 2-D convolution (groups = 1, dilation = 1, zero padding)."""
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    in_hw: tuple[int, int]
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in
+                     zip(self.in_hw, self.kernel, self.stride, self.padding))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Non-overlapping 2-D pooling (kernel = stride, no padding, floor mode) fused after a
+    convolution. ``relu_after``: a ReLU that follows an average pool (for max pooling the
+    order does not matter and the layer's ``relu`` covers it)."""
+    kind: str                    # "max" | "avg"
+    size: tuple[int, int]
+    in_hw: tuple[int, int]
+    relu_after: bool = False
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return tuple(n // k for n, k in zip(self.in_hw, self.size))
+
+    @property
+    def window(self) -> int:
+        return self.size[0] * self.size[1]
 
 
 @dataclass(frozen=True, eq=False)
 class Quantization:
-    """Integer parameters of one layer.
+    """Integer parameters of one layer, per output channel.
 
-    ``weight`` holds int8 values, ``bias`` int32 values in units of ``in_scale * weight_scale``;
-    the output of row ``r`` is ``requantize(acc + bias[r], multiplier[r], shift[r], relu)``.
+    ``weight`` holds int8 values (the layer's weight shape), ``bias`` int32 values in units of
+    ``in_scale * weight_scale``; every output of channel ``k`` is
+    ``requantize(acc + bias[k], multiplier[k], shift[k], relu)``. An average pool then
+    requantizes the sum of each window with ``pool_multiplier``/``pool_shift`` (scale 1/window).
     """
-    weight: np.ndarray        # int8 [out, in]
-    bias: np.ndarray          # int64 [out], within int32
-    multiplier: np.ndarray    # int64 [out], 0 <= m < 2**MULTIPLIER_BITS
-    shift: np.ndarray         # int64 [out], 1 <= s <= SHIFT_MAX
-    weight_scale: np.ndarray  # float64 [out]
+    weight: np.ndarray        # int8
+    bias: np.ndarray          # int64 [channels], within int32
+    multiplier: np.ndarray    # int64 [channels], 0 <= m < 2**MULTIPLIER_BITS
+    shift: np.ndarray         # int64 [channels], 1 <= s <= SHIFT_MAX
+    weight_scale: np.ndarray  # float64 [channels]
     in_scale: float
     out_scale: float
+    pool_multiplier: int = 0
+    pool_shift: int = 1
 
 
 @dataclass(frozen=True, eq=False)
 class Layer:
+    """A Linear layer, or a Conv2d with an optional fused pool. Activations are flattened
+    (C, H, W order, as ``torch.flatten``); ``out_features`` counts outputs after pooling.
+
+    The accelerator sees every layer as a matrix (:meth:`matrix`): one row per accumulator
+    (for a pooled convolution, grouped window by window), one column per input feature.
+    """
     name: str
     kind: LayerKind
     in_features: int
     out_features: int
-    weight: np.ndarray        # float32 [out, in]
-    bias: np.ndarray          # float32 [out]
+    weight: np.ndarray        # float32 [out, in] or [K, C, kh, kw]
+    bias: np.ndarray          # float32 [channels]
     relu: bool
     quant: Quantization | None = None
+    conv: Conv2dShape | None = None
+    pool: Pool | None = None
+
+    @property
+    def channels(self) -> int:
+        return self.conv.out_channels if self.conv else self.out_features
+
+    @property
+    def group(self) -> int:
+        """Accumulator rows per output (the pooling window, 1 without pooling)."""
+        return self.pool.window if self.pool else 1
+
+    @property
+    def rows(self) -> int:
+        return self.out_features * self.group
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        if self.conv is None:
+            return (self.out_features,)
+        hw = self.pool.out_hw if self.pool else self.conv.out_hw
+        return (self.conv.out_channels, *hw)
 
     @property
     def nnz(self) -> int:
-        if self.quant is not None:
-            return int(np.count_nonzero(self.quant.weight))
-        return int(np.count_nonzero(self.weight))
+        """Nonzero weights (parameters)."""
+        weight = self.quant.weight if self.quant is not None else self.weight
+        return int(np.count_nonzero(weight))
 
     @property
     def sparsity(self) -> float:
-        return 1.0 - self.nnz / (self.in_features * self.out_features)
+        return 1.0 - self.nnz / self.weight.size
+
+    @property
+    def structural_macs(self) -> int:
+        """Multiply-accumulates per inference with every weight nonzero and every input used:
+        the entries of :meth:`matrix` for a layer without zeros."""
+        if self.conv is None:
+            return self.in_features * self.out_features
+        ones = dataclasses.replace(self, weight=np.ones_like(self.weight), quant=None)
+        return int(np.count_nonzero(ones.matrix()))
+
+    @functools.cached_property
+    def row_positions(self) -> np.ndarray:
+        """For a convolution: (channel, oy, ox) of every accumulator row, int [rows, 3]."""
+        k_, oh, ow = self.conv.out_channels, *self.conv.out_hw
+        if self.pool is None:
+            k, y, x = np.meshgrid(np.arange(k_), np.arange(oh), np.arange(ow), indexing="ij")
+            return np.stack([k.ravel(), y.ravel(), x.ravel()], axis=1)
+        (ph, pw), (qh, qw) = self.pool.out_hw, self.pool.size
+        k, py, px, i, j = np.meshgrid(np.arange(k_), np.arange(ph), np.arange(pw),
+                                      np.arange(qh), np.arange(qw), indexing="ij")
+        return np.stack([k.ravel(), (py * qh + i).ravel(), (px * qw + j).ravel()], axis=1)
+
+    def row_channel(self) -> np.ndarray:
+        """Output channel of every accumulator row."""
+        if self.conv is None:
+            return np.arange(self.out_features)
+        return self.row_positions[:, 0]
+
+    def matrix(self, *, quantized: bool = False) -> np.ndarray:
+        """The layer as a matrix [rows, in_features]: the weights themselves for a Linear
+        layer, the unrolled (Toeplitz) kernel for a convolution. int64 when ``quantized``."""
+        weight = self.quant.weight if quantized else self.weight
+        dtype = np.int64 if quantized else np.float64
+        if self.conv is None:
+            return weight.astype(dtype)
+        return _unroll(self, weight.astype(dtype))
+
+
+def _unroll(layer: Layer, kernel: np.ndarray) -> np.ndarray:
+    conv = layer.conv
+    (h, w), (kh, kw) = conv.in_hw, conv.kernel
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    pos = layer.row_positions
+    out = np.zeros((len(pos), layer.in_features), dtype=kernel.dtype)
+    rows = np.arange(len(pos))
+    for c in range(conv.in_channels):
+        for dy in range(kh):
+            for dx in range(kw):
+                y = pos[:, 1] * sh - ph + dy
+                x = pos[:, 2] * sw - pw + dx
+                ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+                out[rows[ok], c * h * w + y[ok] * w + x[ok]] = kernel[pos[ok, 0], c, dy, dx]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
 class Model:
     name: str
     layers: tuple[Layer, ...]
+    input_shape: tuple[int, ...] = ()
 
     @property
     def in_features(self) -> int:
@@ -85,6 +210,10 @@ class Model:
     @property
     def out_features(self) -> int:
         return self.layers[-1].out_features
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.layers[-1].output_shape
 
     @property
     def quantized(self) -> bool:
@@ -115,8 +244,27 @@ class Model:
 
 
 def _verify_layer(layer: Layer):
-    shape = (layer.out_features, layer.in_features)
-    if layer.weight.shape != shape or layer.bias.shape != (layer.out_features,):
+    if layer.kind is LayerKind.LINEAR:
+        if layer.conv is not None or layer.pool is not None:
+            raise IRError(f"layer {layer.name!r}: a Linear layer has no convolution or pool")
+        shape = (layer.out_features, layer.in_features)
+    else:
+        conv = layer.conv
+        if conv is None:
+            raise IRError(f"layer {layer.name!r}: a Conv2d layer needs its geometry")
+        shape = (conv.out_channels, conv.in_channels, *conv.kernel)
+        if layer.in_features != conv.in_channels * conv.in_hw[0] * conv.in_hw[1]:
+            raise IRError(f"layer {layer.name!r}: in_features does not match its input")
+        if min(conv.out_hw) < 1:
+            raise IRError(f"layer {layer.name!r}: the kernel is larger than its padded input")
+        hw = conv.out_hw
+        if layer.pool is not None:
+            if layer.pool.in_hw != hw or min(layer.pool.out_hw) < 1:
+                raise IRError(f"layer {layer.name!r}: the pool does not fit the convolution")
+            hw = layer.pool.out_hw
+        if layer.out_features != conv.out_channels * hw[0] * hw[1]:
+            raise IRError(f"layer {layer.name!r}: out_features does not match its output")
+    if layer.weight.shape != shape or layer.bias.shape != (layer.channels,):
         raise IRError(f"layer {layer.name!r}: weight {layer.weight.shape} / bias "
                       f"{layer.bias.shape} do not match {shape}")
     if not (np.isfinite(layer.weight).all() and np.isfinite(layer.bias).all()):
@@ -148,8 +296,9 @@ class Widths:
 class LaneImage:
     """Everything one processing element stores, for all layers.
 
-    Layer ``m``'s rows owned by this lane are ``rows[m]`` (original row numbers, in local order).
-    Column ``c`` of layer ``m`` (see :attr:`SparseProgram.column_count`) has its entries at
+    Layer ``m``'s accumulator rows owned by this lane are ``rows[m]`` (row numbers of the
+    layer's matrix, in local order; the rows of one pooled output are consecutive). Column ``c``
+    of layer ``m`` (see :attr:`SparseProgram.column_count`) has its entries at
     ``entry_value/entry_index[ptr_start[p] : ptr_start[p] + ptr_count[p]]`` with
     ``p = ptr_base[m] + c``. ``entry_index`` is EIE's relative row index: the number of local
     rows skipped since the previous entry of the column (or since row 0); an entry whose value
@@ -163,7 +312,8 @@ class LaneImage:
     bias: np.ndarray          # int64, indexed by row_base[m] + local row
     multiplier: np.ndarray    # int64
     shift: np.ndarray         # int64
-    fanout: np.ndarray        # int64 bit masks (bit j: lane j has entries in this output's column)
+    fanout: np.ndarray        # int64 bit masks, by out_base[m] + local output (bit j: lane j
+                              # has entries in the column this output feeds)
 
     def row_count(self, layer: int) -> int:
         return len(self.rows[layer])
@@ -176,13 +326,15 @@ class SparseProgram:
     model: Model
     pes: int
     index_bits: int
-    row_slots: tuple[int, ...]     # per layer: max rows any lane owns (local row address space)
+    row_slots: tuple[int, ...]     # per layer: max accumulator rows any lane owns
     row_base: tuple[int, ...]      # per layer: offset into the per-lane row tables
+    out_slots: tuple[int, ...]     # per layer: max outputs any lane produces
+    out_base: tuple[int, ...]      # per layer: offset into the per-lane output tables
     ptr_base: tuple[int, ...]      # per layer: offset into the per-lane pointer memory
     lanes: tuple[LaneImage, ...]
     input_fanout: np.ndarray       # int64 [in_features]: lanes with entries in each input column
     output_lane: np.ndarray        # int64 [out_features]
-    output_row: np.ndarray         # int64 [out_features]
+    output_row: np.ndarray         # int64 [out_features]: local output index in that lane
     widths: "Widths"
     skip_zero_activations: bool = True
 
@@ -190,16 +342,21 @@ class SparseProgram:
     def layers(self) -> tuple[Layer, ...]:
         return self.model.layers
 
+    def lane_outputs(self, lane: int, layer: int) -> np.ndarray:
+        """Output indices (model order) ``lane`` produces in ``layer``, in local order."""
+        group = self.layers[layer].group
+        return self.lanes[lane].rows[layer][::group] // group
+
     def column_count(self, layer: int) -> int:
         """Size of layer ``layer``'s column address space."""
         if layer == 0:
             return self.model.in_features
-        return self.pes * self.row_slots[layer - 1]
+        return self.pes * self.out_slots[layer - 1]
 
-    def column_of(self, layer: int, lane: int, local_row: int) -> int:
-        """Column address, in layer ``layer``, of the output ``local_row`` of ``lane`` in the
+    def column_of(self, layer: int, lane: int, local_output: int) -> int:
+        """Column address, in layer ``layer``, of output ``local_output`` of ``lane`` in the
         layer before it."""
-        return lane * self.row_slots[layer - 1] + local_row
+        return lane * self.out_slots[layer - 1] + local_output
 
     def verify(self) -> "SparseProgram":
         self.model.verify()
@@ -209,10 +366,17 @@ class SparseProgram:
             raise IRError("one lane image per PE expected")
         for m, layer in enumerate(self.layers):
             owned = np.concatenate([lane.rows[m] for lane in self.lanes])
-            if sorted(owned.tolist()) != list(range(layer.out_features)):
+            if sorted(owned.tolist()) != list(range(layer.rows)):
                 raise IRError(f"layer {layer.name!r}: rows not partitioned over the PEs")
-            if max(len(lane.rows[m]) for lane in self.lanes) > self.row_slots[m]:
-                raise IRError(f"layer {layer.name!r}: a PE owns more rows than row_slots")
+            for k, lane in enumerate(self.lanes):
+                rows = lane.rows[m]
+                firsts = rows[::layer.group]
+                if len(rows) % layer.group or (firsts % layer.group).any() or not np.array_equal(
+                        rows, np.repeat(firsts, layer.group)
+                        + np.tile(np.arange(layer.group), len(firsts))):
+                    raise IRError(f"layer {layer.name!r}: lane {k} splits a pooling window")
+                if len(rows) > self.row_slots[m] or len(rows) // layer.group > self.out_slots[m]:
+                    raise IRError(f"layer {layer.name!r}: a PE owns more rows than its slots")
         for lane in self.lanes:
             if (lane.entry_index >= 2 ** self.index_bits).any():
                 raise IRError("relative index overflows the index field")

@@ -23,10 +23,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ir import ACT_MAX, ACT_MIN, Model, SparseProgram
+from .ir import ACT_MAX, ACT_MIN, Layer, Model, SparseProgram
 
 __all__ = [
-    "quantize_input", "dequantize", "requantize", "run_dense", "run", "decode_lanes",
+    "quantize_input", "dequantize", "requantize", "pool", "run_dense", "run", "decode_lanes",
     "RunResult", "ideal_cycles", "dense_cycles",
 ]
 
@@ -51,6 +51,19 @@ def requantize(value, multiplier, shift, relu: bool) -> np.ndarray:
     return np.clip(rounded, 0 if relu else ACT_MIN, ACT_MAX)
 
 
+def pool(layer: Layer, values: np.ndarray) -> np.ndarray:
+    """Requantized rows [N, windows * group], window by window, to outputs [N, windows]: the
+    maximum, or the rounded average ``requantize(sum, pool_multiplier, pool_shift)``."""
+    if layer.pool is None:
+        return values
+    windows = values.reshape(len(values), -1, layer.group)
+    if layer.pool.kind == "max":
+        return windows.max(axis=2)
+    q = layer.quant
+    return requantize(windows.sum(axis=2), q.pool_multiplier, q.pool_shift,
+                      layer.pool.relu_after)
+
+
 def run_dense(model: Model, x: np.ndarray, *, return_activations: bool = False):
     """Run the quantized model from its weight matrices. ``x``: int [N, in] or [in]."""
     x = np.asarray(x, dtype=np.int64)
@@ -59,8 +72,10 @@ def run_dense(model: Model, x: np.ndarray, *, return_activations: bool = False):
     activations = [act]
     for layer in model.layers:
         q = layer.quant
-        acc = act @ q.weight.astype(np.int64).T
-        act = requantize(acc + q.bias, q.multiplier, q.shift, layer.relu)
+        rc = layer.row_channel()
+        acc = act @ layer.matrix(quantized=True).T
+        act = pool(layer, requantize(acc + q.bias[rc], q.multiplier[rc], q.shift[rc],
+                                     layer.relu))
         activations.append(act)
     out = act[0] if single else act
     return (out, activations) if return_activations else out
@@ -130,11 +145,12 @@ def run(program: SparseProgram, x: np.ndarray) -> RunResult:
     for m, layer in enumerate(layers):
         active = (cols != 0 if program.skip_zero_activations
                   else np.ones_like(cols, dtype=bool)).astype(np.int64)
-        col_nnz = np.count_nonzero(layer.quant.weight, axis=0)
+        col_nnz = np.count_nonzero(layer.matrix(quantized=True), axis=0)
         nnz_active[:, m] = (activations[-1] != 0) @ col_nnz
         ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.column_count(m))
         out_model = np.zeros((n, layer.out_features), dtype=np.int64)
-        next_cols = np.zeros((n, pes * program.row_slots[m]), dtype=np.int64)
+        slots = program.out_slots[m]
+        next_cols = np.zeros((n, pes * slots), dtype=np.int64)
         for k, lane in enumerate(program.lanes):
             counts = lane.ptr_count[ptr]
             lane_entries[:, m, k] = active @ counts
@@ -143,10 +159,10 @@ def run(program: SparseProgram, x: np.ndarray) -> RunResult:
             base = program.row_base[m]
             acc = cols @ mats[m][k][: len(rows)].T
             local = slice(base, base + len(rows))
-            y = requantize(acc + lane.bias[local], lane.multiplier[local], lane.shift[local],
-                           layer.relu)
-            out_model[:, rows] = y
-            next_cols[:, k * program.row_slots[m]: k * program.row_slots[m] + len(rows)] = y
+            y = pool(layer, requantize(acc + lane.bias[local], lane.multiplier[local],
+                                       lane.shift[local], layer.relu))
+            out_model[:, program.lane_outputs(k, m)] = y
+            next_cols[:, k * slots: k * slots + y.shape[1]] = y
         activations.append(out_model)
         cols = next_cols
     return RunResult(activations[-1], activations, lane_entries, lane_jobs, nnz_active)
@@ -158,5 +174,6 @@ def ideal_cycles(nnz_active: np.ndarray, pes: int) -> np.ndarray:
 
 
 def dense_cycles(model: Model, pes: int) -> int:
-    """Cycles a dense array of ``pes`` MACs needs: every weight, every input."""
-    return sum(math.ceil(layer.in_features * layer.out_features / pes) for layer in model.layers)
+    """Cycles a dense array of ``pes`` MACs needs: every weight, every input (for a
+    convolution: every kernel tap at every output position)."""
+    return sum(math.ceil(layer.structural_macs / pes) for layer in model.layers)

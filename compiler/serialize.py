@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .ir import LaneImage, Layer, LayerKind, Model, Quantization, SparseProgram, Widths
+from .ir import (Conv2dShape, LaneImage, Layer, LayerKind, Model, Pool, Quantization,
+                 SparseProgram, Widths)
 
 __all__ = ["save_program", "load_program"]
 
-_FORMAT = "sparsemac-program/1"
+_FORMAT = "sparsemac-program/2"
 _QUANT_ARRAYS = ("weight", "bias", "multiplier", "shift", "weight_scale")
 _LANE_ARRAYS = ("entry_value", "entry_index", "ptr_start", "ptr_count", "bias", "multiplier",
                 "shift", "fanout")
@@ -35,7 +36,11 @@ def save_program(program: SparseProgram, path) -> None:
         for name in _QUANT_ARRAYS:
             arrays[f"layer{m}.q.{name}"] = getattr(q, name)
         layers.append({"name": layer.name, "kind": layer.kind.value, "relu": layer.relu,
-                       "in_scale": q.in_scale, "out_scale": q.out_scale})
+                       "in_features": layer.in_features, "out_features": layer.out_features,
+                       "in_scale": q.in_scale, "out_scale": q.out_scale,
+                       "pool_multiplier": q.pool_multiplier, "pool_shift": q.pool_shift,
+                       "conv": dataclasses.asdict(layer.conv) if layer.conv else None,
+                       "pool": dataclasses.asdict(layer.pool) if layer.pool else None})
     for k, lane in enumerate(program.lanes):
         for name in _LANE_ARRAYS:
             arrays[f"lane{k}.{name}"] = getattr(lane, name)
@@ -46,8 +51,10 @@ def save_program(program: SparseProgram, path) -> None:
     arrays["output_row"] = program.output_row
     header = {
         "format": _FORMAT, "name": program.model.name, "layers": layers, "pes": program.pes,
+        "input_shape": list(program.model.input_shape),
         "index_bits": program.index_bits, "row_slots": list(program.row_slots),
-        "row_base": list(program.row_base), "ptr_base": list(program.ptr_base),
+        "row_base": list(program.row_base), "out_slots": list(program.out_slots),
+        "out_base": list(program.out_base), "ptr_base": list(program.ptr_base),
         "widths": dataclasses.asdict(program.widths),
         "skip_zero_activations": program.skip_zero_activations,
     }
@@ -66,20 +73,30 @@ def load_program(path) -> SparseProgram:
         layers = []
         for m, info in enumerate(header["layers"]):
             q = Quantization(**{name: arrays[f"layer{m}.q.{name}"] for name in _QUANT_ARRAYS},
-                             in_scale=info["in_scale"], out_scale=info["out_scale"])
-            w = arrays[f"layer{m}.weight"]
+                             in_scale=info["in_scale"], out_scale=info["out_scale"],
+                             pool_multiplier=info["pool_multiplier"],
+                             pool_shift=info["pool_shift"])
+            conv = info["conv"] and Conv2dShape(**{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in info["conv"].items()})
+            pool = info["pool"] and Pool(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in info["pool"].items()})
             layers.append(Layer(name=info["name"], kind=LayerKind(info["kind"]),
-                                in_features=w.shape[1], out_features=w.shape[0], weight=w,
-                                bias=arrays[f"layer{m}.bias"], relu=info["relu"], quant=q))
+                                in_features=info["in_features"],
+                                out_features=info["out_features"],
+                                weight=arrays[f"layer{m}.weight"],
+                                bias=arrays[f"layer{m}.bias"], relu=info["relu"], quant=q,
+                                conv=conv or None, pool=pool or None))
         lanes = []
         for k in range(header["pes"]):
             lanes.append(LaneImage(
                 rows=tuple(arrays[f"lane{k}.rows{m}"] for m in range(len(layers))),
                 **{name: arrays[f"lane{k}.{name}"] for name in _LANE_ARRAYS}))
         return SparseProgram(
-            model=Model(name=header["name"], layers=tuple(layers)), pes=header["pes"],
+            model=Model(name=header["name"], layers=tuple(layers),
+                        input_shape=tuple(header["input_shape"])), pes=header["pes"],
             index_bits=header["index_bits"], row_slots=tuple(header["row_slots"]),
-            row_base=tuple(header["row_base"]), ptr_base=tuple(header["ptr_base"]),
+            row_base=tuple(header["row_base"]), out_slots=tuple(header["out_slots"]),
+            out_base=tuple(header["out_base"]), ptr_base=tuple(header["ptr_base"]),
             lanes=tuple(lanes), input_fanout=arrays["input_fanout"],
             output_lane=arrays["output_lane"], output_row=arrays["output_row"],
             widths=Widths(**header["widths"]),

@@ -54,18 +54,20 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     out_dir = _build_dir(out_dir)
     program = load_program(out_dir / "program.npz")
     report = read_report(out_dir)
-    features = program.model.in_features
+    shape = program.model.input_shape
+    shape = shape if len(shape) > 1 else program.model.in_features
     if inputs is None:
         config = json.loads((out_dir / "build_config.json").read_text())
         if config.get("calibration"):
-            x = load_features(config["calibration"], features, "calibration")
+            x = load_features(config["calibration"], shape, "calibration")
         else:
             from .datasets import digits_split
-            x = digits_split()[0]
+            x = digits_split()[0].reshape(-1, *program.model.input_shape)
         if limit is None:
             limit = DEFAULT_LIMIT
     else:
-        x = load_features(inputs, features, "input")
+        x = load_features(inputs, shape, "input")
+    x = x.reshape(len(x), -1)
     if limit is not None:
         x = x[:limit]
     xq = reference.quantize_input(x, program.model.input_scale)
@@ -79,7 +81,8 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         failure = None
     except RTLMismatch as e:
         hw, cycles, failure = e.hw, e.cycles, e
-    dequantized = reference.dequantize(hw, program.model.output_scale)
+    dequantized = reference.dequantize(hw, program.model.output_scale).reshape(
+        len(hw), *program.model.output_shape)
     np.savez(outputs_path, hw=hw, reference=expected.outputs, dequantized=dequantized,
              cycles=cycles)
     if failure is not None:

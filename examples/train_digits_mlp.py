@@ -17,28 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.utils.prune as prune
+from digits_training import accuracy, prune_gradually, train
+
 from compiler.datasets import digits_split
 
 HERE = Path(__file__).resolve().parent
-
-
-def _train(model, x, y, epochs, lr, seed):
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-    model.eval()
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
 
 
 def main(argv=None):
@@ -52,24 +35,12 @@ def main(argv=None):
     x_train, x_test, y_train, y_test = digits_split()
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
                           nn.Linear(64, 10))
-    _train(model, x_train, y_train, epochs=100, lr=1e-3, seed=args.seed)
+    train(model, x_train, y_train, epochs=100, lr=1e-3, seed=args.seed)
     print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}")
-
-    params = [(layer, "weight") for layer in model if isinstance(layer, nn.Linear)]
-    total = sum(layer.weight.numel() for layer, _ in params)
-    # Zhu & Gupta's cubic schedule: prune fast while there is slack, slowly near the target.
-    for t in range(1, 11):
-        step = args.sparsity * (1 - (1 - t / 10) ** 3)
-        done = sum(int((layer.weight == 0).sum()) for layer, _ in params)
-        amount = int(round(step * total)) - done
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
-        _train(model, x_train, y_train, epochs=20, lr=5e-4, seed=args.seed)
-        print(f"sparsity {step:.2f}: accuracy {accuracy(model, x_test, y_test):.4f}")
-    _train(model, x_train, y_train, epochs=60, lr=2e-4, seed=args.seed)
-    for layer, name in params:
-        prune.remove(layer, name)
-    zeros = sum(int((layer.weight == 0).sum()) for layer, _ in params)
-    print(f"final weight sparsity {zeros / total:.4f}, test accuracy "
+    reached = prune_gradually(model, x_train, y_train, sparsity=args.sparsity, seed=args.seed,
+                              report=lambda s: print(f"{s}: accuracy "
+                                                     f"{accuracy(model, x_test, y_test):.4f}"))
+    print(f"final weight sparsity {reached:.4f}, test accuracy "
           f"{accuracy(model, x_test, y_test):.4f}")
 
     args.out.mkdir(parents=True, exist_ok=True)

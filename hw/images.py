@@ -15,7 +15,7 @@ from amaranth.lib import data
 from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 
 __all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
-           "pack_entries", "pack_pointers", "pack_rows", "memory_bits"]
+           "pack_entries", "pack_pointers", "pack_rows", "pack_outputs", "memory_bits"]
 
 
 def _bits(n: int) -> int:
@@ -31,8 +31,11 @@ class Geometry:
     in_features: int
     out_features: int
     index_bits: int
-    row_slots: tuple
+    row_slots: tuple          # accumulator rows per PE, per layer
     max_row_slots: int
+    out_slots: tuple          # outputs per PE, per layer (rows / pooling window)
+    groups: tuple             # accumulator rows per output, per layer
+    pool_sum_width: int       # signed bits of a pooling window's sum of int8 values
     ptr_depth: int
     ptr_width: int            # bits of a pointer-memory address (a job's column)
     entry_depth: tuple        # per lane
@@ -55,13 +58,16 @@ def geometry(program: SparseProgram, *, queue_depth: int | None = None) -> Geome
     entries = [max(1, len(lane.entry_value)) for lane in program.lanes]
     max_count = max(int(lane.ptr_count.max(initial=0)) for lane in program.lanes)
     slots = max(program.row_slots)
+    groups = tuple(layer.group for layer in program.layers)
     if queue_depth is None:
         # A queue never holds more than one layer's outputs of one PE: this depth never stalls.
-        queue_depth = max(2, min(slots, 16))
+        queue_depth = max(2, min(max(program.out_slots), 16))
     return Geometry(
         pes=program.pes, layers=len(program.layers),
         in_features=program.model.in_features, out_features=program.model.out_features,
         index_bits=program.index_bits, row_slots=tuple(program.row_slots), max_row_slots=slots,
+        out_slots=tuple(program.out_slots), groups=groups,
+        pool_sum_width=max(2, (128 * max(groups)).bit_length() + 1),
         ptr_depth=ptr_depth, ptr_width=_bits(ptr_depth - 1),
         entry_depth=tuple(entries), start_bits=_bits(max(entries)),
         count_bits=_bits(max(1, max_count)), row_bits=_bits(slots),
@@ -90,11 +96,11 @@ def pointer_layout(geo: Geometry) -> data.StructLayout:
 
 
 def row_layout(geo: Geometry) -> data.StructLayout:
+    """Requantization parameters of one accumulator row."""
     return data.StructLayout({
         "bias": signed(geo.bias_width),
         "multiplier": unsigned(MULTIPLIER_BITS),
         "shift": unsigned(SHIFT_MAX.bit_length()),
-        "fanout": unsigned(geo.pes),
     })
 
 
@@ -116,9 +122,14 @@ def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
 def pack_rows(program: SparseProgram, lane: int, geo: Geometry) -> list:
     img = program.lanes[lane]
     layout = row_layout(geo)
-    return [layout.const({"bias": int(b), "multiplier": int(m), "shift": int(s),
-                          "fanout": int(f)}).as_value().value
-            for b, m, s, f in zip(img.bias, img.multiplier, img.shift, img.fanout)]
+    return [layout.const({"bias": int(b), "multiplier": int(m), "shift": int(s)}
+                         ).as_value().value
+            for b, m, s in zip(img.bias, img.multiplier, img.shift)]
+
+
+def pack_outputs(program: SparseProgram, lane: int, geo: Geometry) -> list:
+    """Per output: the PEs (bit mask) that hold weights in the column it feeds."""
+    return [int(f) for f in program.lanes[lane].fanout]
 
 
 def memory_bits(geo: Geometry) -> dict:
@@ -129,8 +140,9 @@ def memory_bits(geo: Geometry) -> dict:
         "weights": sum(geo.entry_depth) * (8 + geo.index_bits),
         "pointers": geo.pes * geo.ptr_depth * (geo.start_bits + geo.count_bits),
         "row_parameters": geo.pes * sum(geo.row_slots) * row_layout(geo).size,
+        "output_fanout": geo.pes * sum(geo.out_slots) * geo.pes,
         "accumulators": geo.pes * 2 * geo.max_row_slots * geo.acc_width,
         "job_queues": geo.pes * geo.pes * geo.queue_depth * job_bits,
         "input_queues": geo.pes * geo.input_queue_depth * job_bits,
-        "outputs": geo.pes * max(2, geo.row_slots[-1]) * 8,
+        "outputs": geo.pes * max(2, geo.out_slots[-1]) * 8,
     }

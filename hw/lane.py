@@ -21,10 +21,11 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import SparseProgram
+from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 
-from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_pointers, pack_rows,
-                     pointer_layout, row_layout)
+from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_outputs,
+                     pack_pointers, pack_rows, pointer_layout, row_layout)
+from .pool import POOL_AVG, POOL_MAX, Pooler
 from .requant import Requantizer
 
 __all__ = ["SparsePE"]
@@ -83,7 +84,7 @@ class SparsePE(wiring.Component):
             "push_valid": Out(1),
             "push_ready": In(1),
             "wb_count": Out(range(geo.layers + 1)),
-            "out_addr": In(range(max(2, geo.row_slots[-1]))),
+            "out_addr": In(range(max(2, geo.out_slots[-1]))),
             "out_en": In(1),
             "out_data": Out(signed(8)),
         })
@@ -96,10 +97,23 @@ class SparsePE(wiring.Component):
 
         rows_of = _table([prog.lanes[k].row_count(i) for i in range(L)] + [0],
                          range(geo.max_row_slots + 1))
+        outs_of = _table([prog.lanes[k].row_count(i) // geo.groups[i] for i in range(L)] + [0],
+                         range(max(geo.out_slots) + 1))
+        group_of = _table(list(geo.groups) + [1], range(max(geo.groups) + 1))
         row_base = _table(list(prog.row_base) + [0], range(sum(geo.row_slots) + 1))
-        push_base = _table([prog.ptr_base[i + 1] + k * prog.row_slots[i] if i + 1 < L else 0
+        out_base = _table(list(prog.out_base) + [0], range(sum(geo.out_slots) + 1))
+        push_base = _table([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
                             for i in range(L)] + [0], range(geo.ptr_depth + 1))
         relu_of = _table([layer.relu for layer in prog.layers] + [0], 1)
+        pool_mode_of = _table([0 if layer.pool is None else
+                               POOL_MAX if layer.pool.kind == "max" else POOL_AVG
+                               for layer in prog.layers] + [0], 2)
+        pool_mult_of = _table([layer.quant.pool_multiplier for layer in prog.layers] + [0],
+                              MULTIPLIER_BITS)
+        pool_shift_of = _table([layer.quant.pool_shift for layer in prog.layers] + [1],
+                               range(SHIFT_MAX + 1))
+        pool_relu_of = _table([bool(layer.pool and layer.pool.relu_after)
+                               for layer in prog.layers] + [0], 1)
 
         # ---- memories -------------------------------------------------------------------
         elay, play, rlay = entry_layout(geo), pointer_layout(geo), row_layout(geo)
@@ -109,6 +123,8 @@ class SparsePE(wiring.Component):
             shape=play.size, depth=geo.ptr_depth, init=pack_pointers(prog, k, geo))
         m.submodules.rowparams = rowparams = memory.Memory(
             shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
+        m.submodules.outparams = outparams = memory.Memory(
+            shape=unsigned(P), depth=max(1, sum(geo.out_slots)), init=pack_outputs(prog, k, geo))
         banks = []
         for b in range(2):
             mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[])
@@ -117,7 +133,7 @@ class SparsePE(wiring.Component):
             rp = mem.read_port(transparent_for=(wp,))
             banks.append((rp, wp))
         m.submodules.outputs = outputs = memory.Memory(
-            shape=signed(8), depth=max(2, geo.row_slots[-1]), init=[])
+            shape=signed(8), depth=max(2, geo.out_slots[-1]), init=[])
         out_wp = outputs.write_port()
         out_rp = outputs.read_port()
         m.d.comb += [out_rp.addr.eq(self.out_addr), out_rp.en.eq(self.out_en),
@@ -247,30 +263,49 @@ class SparsePE(wiring.Component):
             for b in range(2)]
         wb_active = Signal()
         wb_issue_row = Signal(range(geo.max_row_slots + 1))
-        wb_done_rows = Signal(range(geo.max_row_slots + 1))
+        wb_issue_out = Signal(range(max(geo.out_slots) + 1))
+        wb_in_group = Signal(range(max(geo.groups) + 1))
+        wb_done_outs = Signal(range(max(geo.out_slots) + 1))
         wb_rows = rows_of[wb_layer]
+        wb_outs = outs_of[wb_layer]
+        wb_group = group_of[wb_layer]
         wb_live = Signal()
         m.d.comb += wb_live.eq(wb_active | (self.run & (wb_layer < L) & (layer > wb_layer)
                                             & ~Mux(wb_bank, pending[1], pending[0])))
         with m.If(wb_live):
             m.d.sync += wb_active.eq(1)
 
+        tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),
+                                        "first": 1, "last": 1})
         m.submodules.requant = rq = Requantizer(
-            acc_width=geo.acc_width, bias_width=geo.bias_width,
-            tag_shape=data.StructLayout({"row": unsigned(geo.row_bits),
-                                         "fanout": unsigned(P)}))
+            acc_width=geo.acc_width, bias_width=geo.bias_width, tag_shape=tag_layout)
         param_rp = rowparams.read_port()
         params = data.View(rlay, param_rp.data)
+        fanout_rp = outparams.read_port()
         rd_valid = Signal()
         rd_row = Signal(geo.row_bits)
+        rd_out = Signal(geo.row_bits)
+        rd_first = Signal()
+        rd_last = Signal()
         can_issue = ~rd_valid | rq.i.ready
         issue_wb = wb_live & (wb_issue_row < wb_rows) & can_issue
+        group_done = wb_in_group + 1 == wb_group
         m.d.comb += [
             param_rp.addr.eq(row_base[wb_layer] + wb_issue_row),
             param_rp.en.eq(can_issue),
+            fanout_rp.addr.eq(out_base[wb_layer] + wb_issue_out),
+            fanout_rp.en.eq(can_issue),
         ]
         with m.If(issue_wb):
-            m.d.sync += [wb_issue_row.eq(wb_issue_row + 1), rd_row.eq(wb_issue_row)]
+            m.d.sync += [
+                wb_issue_row.eq(wb_issue_row + 1),
+                wb_in_group.eq(Mux(group_done, 0, wb_in_group + 1)),
+                wb_issue_out.eq(wb_issue_out + group_done),
+                rd_row.eq(wb_issue_row),
+                rd_out.eq(wb_issue_out),
+                rd_first.eq(wb_in_group == 0),
+                rd_last.eq(group_done),
+            ]
         with m.If(can_issue):
             m.d.sync += rd_valid.eq(issue_wb)
         acc_data = Mux(wb_bank, banks[1][0].data, banks[0][0].data)
@@ -281,8 +316,10 @@ class SparsePE(wiring.Component):
             rq.i.payload.multiplier.eq(params.multiplier),
             rq.i.payload.shift.eq(params.shift),
             rq.i.payload.relu.eq(relu_of[wb_layer]),
-            rq.i.payload.tag.row.eq(rd_row),
-            rq.i.payload.tag.fanout.eq(params.fanout),
+            rq.i.payload.tag.out.eq(rd_out),
+            rq.i.payload.tag.fanout.eq(fanout_rp.data),
+            rq.i.payload.tag.first.eq(rd_first),
+            rq.i.payload.tag.last.eq(rd_last),
         ]
         clear = rd_valid & rq.i.ready
 
@@ -299,34 +336,53 @@ class SparsePE(wiring.Component):
             with m.Elif(clear & (wb_bank == b)):
                 m.d.comb += [wp.addr.eq(rd_row), wp.data.eq(0), wp.en.eq(1)]
 
-        # requantized rows: a job for the next layer, or a final output
-        last_layer = wb_layer == L - 1
-        value = rq.o.payload.value
-        drop = (value == 0) if geo.skip_zero_activations else Const(0)
-        needs_push = ~last_layer & ~drop & (rq.o.payload.tag.fanout != 0)
+        # requantized rows -> pooled outputs -> a job for the next layer, or a final output
+        m.submodules.pool = pool = Pooler(
+            tag_shape=data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P)}),
+            sum_width=geo.pool_sum_width,
+            average=any(layer.pool is not None and layer.pool.kind == "avg"
+                        for layer in prog.layers))
         m.d.comb += [
-            self.push.job.column.eq(push_base[wb_layer] + rq.o.payload.tag.row),
+            pool.i.valid.eq(rq.o.valid),
+            pool.i.payload.value.eq(rq.o.payload.value),
+            pool.i.payload.first.eq(rq.o.payload.tag.first),
+            pool.i.payload.last.eq(rq.o.payload.tag.last),
+            pool.i.payload.tag.out.eq(rq.o.payload.tag.out),
+            pool.i.payload.tag.fanout.eq(rq.o.payload.tag.fanout),
+            rq.o.ready.eq(pool.i.ready),
+            pool.mode.eq(pool_mode_of[wb_layer]),
+            pool.multiplier.eq(pool_mult_of[wb_layer]),
+            pool.shift.eq(pool_shift_of[wb_layer]),
+            pool.relu.eq(pool_relu_of[wb_layer]),
+        ]
+        last_layer = wb_layer == L - 1
+        value = pool.o.payload.value
+        drop = (value == 0) if geo.skip_zero_activations else Const(0)
+        needs_push = ~last_layer & ~drop & (pool.o.payload.tag.fanout != 0)
+        m.d.comb += [
+            self.push.job.column.eq(push_base[wb_layer] + pool.o.payload.tag.out),
             self.push.job.value.eq(value),
             self.push.job.tag.eq(~wb_layer[0]),
-            self.push.mask.eq(rq.o.payload.tag.fanout),
-            self.push_valid.eq(rq.o.valid & needs_push),
-            rq.o.ready.eq(~needs_push | self.push_ready),
-            out_wp.addr.eq(rq.o.payload.tag.row),
+            self.push.mask.eq(pool.o.payload.tag.fanout),
+            self.push_valid.eq(pool.o.valid & needs_push),
+            pool.o.ready.eq(~needs_push | self.push_ready),
+            out_wp.addr.eq(pool.o.payload.tag.out),
             out_wp.data.eq(value),
-            out_wp.en.eq(rq.o.valid & last_layer),
+            out_wp.en.eq(pool.o.valid & last_layer),
         ]
-        retire = rq.o.valid & rq.o.ready
+        retire = pool.o.valid & pool.o.ready
         finished = Signal()
-        m.d.comb += finished.eq(wb_live & Mux(wb_rows == 0, 1,
-                                              retire & (wb_done_rows + 1 == wb_rows)))
+        m.d.comb += finished.eq(wb_live & Mux(wb_outs == 0, 1,
+                                              retire & (wb_done_outs + 1 == wb_outs)))
         with m.If(retire):
-            m.d.sync += wb_done_rows.eq(wb_done_rows + 1)
+            m.d.sync += wb_done_outs.eq(wb_done_outs + 1)
         with m.If(finished):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
-                         wb_issue_row.eq(0), wb_done_rows.eq(0)]
+                         wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
+                         wb_done_outs.eq(0)]
         with m.If(self.restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
-                         wb_done_rows.eq(0)]
+                         wb_issue_out.eq(0), wb_in_group.eq(0), wb_done_outs.eq(0)]
         # internal signals a testbench may watch (cycle accounting in benchmarks)
         self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
                        "pop": pop}

@@ -120,7 +120,7 @@ class SparseAccelerator(wiring.Component):
         out_valid = Signal()
         out_lane = Signal(range(P))
         lane_of = Array([Const(int(v), range(P)) for v in prog.output_lane])
-        row_of = Array([Const(int(v), range(max(2, geo.row_slots[-1])))
+        row_of = Array([Const(int(v), range(max(2, geo.out_slots[-1])))
                         for v in prog.output_row])
         out_data = Array([lane.out_data for lane in lanes])
         m.d.comb += [

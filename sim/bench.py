@@ -11,7 +11,7 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
+from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
 
 __all__ = ["AcceleratorBench"]
 
@@ -22,6 +22,7 @@ class AcceleratorBench:
     def __init__(self, dut, *, period_ns: int = 10):
         self.dut = dut
         self.clk = dut.clk
+        self.period_ns = period_ns
         Clock(dut.clk, period_ns, unit="ns").start()
 
     async def reset(self):
@@ -58,6 +59,12 @@ class AcceleratorBench:
             await ReadOnly()
             if dut.output__valid.value:
                 values.append(dut.output__payload.value.to_signed())
+            elif not values:
+                # nothing to take yet: sleep until valid rises instead of cycle by cycle
+                timeout = Timer(timeout_cycles * self.period_ns, unit="ns")
+                if await First(RisingEdge(dut.output__valid), timeout) is timeout:
+                    raise TimeoutError(f"no output within {timeout_cycles} cycles")
+                continue
             await RisingEdge(self.clk)
             waited += 1
             if waited > timeout_cycles:

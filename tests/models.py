@@ -56,3 +56,21 @@ def torch_mlp(shapes, *, seed=0, sparsity=0.5) -> nn.Sequential:
         if m < len(shapes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).eval()
+
+
+def sparsify_(module: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """Zero a random share of every Linear/Conv2d weight, in place."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight[torch.rand(m.weight.shape, generator=gen) < sparsity] = 0.0
+    return module.eval()
+
+
+def images(shape, n=64, *, seed=1, density=0.6) -> np.ndarray:
+    """Random nonnegative images [n, C, H, W], about ``density`` of the pixels nonzero."""
+    rng = np.random.default_rng(seed)
+    x = np.abs(rng.standard_normal((n, *shape)))
+    x[rng.random(x.shape) > density] = 0.0
+    return x.astype(np.float32)

@@ -6,10 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from models import calibration, float_model
+import torch
+import torch.nn as nn
+from models import calibration, float_model, images, sparsify_
 
 from compiler import reference
 from compiler.build import compile_model
+from compiler.frontend import to_ir
 from compiler.simulate import run_rtl
 from hw.verilog import generate_verilog
 
@@ -64,3 +67,40 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
     assert (cycles >= expected.ideal_cycles).all()
     # the adversarial vectors must drive some layer into saturation
     assert any(((a == 127) | (a == -128)).any() for a in expected.activations[1:])
+
+
+# Convolutions: kernels 1/3/5, strides 1/2, padding 0/1, 1..16 channels, max and average pools.
+CONV_CASES = {
+    "k1-s1-p0-c3to8-max-p3": (lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 6)),
+        (3, 6, 6), 0.5, 3),
+    "k3-s2-p1-c1to16-then-k5-p8": (lambda: nn.Sequential(
+        nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 5),
+        nn.Flatten(), nn.Linear(4, 3)), (1, 9, 9), 0.8, 8),
+    "k5-s1-p1-c2to4-avg-relu-p4": (lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 5, padding=1), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
+        nn.Linear(36, 5)), (2, 8, 8), 0.3, 4),
+    "k3-s1-p1-c16to16-max-p2": (lambda: nn.Sequential(
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), (16, 4, 4), 0.9, 2),
+}
+
+
+@pytest.mark.parametrize("simulator", ["icarus", "verilator"])
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_rtl_convolutions_are_bit_exact(case, simulator, tmp_path):
+    make, shape, sparsity, pes = CONV_CASES[case]
+    torch.manual_seed(len(case))
+    net = sparsify_(make(), sparsity, seed=len(case))
+    model = to_ir(net, input_shape=shape)
+    cal = images(shape, n=64)
+    program = compile_model(model, cal.reshape(len(cal), -1), pes)
+    verilog = generate_verilog(program, tmp_path / "top.v")
+    features = model.in_features
+    x = np.vstack([adversarial_inputs(features, 0, seed=1),
+                   reference.quantize_input(images(shape, n=4, seed=2).reshape(4, -1),
+                                            program.model.input_scale)])
+    expected = reference.run(program, x)
+    hw, cycles = run_rtl(verilog, x, expected.outputs, simulator=simulator,
+                         work_dir=tmp_path / simulator)
+    assert np.array_equal(hw, expected.outputs)
+    assert (cycles >= expected.ideal_cycles).all()

@@ -119,7 +119,7 @@ def test_a_forward_that_is_not_its_layers_in_order_is_caught(tmp_path):
 @pytest.mark.parametrize("module, match", [
     (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), r"unsupported layer '1' \(Tanh\); supported:"),
     (nn.Sequential(nn.ReLU(), nn.Linear(4, 3)), "does not follow a Linear"),
-    (nn.Sequential(nn.Dropout()), "no Linear layer"),
+    (nn.Sequential(nn.Dropout()), "no Linear or Conv2d layer"),
 ])
 def test_unsupported_structures_name_the_layer(tmp_path, module, match):
     with pytest.raises(FrontendError, match=match):

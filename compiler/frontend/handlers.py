@@ -19,13 +19,17 @@ __all__ = ["Op", "HANDLERS", "SUPPORTED", "type_name", "module_ops"]
 
 @dataclass
 class Op:
-    kind: str                   # "linear" | "relu" | "affine" | "flatten" | "noop"
+    kind: str        # "linear" | "conv" | "pool" | "relu" | "affine" | "affine2d" | "flatten" | "noop"
     name: str                   # qualified module name
     type: str                   # torch class name, for messages
     weight: np.ndarray | None = None
     bias: np.ndarray | None = None
-    scale: np.ndarray | None = None   # affine: y = x * scale + shift
+    scale: np.ndarray | None = None   # affine: y = x * scale + shift (per feature / channel)
     shift: np.ndarray | None = None
+    stride: tuple | None = None       # conv, pool
+    padding: tuple | None = None      # conv
+    size: tuple | None = None         # pool window
+    pool: str | None = None           # "max" | "avg"
 
 
 def type_name(module) -> str:
@@ -52,10 +56,63 @@ def _linear(module, name):
     return [Op("linear", name, "Linear", weight=weight, bias=bias)]
 
 
-def _batchnorm1d(module, name):
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+def _conv2d(module, name):
+    def refuse(what):
+        return FrontendError(f"layer {name!r} (Conv2d) uses {what}; supported: groups=1, "
+                             f"dilation=1, zero padding given as numbers")
+    if getattr(module, "groups", 1) != 1:
+        raise refuse(f"groups={module.groups}")
+    if _pair(getattr(module, "dilation", 1)) != (1, 1):
+        raise refuse(f"dilation={module.dilation}")
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        raise refuse(f"padding_mode={module.padding_mode!r}")
+    if isinstance(module.padding, str):
+        raise refuse(f"padding={module.padding!r}")
+    weight = _tensor(module, name, "weight")
+    bias = _tensor(module, name, "bias") if getattr(module, "bias", None) is not None \
+        else np.zeros(weight.shape[0])
+    return [Op("conv", name, "Conv2d", weight=weight, bias=bias, stride=_pair(module.stride),
+               padding=_pair(module.padding))]
+
+
+def _pool(kind):
+    def handler(module, name):
+        cls = type_name(module)
+        size = _pair(module.kernel_size)
+        stride = _pair(module.stride if module.stride is not None else module.kernel_size)
+        problems = []
+        if stride != size:
+            problems.append(f"stride {stride} != kernel {size}")
+        if _pair(module.padding) != (0, 0):
+            problems.append(f"padding={module.padding}")
+        if getattr(module, "ceil_mode", False):
+            problems.append("ceil_mode=True")
+        if kind == "max" and _pair(getattr(module, "dilation", 1)) != (1, 1):
+            problems.append(f"dilation={module.dilation}")
+        if kind == "avg" and getattr(module, "divisor_override", None) is not None:
+            problems.append("divisor_override")
+        if problems:
+            raise FrontendError(f"layer {name!r} ({cls}) uses {', '.join(problems)}; supported: "
+                                f"non-overlapping windows (stride = kernel), no padding, floor "
+                                f"mode")
+        return [Op("pool", name, cls, size=size, stride=stride, pool=kind)]
+    return handler
+
+
+def _batchnorm2d(module, name):
+    (op,) = _batchnorm1d(module, name, "BatchNorm2d")
+    op.kind = "affine2d"
+    return [op]
+
+
+def _batchnorm1d(module, name, cls="BatchNorm1d"):
     mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
     if mean is None or var is None:
-        raise FrontendError(f"layer {name!r} (BatchNorm1d) has no running statistics "
+        raise FrontendError(f"layer {name!r} ({cls}) has no running statistics "
                             f"(track_running_stats=False); it cannot be folded for inference")
     mean = mean.detach().double().numpy()
     var = var.detach().double().numpy()
@@ -65,8 +122,8 @@ def _batchnorm1d(module, name):
         else np.zeros_like(mean)
     scale = gamma / np.sqrt(var + float(module.eps))
     if not np.isfinite(scale).all():
-        raise FrontendError(f"layer {name!r} (BatchNorm1d) has NaN or Inf statistics")
-    return [Op("affine", name, "BatchNorm1d", scale=scale, shift=beta - mean * scale)]
+        raise FrontendError(f"layer {name!r} ({cls}) has NaN or Inf statistics")
+    return [Op("affine", name, cls, scale=scale, shift=beta - mean * scale)]
 
 
 def _simple(kind):
@@ -77,6 +134,10 @@ def _simple(kind):
 
 HANDLERS = {
     "Linear": _linear,
+    "Conv2d": _conv2d,
+    "MaxPool2d": _pool("max"),
+    "AvgPool2d": _pool("avg"),
+    "BatchNorm2d": _batchnorm2d,
     "ReLU": _simple("relu"),
     "BatchNorm1d": _batchnorm1d,
     "Flatten": _simple("flatten"),

@@ -24,7 +24,9 @@ def lane_work(mask: np.ndarray, owner: np.ndarray, pes: int, active: np.ndarray)
 
 def assign_rows(mask: np.ndarray, pes: int, active: np.ndarray | None = None, *,
                 iterations: int = 4000, seed: int = 0) -> list[np.ndarray]:
-    """Partition the rows of ``mask`` (bool [rows, cols]: nonzero weights) over ``pes`` PEs.
+    """Partition the rows of ``mask`` over ``pes`` PEs. ``mask``: [rows, cols], the nonzero
+    weights (bool) or, for rows that stand for several accumulators (a pooling window), how
+    many nonzero weights each holds per column.
 
     ``active``: bool [S, cols], which columns are nonzero for each calibration input (all ones
     when unknown). Every PE gets at most ``ceil(rows / pes)`` rows. Returns each PE's rows,

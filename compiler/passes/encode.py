@@ -12,7 +12,7 @@ neurons, so each PE can send its outputs without any global reordering.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 
@@ -51,6 +51,16 @@ def _choose_index_bits(gaps: list[int], entries: int, row_slots) -> int:
     return widest
 
 
+def _structure(layer) -> np.ndarray:
+    """Where the layer's matrix can be nonzero at all (every weight present)."""
+    ones = dataclasses.replace(layer, weight=np.ones_like(layer.weight), quant=None)
+    return ones.matrix() != 0
+
+
+def _offsets(sizes) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes)[:-1]]))
+
+
 def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=None,
            skip_zero_activations: bool = True) -> SparseProgram:
     """Build the memory images of ``model`` (quantized) for ``pes`` processing elements.
@@ -71,33 +81,41 @@ def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=No
     dense = not skip_zero_activations
     layers = model.layers
     n_layers = len(layers)
+    matrices = [layer.matrix(quantized=True) for layer in layers]
+    stored = [_structure(layer) if dense else mat != 0 for layer, mat in zip(layers, matrices)]
 
+    # PEs own whole outputs: all rows of a pooling window stay together, window by window.
     owners = []
     for m, layer in enumerate(layers):
-        mask = layer.quant.weight != 0
+        per_output = stored[m].reshape(layer.out_features, layer.group, -1).sum(axis=1)
         act = None if activity is None else np.asarray(activity[m], dtype=bool)
-        owners.append(assign_rows(np.ones_like(mask) if dense else mask, pes, act))
+        outputs = assign_rows(per_output, pes, act)
+        owners.append([(np.repeat(o, layer.group) * layer.group
+                        + np.tile(np.arange(layer.group), len(o))) for o in outputs])
     row_slots = tuple(max(1, max(len(r) for r in owners[m])) for m in range(n_layers))
-    row_base = tuple(int(x) for x in np.concatenate([[0], np.cumsum(row_slots)[:-1]]))
+    out_slots = tuple(max(1, max(len(r) // layer.group for r in owners[m]))
+                      for m, layer in enumerate(layers))
+    row_base, out_base = _offsets(row_slots), _offsets(out_slots)
 
-    # model column feeding each program column of each layer (-1: an unused slot)
+    # model input feature feeding each program column of each layer (-1: an unused slot)
     col_source = [np.arange(layers[0].in_features)]
     for m in range(1, n_layers):
-        src = np.full(pes * row_slots[m - 1], -1, dtype=np.int64)
+        src = np.full(pes * out_slots[m - 1], -1, dtype=np.int64)
+        group = layers[m - 1].group
         for j, rows in enumerate(owners[m - 1]):
-            src[j * row_slots[m - 1]: j * row_slots[m - 1] + len(rows)] = rows
+            outs = rows[::group] // group
+            src[j * out_slots[m - 1]: j * out_slots[m - 1] + len(outs)] = outs
         col_source.append(src)
     col_counts = [len(s) for s in col_source]
-    ptr_base = tuple(int(x) for x in np.concatenate([[0], np.cumsum(col_counts)[:-1]]))
+    ptr_base = _offsets(col_counts)
 
     if index_bits is None:
         gaps, entries = [], 0
-        for m, layer in enumerate(layers):
-            w = layer.quant.weight
+        for m in range(n_layers):
             for rows in owners[m]:
                 for src in col_source[m]:
                     if src >= 0 and len(rows):
-                        local = np.arange(len(rows)) if dense else np.flatnonzero(w[rows, src])
+                        local = np.flatnonzero(stored[m][rows, src])
                         gaps += np.diff(local, prepend=-1).tolist()
                         entries += len(local)
         index_bits = _choose_index_bits([g - 1 for g in gaps], entries, row_slots)
@@ -106,49 +124,48 @@ def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=No
     lanes_i = [[] for _ in range(pes)]
     ptr_start = np.zeros((pes, sum(col_counts)), dtype=np.int64)
     ptr_count = np.zeros((pes, sum(col_counts)), dtype=np.int64)
-    for m, layer in enumerate(layers):
-        w = layer.quant.weight
+    for m in range(n_layers):
         for k, rows in enumerate(owners[m]):
             for c, src in enumerate(col_source[m]):
                 p = ptr_base[m] + c
                 ptr_start[k, p] = len(lanes_v[k])
                 if src < 0 or len(rows) == 0:
                     continue
-                column = w[rows, src].astype(np.int64)
-                local = np.arange(len(rows)) if dense else np.flatnonzero(column)
-                values, indices = _encode_column(local, column[local], index_bits)
+                local = np.flatnonzero(stored[m][rows, src])
+                values, indices = _encode_column(local, matrices[m][rows[local], src],
+                                                 index_bits)
                 lanes_v[k] += values
                 lanes_i[k] += indices
                 ptr_count[k, p] = len(values)
 
-    widths = _widths([np.abs(layer.quant.weight.astype(np.int64)).sum(axis=1) for layer in layers],
-                     [layer.quant.bias for layer in layers])
+    channels = [layer.row_channel() for layer in layers]
+    widths = _widths([np.abs(mat).sum(axis=1) for mat in matrices],
+                     [layer.quant.bias[rc] for layer, rc in zip(layers, channels)])
     # A shift this large rounds every reachable product to 0: store the equivalent (0, 1) so
     # the rounding term always fits the product register.
     never = widths.biased + MULTIPLIER_BITS
 
-    total_rows = sum(row_slots)
     lanes = []
     for k in range(pes):
-        bias = np.zeros(total_rows, dtype=np.int64)
-        mult = np.zeros(total_rows, dtype=np.int64)
-        shift = np.ones(total_rows, dtype=np.int64)
-        fanout = np.zeros(total_rows, dtype=np.int64)
+        bias = np.zeros(sum(row_slots), dtype=np.int64)
+        mult = np.zeros(sum(row_slots), dtype=np.int64)
+        shift = np.ones(sum(row_slots), dtype=np.int64)
+        fanout = np.zeros(sum(out_slots), dtype=np.int64)
         for m, layer in enumerate(layers):
             rows = owners[m][k]
+            q, rc = layer.quant, channels[m][rows]
             sl = slice(row_base[m], row_base[m] + len(rows))
-            bias[sl] = layer.quant.bias[rows]
-            vanishes = layer.quant.shift[rows] >= never
-            mult[sl] = np.where(vanishes, 0, layer.quant.multiplier[rows])
-            shift[sl] = np.where(vanishes, 1, layer.quant.shift[rows])
+            bias[sl] = q.bias[rc]
+            vanishes = q.shift[rc] >= never
+            mult[sl] = np.where(vanishes, 0, q.multiplier[rc])
+            shift[sl] = np.where(vanishes, 1, q.shift[rc])
             if m + 1 < n_layers:
-                for i in range(len(rows)):
-                    p = ptr_base[m + 1] + k * row_slots[m] + i
-                    fanout[row_base[m] + i] = sum(1 << j for j in range(pes)
+                for i in range(len(rows) // layer.group):
+                    p = ptr_base[m + 1] + k * out_slots[m] + i
+                    fanout[out_base[m] + i] = sum(1 << j for j in range(pes)
                                                   if ptr_count[j, p] > 0)
         lanes.append(LaneImage(
-            rows=tuple(np.asarray(r, dtype=np.int64) for r in (owners[m][k]
-                                                               for m in range(n_layers))),
+            rows=tuple(np.asarray(owners[m][k], dtype=np.int64) for m in range(n_layers)),
             entry_value=np.array(lanes_v[k], dtype=np.int8),
             entry_index=np.array(lanes_i[k], dtype=np.int64),
             ptr_start=ptr_start[k], ptr_count=ptr_count[k],
@@ -159,12 +176,13 @@ def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=No
     out_lane = np.zeros(model.out_features, dtype=np.int64)
     out_row = np.zeros(model.out_features, dtype=np.int64)
     for k, rows in enumerate(owners[-1]):
-        out_lane[rows] = k
-        out_row[rows] = np.arange(len(rows))
+        outs = rows[::layers[-1].group] // layers[-1].group
+        out_lane[outs] = k
+        out_row[outs] = np.arange(len(outs))
     return SparseProgram(
         model=model, pes=pes, index_bits=index_bits, row_slots=row_slots, row_base=row_base,
-        ptr_base=ptr_base, lanes=tuple(lanes), input_fanout=input_fanout,
-        output_lane=out_lane, output_row=out_row, widths=widths,
+        out_slots=out_slots, out_base=out_base, ptr_base=ptr_base, lanes=tuple(lanes),
+        input_fanout=input_fanout, output_lane=out_lane, output_row=out_row, widths=widths,
         skip_zero_activations=skip_zero_activations).verify()
 
 

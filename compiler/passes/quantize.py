@@ -21,12 +21,25 @@ class QuantizationError(SparsemacError):
     pass
 
 
+def _layer_forward(layer: Layer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values before pooling, layer output) in float64, flattened."""
+    y = x @ layer.matrix().T + layer.bias[layer.row_channel()]
+    if layer.relu:
+        y = np.maximum(y, 0.0)
+    if layer.pool is None:
+        return y, y
+    windows = y.reshape(len(y), layer.out_features, layer.group)
+    out = windows.max(axis=2) if layer.pool.kind == "max" else windows.mean(axis=2)
+    if layer.pool.relu_after:
+        out = np.maximum(out, 0.0)
+    return y, out
+
+
 def float_forward(model: Model, x: np.ndarray) -> list[np.ndarray]:
-    """Float activations of every layer (input first), as PyTorch would compute them."""
-    acts = [np.asarray(x, dtype=np.float64)]
+    """Float activations of every layer (input first, flattened), as PyTorch computes them."""
+    acts = [np.asarray(x, dtype=np.float64).reshape(len(x), -1)]
     for layer in model.layers:
-        y = acts[-1] @ layer.weight.astype(np.float64).T + layer.bias
-        acts.append(np.maximum(y, 0.0) if layer.relu else y)
+        acts.append(_layer_forward(layer, acts[-1])[1])
     return acts
 
 
@@ -57,18 +70,24 @@ def _activation_scale(values: np.ndarray) -> float:
 
 
 def quantize(model: Model, calibration: np.ndarray) -> Model:
-    """Quantize ``model`` with activation ranges measured on ``calibration`` (float [N, in])."""
-    acts = float_forward(model, calibration)
-    scales = [_activation_scale(a) for a in acts]
+    """Quantize ``model`` with activation ranges measured on ``calibration`` (float [N, ...],
+    flattened to [N, in_features])."""
+    x = np.asarray(calibration, dtype=np.float64).reshape(len(calibration), -1)
+    scales = [_activation_scale(x)]
+    for layer in model.layers:
+        before_pool, x = _layer_forward(layer, x)
+        # the requantizer writes the values before pooling: their range sets the scale
+        scales.append(_activation_scale(before_pool))
     layers = []
     for i, layer in enumerate(model.layers):
         in_scale, out_scale = scales[i], scales[i + 1]
-        w = layer.weight.astype(np.float64)
+        w = layer.weight.astype(np.float64).reshape(layer.channels, -1)
         peak = np.abs(w).max(axis=1)
         nonzero = peak > 0
         w_scale = np.where(nonzero, peak / WEIGHT_MAX, peak.max() / WEIGHT_MAX if nonzero.any()
                            else 1.0)
         w_q = np.clip(np.rint(w / w_scale[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+        w_q = w_q.reshape(layer.weight.shape)
         bias_q = np.rint(layer.bias.astype(np.float64) / (in_scale * w_scale))
         if (np.abs(bias_q) >= 2 ** 31).any():
             row = int(np.argmax(np.abs(bias_q)))
@@ -77,9 +96,11 @@ def quantize(model: Model, calibration: np.ndarray) -> Model:
                 f"({layer.bias[row]:g} at scale {in_scale * w_scale[row]:g}); the bias dwarfs the "
                 f"weights - check the model or calibrate on representative inputs")
         mults, shifts = zip(*(quantize_multiplier(in_scale * s / out_scale) for s in w_scale))
+        pool_m, pool_s = quantize_multiplier(1.0 / layer.group) if layer.pool else (0, 1)
         q = Quantization(
             weight=w_q, bias=bias_q.astype(np.int64),
             multiplier=np.array(mults, dtype=np.int64), shift=np.array(shifts, dtype=np.int64),
-            weight_scale=w_scale, in_scale=in_scale, out_scale=out_scale)
+            weight_scale=w_scale, in_scale=in_scale, out_scale=out_scale,
+            pool_multiplier=pool_m, pool_shift=pool_s)
         layers.append(dataclasses.replace(layer, quant=q))
     return dataclasses.replace(model, layers=tuple(layers)).verify()
