@@ -4,11 +4,12 @@ resources and programmer. Everything board-specific is looked up here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import importlib
+from dataclasses import asdict, dataclass, replace
 
 from compiler.errors import InputError
 
-__all__ = ["Board", "BOARDS", "get_board", "board_names"]
+__all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,22 @@ class Board:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def platform_class(self):
+        """The amaranth-boards platform class."""
+        return _load_platform(self.platform)
+
+    def create_platform(self):
+        """An instance of the platform; 7-series boards get the openXC7 ("Xray") flavour, whose
+        files Yosys can read (the Vivado flavour's ``BUFGCTRL SIM_DEVICE`` breaks it)."""
+        cls = self.platform_class()
+        return cls(toolchain="Xray") if self.family == "xc7" else cls()
+
+    @property
+    def osc_hz(self) -> float:
+        """The frequency of the platform's default clock (the board oscillator)."""
+        platform = self.platform_class()()
+        return platform.default_clk_frequency
 
 
 BOARDS = {b.name: b for b in [
@@ -61,14 +78,96 @@ BOARDS = {b.name: b for b in [
 _ALIASES = {"ulx3s": "ulx3s_85f", "arty_a7": "arty_a7_35"}
 
 
+#: Resources of the devices that amaranth-boards platforms use, for ``--platform``:
+#: (luts, ffs, dsps, bram_bits, spram_bits). LUT4 on Lattice, LUT6 on 7-series.
+DEVICES = {
+    "iCE40UP5K": (5280, 5280, 8, 30 * 4096, 4 * 262144),
+    "iCE40UP3K": (2800, 2800, 4, 20 * 4096, 0),
+    "iCE40HX8K": (7680, 7680, 0, 32 * 4096, 0),
+    "iCE40HX4K": (3520, 3520, 0, 20 * 4096, 0),
+    "iCE40HX1K": (1280, 1280, 0, 16 * 4096, 0),
+    "iCE40LP8K": (7680, 7680, 0, 32 * 4096, 0),
+    "iCE40LP1K": (1280, 1280, 0, 16 * 4096, 0),
+    "LFE5U-12F": (12288, 12288, 28, 32 * 18432, 0),
+    "LFE5U-25F": (24288, 24288, 28, 56 * 18432, 0),
+    "LFE5U-45F": (43848, 43848, 72, 108 * 18432, 0),
+    "LFE5U-85F": (83640, 83640, 156, 208 * 18432, 0),
+    "LFE5UM-25F": (24288, 24288, 28, 56 * 18432, 0),
+    "LFE5UM-45F": (43848, 43848, 72, 108 * 18432, 0),
+    "LFE5UM-85F": (83640, 83640, 156, 208 * 18432, 0),
+    "LFE5UM5G-25F": (24288, 24288, 28, 56 * 18432, 0),
+    "LFE5UM5G-45F": (43848, 43848, 72, 108 * 18432, 0),
+    "LFE5UM5G-85F": (83640, 83640, 156, 208 * 18432, 0),
+    "xc7a35t": (20800, 41600, 90, 50 * 36864, 0),
+    "xc7a50t": (32600, 65200, 120, 75 * 36864, 0),
+    "xc7a100t": (63400, 126800, 240, 135 * 36864, 0),
+    "xc7a200t": (134600, 269200, 740, 365 * 36864, 0),
+}
+
+#: Clock targets by family, for platforms outside the table.
+_CLOCK_TARGET_MHZ = {"ice40": 60.0, "ecp5": 100.0, "xc7": 100.0}
+
+
+def _load_platform(spec: str):
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise InputError(f"--platform wants module:Class (e.g. "
+                         f"amaranth_boards.icebreaker:ICEBreakerPlatform), not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"cannot load platform {spec!r}: {e}; name an amaranth-boards "
+                         f"platform such as amaranth_boards.ulx3s:ULX3S_85F_Platform") from None
+    return cls
+
+
+def board_from_platform(spec: str) -> Board:
+    """A :class:`Board` for any Amaranth platform class ``module:Class``."""
+    from amaranth.vendor import LatticeICE40Platform, LatticeECP5Platform, XilinxPlatform
+
+    cls = _load_platform(spec)
+    for known in BOARDS.values():
+        if known.platform == spec:
+            return known
+    if not isinstance(cls, type):
+        raise InputError(f"{spec!r} is not a platform class")
+    if issubclass(cls, LatticeICE40Platform):
+        family, flow = "ice40", "nextpnr-ice40"
+    elif issubclass(cls, LatticeECP5Platform):
+        family, flow = "ecp5", "nextpnr-ecp5"
+    elif issubclass(cls, XilinxPlatform) and str(cls.device).lower().startswith("xc7"):
+        family, flow = "xc7", "xilinx"
+    else:
+        raise InputError(f"{spec}: only iCE40, ECP5 and Xilinx 7-series platforms are "
+                         f"supported")
+    device = str(cls.device)
+    key = next((d for d in DEVICES if device.lower().startswith(d.lower())), None)
+    if key is None:
+        raise InputError(f"{spec}: device {device} is not in the resource table; known devices: "
+                         f"{', '.join(DEVICES)}")
+    luts, ffs, dsps, bram, spram = DEVICES[key]
+    return Board(spec, spec, family, device, flow, _CLOCK_TARGET_MHZ[family], luts=luts,
+                 ffs=ffs, dsps=dsps, bram_bits=bram, spram_bits=spram, programmer="",
+                 description=f"{cls.__name__} ({device})")
+
+
+def with_clock(board: Board, clock_mhz: float) -> Board:
+    """``board`` with another clock target."""
+    return replace(board, clock_mhz=float(clock_mhz))
+
+
 def board_names() -> list[str]:
     return sorted([*BOARDS, *_ALIASES])
 
 
 def get_board(name: str) -> Board:
     """The board called ``name`` (aliases: ``ulx3s`` = ``ulx3s_85f``, ``arty_a7`` =
-    ``arty_a7_35``)."""
+    ``arty_a7_35``), or the platform ``module:Class``."""
+    if ":" in name:
+        return board_from_platform(name)
     key = _ALIASES.get(name, name)
     if key not in BOARDS:
-        raise InputError(f"unknown board {name!r}; known boards: {', '.join(board_names())}")
+        raise InputError(f"unknown board {name!r}; known boards: {', '.join(board_names())} "
+                         f"(or --platform module:Class for another amaranth-boards platform)")
     return BOARDS[key]

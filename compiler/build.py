@@ -15,13 +15,13 @@ from typing import Callable
 
 import numpy as np
 
-from boards import Board, get_board
+from boards import Board, get_board, with_clock
 
 from . import reference
 from .arrays import load_features
-from .datasets import DIGITS_FEATURES, digits_split
+from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .errors import InputError
-from .frontend import load_model
+from .frontend import first_layer, load_module, to_ir
 from .ir import Model, SparseProgram
 from .passes.encode import encode
 from .passes.quantize import quantize
@@ -55,16 +55,25 @@ class BuildConfig:
     model: str
     board: str
     pes: int = 8
-    calibration: str | None = None       # .npy, float32 [N, in_features]; None: digits
+    calibration: str | None = None       # .npy, float32 [N, in_features] or [N, C, H, W]
     out: str | None = None               # default build/<model>-<board>
     trust_pickle: bool = False
     index_bits: int | None = None        # None: narrowest with <= 1 % padding
     queue_depth: int | None = None       # None: never stalls, at most 16
     dense: bool = False                  # store every weight, skip nothing (baseline)
+    # boards (boards/): the clock target (None: the board's), UART rate, timing policy
+    clock_mhz: float | None = None
+    baud: int = 115200
+    allow_timing_failure: bool = False
+    bitstream: bool = True               # False: fit check and Verilog only
 
     def validate(self) -> "BuildConfig":
-        if not isinstance(self.pes, int) or self.pes < 1:
-            raise InputError(f"--pes must be a whole number >= 1, not {self.pes!r}")
+        if self.pes != "auto" and (not isinstance(self.pes, int) or self.pes < 1):
+            raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
+        if self.clock_mhz is not None and not 1 <= self.clock_mhz <= 1000:
+            raise InputError(f"--clock-mhz must be in 1..1000, not {self.clock_mhz}")
+        if not isinstance(self.baud, int) or self.baud < 300:
+            raise InputError(f"--baud must be a whole number >= 300, not {self.baud!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
         if self.queue_depth is not None and self.queue_depth < 2:
@@ -76,7 +85,8 @@ class BuildConfig:
     def out_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        return Path("build") / f"{Path(self.model).stem}-{self.board}"
+        board = self.board.rpartition(":")[2] if ":" in self.board else self.board
+        return Path("build") / f"{Path(self.model).stem}-{board}"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -87,8 +97,10 @@ class BuildState:
     config: BuildConfig
     out_dir: Path
     board: Board
+    module: object = None                  # the torch module as loaded
+    input_shape: tuple | None = None       # (C, H, W) for a model starting with Conv2d
     model: Model | None = None
-    calibration: np.ndarray | None = None
+    calibration: np.ndarray | None = None  # float [N, in_features] (flattened)
     quantized: Model | None = None
     program: SparseProgram | None = None
     reference_run: reference.RunResult | None = None
@@ -106,20 +118,33 @@ class BuildResult:
 
 
 def step_load(s: BuildState):
-    s.model = load_model(s.config.model, trust_pickle=s.config.trust_pickle)
+    s.module = load_module(s.config.model, trust_pickle=s.config.trust_pickle)
 
 
 def step_calibration(s: BuildState):
-    features = s.model.in_features
-    if s.config.calibration is None:
-        if features != DIGITS_FEATURES:
-            raise InputError(
-                f"no --calibration given and the bundled digits data has {DIGITS_FEATURES} "
-                f"features but the model takes {features}: pass --calibration X.npy, float32 "
-                f"of shape [N, {features}]")
-        s.calibration = digits_split()[0]
+    """Calibration inputs; for a model that starts with a convolution they also fix the input
+    height and width."""
+    first = first_layer(s.module)
+    conv = first.kind == "conv"
+    takes = first.weight.shape[1]
+    if s.config.calibration is not None:
+        x = load_features(s.config.calibration, (takes, None, None) if conv else takes,
+                          "calibration")
+    elif conv and takes == 1:
+        x = digits_split()[0].reshape(-1, *DIGITS_IMAGE)
+    elif not conv and takes == DIGITS_FEATURES:
+        x = digits_split()[0]
     else:
-        s.calibration = load_features(s.config.calibration, features, "calibration")
+        want = f"[N, {takes}, H, W]" if conv else f"[N, {takes}]"
+        raise InputError(f"no --calibration given and the bundled digits data (64 pixels, "
+                         f"1 channel) does not fit a model taking {want}: pass --calibration "
+                         f"X.npy, float32 of shape {want}")
+    s.input_shape = tuple(x.shape[1:]) if conv else None
+    s.calibration = x.reshape(len(x), -1)
+
+
+def step_frontend(s: BuildState):
+    s.model = to_ir(s.module, Path(s.config.model).stem, input_shape=s.input_shape)
 
 
 def step_quantize(s: BuildState):
@@ -147,9 +172,49 @@ def step_verilog(s: BuildState):
                                  queue_depth=s.config.queue_depth)
 
 
+def step_fit(s: BuildState):
+    """Will it fit the board? Seconds, before any synthesis; picks P for ``--pes auto``."""
+    from boards.fit import check_fit, largest_fitting_pes
+
+    def compile_for(pes):
+        return encode_calibrated(s.quantized, s.calibration, pes,
+                                 index_bits=s.config.index_bits, dense=s.config.dense)
+
+    if s.config.pes == "auto":
+        pes, est = largest_fitting_pes(compile_for, s.board, queue_depth=s.config.queue_depth)
+        if pes is None:
+            check_fit(compile_for(1), s.board, queue_depth=s.config.queue_depth)
+        s.config.pes = pes
+        (s.out_dir / "build_config.json").write_text(s.config.to_json())
+    else:
+        est = check_fit(compile_for(s.config.pes), s.board, queue_depth=s.config.queue_depth,
+                        compile_for=compile_for)
+    s.board_results["fit"] = est.as_dict()
+
+
 def step_board(s: BuildState):
-    """Board-specific products (bitstreams, utilisation); Verilog alone for now."""
-    s.board_results = {"bitstream": None, "fmax_mhz": None, "resources": None}
+    """Board products: a bitstream with Fmax and utilisation from nextpnr (iCE40, ECP5), or
+    Vivado / openXC7 plans and a yosys utilisation estimate (7-series)."""
+    from boards.flow import build_bitstream, check_timing, xilinx_products
+
+    fit = s.board_results.get("fit")
+    s.board_results = {"bitstream": None, "fmax_mhz": None, "resources": None, "fit": fit}
+    if not s.config.bitstream:
+        return
+    if s.board.family == "xc7":
+        results = xilinx_products(s.program, s.board, s.out_dir, baud=s.config.baud,
+                                  queue_depth=s.config.queue_depth)
+    else:
+        results = build_bitstream(s.program, s.board, s.out_dir, baud=s.config.baud,
+                                  queue_depth=s.config.queue_depth)
+    s.board_results.update(results)
+    if results.get("fmax_mhz") is not None:
+        try:
+            check_timing(s.board_results, s.board.clock_mhz,
+                         allow_failure=s.config.allow_timing_failure)
+        except Exception:
+            step_report(s)          # the report of a failed build still says why
+            raise
 
 
 def step_report(s: BuildState):
@@ -161,7 +226,9 @@ def step_report(s: BuildState):
 STEPS: list[tuple[str, Callable[[BuildState], None]]] = [
     ("load", step_load),
     ("calibration", step_calibration),
+    ("frontend", step_frontend),
     ("quantize", step_quantize),
+    ("fit", step_fit),
     ("encode", step_encode),
     ("check_reference", step_check_reference),
     ("verilog", step_verilog),
@@ -178,7 +245,10 @@ def build(config: BuildConfig, *, on_step: Callable[[str], None] | None = None) 
     except OSError as e:
         raise InputError(f"cannot create build folder {out_dir}: {e.strerror}; choose another "
                          f"--out") from None
-    state = BuildState(config=config, out_dir=out_dir, board=get_board(config.board))
+    board = get_board(config.board)
+    if config.clock_mhz is not None:
+        board = with_clock(board, config.clock_mhz)
+    state = BuildState(config=config, out_dir=out_dir, board=board)
     (out_dir / "build_config.json").write_text(config.to_json())
     for name, step in STEPS:
         if on_step is not None:

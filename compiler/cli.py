@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from .errors import SparsemacError
+from .errors import InputError, SparsemacError
 
 __all__ = ["main"]
 
@@ -32,6 +32,10 @@ def _positive(text: str) -> int:
     return value
 
 
+def _pes(text: str):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def _console():
     from rich.console import Console
     return Console(highlight=False, soft_wrap=True)
@@ -40,10 +44,15 @@ def _console():
 def cmd_build(args) -> int:
     from .build import BuildConfig, build
 
-    config = BuildConfig(model=args.model, board=args.board, pes=args.pes,
+    if (args.board is None) == (args.platform is None):
+        raise InputError("give either --board NAME or --platform module:Class")
+    config = BuildConfig(model=args.model, board=args.board or args.platform, pes=args.pes,
                          calibration=args.calibration, out=args.out,
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,
-                         queue_depth=args.queue_depth, dense=args.dense)
+                         queue_depth=args.queue_depth, dense=args.dense,
+                         clock_mhz=args.clock_mhz, baud=args.baud,
+                         allow_timing_failure=args.allow_timing_failure,
+                         bitstream=not args.no_bitstream)
     console = _console()
     with console.status("building") as status:
         result = build(config, on_step=lambda name: status.update(f"build step: {name}"))
@@ -58,6 +67,13 @@ def cmd_build(args) -> int:
     console.print(f"  Verilog {r['verilog']}; report {result.out_dir / 'report.md'}")
     if r.get("bitstream"):
         console.print(f"  bitstream {r['bitstream']} (Fmax {r['fmax_mhz']} MHz)")
+    timing = r.get("timing")
+    if timing and not timing["met"]:
+        console.print(f"  [bold]timing NOT met[/]: Fmax {timing['fmax_mhz']} MHz < "
+                      f"{timing['target_mhz']:g} MHz target (kept: --allow-timing-failure)")
+    plans = (r.get("board_flow") or {}).get("plans")
+    if plans:
+        console.print(f"  Vivado plan {plans['vivado']}; openXC7 plan {plans['openxc7_script']}")
     return 0
 
 
@@ -89,8 +105,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="compile a model to Verilog (and a bitstream)")
     p.add_argument("model", help="torch.save(model) or TorchScript file")
-    p.add_argument("--board", required=True, help=f"one of: {', '.join(board_names())}")
-    p.add_argument("--pes", type=_positive, default=8, help="processing elements (default 8)")
+    p.add_argument("--board", help=f"one of: {', '.join(board_names())}")
+    p.add_argument("--platform", help="any amaranth-boards platform, module:Class (instead of "
+                                      "--board)")
+    p.add_argument("--pes", type=_pes, default=8,
+                   help="processing elements, or auto: the most that fit the board (default 8)")
     p.add_argument("--calibration", help=".npy float32 [N, in_features] (default: digits)")
     p.add_argument("--out", help="build folder (default build/<model>-<board>)")
     p.add_argument("--trust-pickle", action="store_true",
@@ -99,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-depth", type=_positive, help="PE-to-PE job queue depth")
     p.add_argument("--dense", action="store_true",
                    help="store and process every weight and input (baseline for benchmarks)")
+    p.add_argument("--clock-mhz", type=float, help="clock target (default: the board's)")
+    p.add_argument("--baud", type=_positive, default=115200, help="UART rate (default 115200)")
+    p.add_argument("--allow-timing-failure", action="store_true",
+                   help="keep a bitstream whose Fmax is below the clock target")
+    p.add_argument("--no-bitstream", action="store_true",
+                   help="fit check and Verilog only; skip synthesis and place and route")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("simulate", help="run the Verilog in cocotb against the reference model")
@@ -113,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     # Commands of other features register themselves here (one line each).
+    from boards.cli import add_commands as _board_commands; _board_commands(sub)  # noqa: E702
     return parser
 
 

@@ -40,7 +40,7 @@ def build_report(state) -> dict:
             "pe_active_entries_mean": [round(float(v), 3)
                                        for v in run.lane_entries[:, m, :].mean(axis=0)],
         })
-    weights = sum(layer.in_features * layer.out_features for layer in program.layers)
+    weights = sum(layer.weight.size for layer in program.layers)
     nnz = sum(layer.nnz for layer in program.layers)
     ideal = run.ideal_cycles
     bits = memory_bits(geo)
@@ -79,6 +79,10 @@ def build_report(state) -> dict:
         },
         "fmax_mhz": state.board_results.get("fmax_mhz"),
         "bitstream": state.board_results.get("bitstream"),
+        "timing": state.board_results.get("timing"),
+        "fit": state.board_results.get("fit"),
+        "board_flow": {k: v for k, v in state.board_results.items()
+                       if k not in ("resources", "fmax_mhz", "bitstream", "timing", "fit")},
         "steps": dict(state.timings),
     }
 
@@ -160,8 +164,52 @@ def _markdown(r: dict) -> str:
         ]
     else:
         lines.append("- measured: not simulated yet (`python -m compiler simulate`)")
+    lines += _board_markdown(r)
     lines += ["", "## Memory (bits)", "", "| kind | bits |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r["memory_bits"].items()]
     lines += ["", "## Build steps (seconds)", "", "| step | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r.get("steps", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _board_markdown(r: dict) -> list:
+    """Resources and Fmax (boards/): nextpnr's numbers, or the estimates."""
+    lines = ["", "## Board", ""]
+    timing, fit, flow = r.get("timing"), r.get("fit"), r.get("board_flow") or {}
+    if timing:
+        verdict = "met" if timing["met"] else (
+            "NOT met (kept with --allow-timing-failure)" if timing["allowed_failure"]
+            else "NOT met")
+        lines.append(f"- Fmax {timing['fmax_mhz']} MHz against a {timing['target_mhz']:g} MHz "
+                     f"target: {verdict}")
+    if flow.get("flow"):
+        lines.append(f"- flow: {flow['flow']}" + (f", {flow['seconds']} s" if flow.get("seconds")
+                                                   else ""))
+    if flow.get("clock_mhz"):
+        lines.append(f"- clock {flow['clock_mhz']} MHz"
+                     + (f" from a PLL {flow['pll']}" if flow.get("pll") else "")
+                     + f", UART {flow.get('baud')} baud, design id {flow.get('design_id')}")
+    path = flow.get("critical_path")
+    if path:
+        lines.append(f"- critical path: {path['from']} -> {path['to']}, {path['delay_ns']} ns "
+                     f"({path['logic_ns']} ns logic in {path['levels']} levels, "
+                     f"{path['routing_ns']} ns routing)")
+    for key, label in (("vivado", "Vivado plan"), ("openxc7_script", "openXC7 plan")):
+        if flow.get("plans", {}).get(key):
+            lines.append(f"- {label}: `{flow['plans'][key]}`")
+    res = r.get("resources") or {}
+    if res and all(isinstance(v, dict) and "used" in v for v in res.values()):
+        source = flow.get("resources_source", "nextpnr report")
+        lines += ["", f"Utilisation ({source}):", "", "| resource | used | available | % |",
+                  "|---|---|---|---|"]
+        for kind, v in res.items():
+            pct = "" if v.get("percent") is None else v["percent"]
+            lines.append(f"| {v.get('what', kind)} | {v['used']} | {v['available']} | {pct} |")
+    if fit:
+        lines += ["", "Estimate before synthesis (fit check):", "",
+                  "| resource | estimated | available |", "|---|---|---|"]
+        for kind in ("bram_blocks", "dsps", "luts", "ffs"):
+            lines.append(f"| {kind} | {fit[kind]['used']} | {fit[kind]['available']} |")
+    if len(lines) == 3:
+        lines.append("- no board flow run")
+    return lines

@@ -1,0 +1,194 @@
+"""The UART link between a host and a board: framing, CRC, message types.
+
+Shared by the gateware (:mod:`boards.link`), the host runtime (:mod:`compiler.runtime`) and the
+tests, so the three cannot disagree. Plain Python, no Amaranth.
+
+Every frame, in both directions::
+
+    sync | type | seq | length (u16 LE) | payload[length] | crc (u16 BE)
+
+``crc`` is CRC-16/IBM-3740 (poly 0x1021, init 0xFFFF, not reflected; also called
+CRC-16/CCITT-FALSE) over ``type .. payload``; sent big-endian, so the CRC over
+``type .. crc`` is zero (the check the receiver makes). ``seq`` is echoed in the reply, so a
+host never takes a late reply to an earlier request for the current one.
+
+Requests (host -> board, ``sync`` = :data:`SYNC_REQUEST`): :data:`INFER` with the
+``in_features`` int8 inputs, :data:`INFO` with no payload.
+
+Replies (board -> host, ``sync`` = :data:`SYNC_REPLY`): :data:`RESULT` (``out_features``
+int8 outputs, then the compute cycles as u32 LE), :data:`INFO_REPLY` (in_features u16,
+out_features u16, PEs u8, design id u32, clock Hz u32, all LE) and :data:`ERROR` (one byte, an
+:data:`ERRORS` code). The board answers every request it could frame: a bad CRC, a wrong
+length, an unknown type, a UART framing error or a frame cut short (no byte for
+``timeout`` while inside a frame: a dropped byte) each produce an :data:`ERROR` frame, never a
+result. After a bad length or type it ignores the line until it has been quiet for the timeout,
+then hunts for the next sync byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+__all__ = [
+    "SYNC_REQUEST", "SYNC_REPLY", "INFER", "INFO", "RESULT", "INFO_REPLY", "ERROR", "ERRORS",
+    "HEADER_BYTES", "crc16", "encode_frame", "FrameDecoder", "Frame", "info_payload",
+    "parse_info", "result_payload", "parse_result", "design_id", "BoardInfo",
+]
+
+SYNC_REQUEST = 0xA5
+SYNC_REPLY = 0x5A
+
+INFER = 0x01
+INFO = 0x02
+RESULT = 0x81
+INFO_REPLY = 0x82
+ERROR = 0xEE
+
+#: Error codes in an :data:`ERROR` frame's payload.
+ERRORS = {
+    1: "bad CRC",
+    2: "frame cut short (timeout: a byte was dropped)",
+    3: "wrong length for this request type",
+    4: "unknown request type",
+    5: "UART framing error (wrong baud rate or noise)",
+}
+ERR_CRC, ERR_TIMEOUT, ERR_LENGTH, ERR_TYPE, ERR_FRAMING = 1, 2, 3, 4, 5
+
+#: sync, type, seq, length (2)
+HEADER_BYTES = 5
+INFO_BYTES = 13
+
+
+def _crc_table():
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_TABLE = _crc_table()
+
+
+def crc16(data: bytes, crc: int = 0xFFFF) -> int:
+    """CRC-16/IBM-3740 (CCITT-FALSE) of ``data``."""
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
+    return crc
+
+
+def encode_frame(sync: int, kind: int, seq: int, payload: bytes = b"") -> bytes:
+    """One frame, CRC appended."""
+    if not 0 <= seq <= 255:
+        raise ValueError(f"seq must be in 0..255, not {seq!r}")
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"payload of {len(payload)} bytes does not fit a u16 length")
+    body = bytes([kind, seq]) + struct.pack("<H", len(payload)) + bytes(payload)
+    return bytes([sync]) + body + struct.pack(">H", crc16(body))
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    seq: int
+    payload: bytes
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, collect good frames; counts what it threw away.
+
+    Bytes before a sync byte are skipped; a frame whose CRC fails is dropped and decoding resumes
+    one byte after its sync byte, so a lost byte costs only the frame it was in.
+    """
+
+    def __init__(self, sync: int, *, max_length: int = 0xFFFF):
+        self.sync = sync
+        self.max_length = max_length
+        self._buf = bytearray()
+        self.skipped = 0          # bytes thrown away outside frames
+        self.bad_crc = 0          # frames dropped for their CRC
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames = []
+        while True:
+            start = self._buf.find(bytes([self.sync]))
+            if start < 0:
+                self.skipped += len(self._buf)
+                self._buf.clear()
+                return frames
+            if start:
+                self.skipped += start
+                del self._buf[:start]
+            if len(self._buf) < HEADER_BYTES:
+                return frames
+            length = struct.unpack_from("<H", self._buf, 3)[0]
+            if length > self.max_length:
+                self.skipped += 1
+                del self._buf[:1]
+                continue
+            total = HEADER_BYTES + length + 2
+            if len(self._buf) < total:
+                return frames
+            if crc16(self._buf[1:total]) != 0:
+                self.bad_crc += 1
+                del self._buf[:1]
+                continue
+            frames.append(Frame(self._buf[1], self._buf[2],
+                                bytes(self._buf[HEADER_BYTES:total - 2])))
+            del self._buf[:total]
+
+    @property
+    def pending(self) -> int:
+        """Bytes held that may still become a frame."""
+        return len(self._buf)
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    in_features: int
+    out_features: int
+    pes: int
+    design_id: int
+    clock_hz: int
+
+
+def info_payload(info: BoardInfo) -> bytes:
+    return struct.pack("<HHBII", info.in_features, info.out_features, info.pes,
+                       info.design_id, info.clock_hz)
+
+
+def parse_info(payload: bytes) -> BoardInfo:
+    if len(payload) != INFO_BYTES:
+        raise ValueError(f"an INFO reply has {INFO_BYTES} bytes, not {len(payload)}")
+    return BoardInfo(*struct.unpack("<HHBII", payload))
+
+
+def result_payload(outputs, cycles: int) -> bytes:
+    return bytes(int(v) & 0xFF for v in outputs) + struct.pack("<I", int(cycles))
+
+
+def parse_result(payload: bytes, out_features: int) -> tuple[list[int], int]:
+    if len(payload) != out_features + 4:
+        raise ValueError(f"a RESULT reply has {out_features + 4} bytes, not {len(payload)}")
+    outputs = [b - 256 if b >= 128 else b for b in payload[:out_features]]
+    return outputs, struct.unpack_from("<I", payload, out_features)[0]
+
+
+def design_id(program) -> int:
+    """32 bits that identify a compiled program (its memory images and scales): the board
+    reports it so that the host refuses to run inputs for one model on another's bitstream."""
+    h = hashlib.sha256()
+    h.update(struct.pack("<III", program.pes, program.model.in_features,
+                         program.model.out_features))
+    h.update(struct.pack("<dd", float(program.model.input_scale),
+                         float(program.model.output_scale)))
+    for lane in program.lanes:
+        for name in ("entry_value", "entry_index", "ptr_start", "ptr_count", "bias",
+                     "multiplier", "shift", "fanout"):
+            h.update(bytes(getattr(lane, name).astype("<i8").tobytes()))
+    return int.from_bytes(h.digest()[:4], "little")

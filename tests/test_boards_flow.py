@@ -1,0 +1,51 @@
+"""Real bitstreams through the open flows (YoWASP yosys + nextpnr from PyPI), and the Arty's
+plans and yosys estimate. Slow: minutes each; they run in CI."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+
+EXAMPLE = "examples/digits_mlp.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board, target, suffix", [("icebreaker", 60.0, ".bin"),
+                                                   ("ulx3s", 100.0, ".bit")])
+def test_example_bitstream(board, target, suffix, tmp_path):
+    out = tmp_path / board
+    # P = 1 keeps CI's wall time down; P = 2 is the most that fits the iCEBreaker, see
+    # docs/boards_benchmarks.md for every P
+    assert main(["build", EXAMPLE, "--board", board, "--pes", "1", "--out", str(out),
+                 "--allow-timing-failure"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    bitstream = Path(report["bitstream"])
+    assert bitstream.suffix == suffix and bitstream.stat().st_size > 10_000
+    assert report["fmax_mhz"] > 5
+    assert report["timing"]["target_mhz"] == target
+    assert report["timing"]["met"] == (report["fmax_mhz"] >= target)
+    res = report["resources"]
+    kinds = {"icebreaker": ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_PLL"),
+             "ulx3s": ("TRELLIS_COMB", "DP16KD", "MULT18X18D", "EHXPLLL")}[board]
+    for kind in kinds:
+        assert res[kind]["used"] >= 1 and res[kind]["available"] >= res[kind]["used"]
+    assert report["board_flow"]["pll"] is not None
+    assert "Fmax" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_arty_plans_and_estimate(tmp_path):
+    out = tmp_path / "arty"
+    assert main(["build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    flow = report["board_flow"]
+    assert Path(flow["plans"]["vivado"]).read_text().count("synth_design") == 1
+    assert "nextpnr-xilinx" in Path(flow["plans"]["openxc7_script"]).read_text()
+    res = report["resources"]
+    assert res["LUT"]["used"] > 500 and res["DSP48E1"]["used"] >= 2
+    if shutil.which("vivado") is None and shutil.which("nextpnr-xilinx") is None:
+        assert report["bitstream"] is None      # estimate only, said so in the report
+        assert "estimate only" in flow["flow"]
