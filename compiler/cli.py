@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     # Commands of other features register themselves here (one line each).
+    from .prune.cli import add_commands as _prune_commands; _prune_commands(sub)  # noqa: E702
     from boards.cli import add_commands as _board_commands; _board_commands(sub)  # noqa: E702
     return parser
 

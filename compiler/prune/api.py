@@ -1,0 +1,205 @@
+"""The library entry points: :func:`prune_model` (a module in, a pruned module out) and
+:func:`prune_file` (``python -m compiler prune``: load, prune, save on the main process)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import FrontendError, InputError
+from .data import PruneData, check_model_fits, load_data
+from .distributed import DEVICES, Runtime, resolve_device, runtime
+from .layers import check_prunable
+from .masks import Targets
+from .methods import AUTO_UNITS, METHODS
+from .metrics import SparsityReport, sparsity_report
+from .sensitivity import auto_targets
+from .train import Progress, Session, deterministic, evaluate
+
+__all__ = ["PruneConfig", "PruneResult", "prune_model", "prune_file", "default_out",
+           "parse_sparsity"]
+
+
+def parse_sparsity(text) -> float | str:
+    """``"auto"`` or a share of zero weights in [0, 1)."""
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise InputError(f"--sparsity must be a number in [0, 1) or 'auto', not "
+                         f"{text!r}") from None
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise InputError(f"--sparsity must be in [0, 1) (the share of weights to remove, e.g. "
+                         f"0.9), not {value:g}")
+    return value
+
+
+@dataclass
+class PruneConfig:
+    """What ``prune`` does; every field has a CLI flag of the same name (``--batch-size``)."""
+    method: str
+    sparsity: float | str = 0.9          # share of weights removed, or "auto"
+    data: str = "digits"                 # "digits" or PATH.npz (X float32, y int64)
+    epochs: int = 60                     # fine-tuning budget, whole method
+    device: str = "auto"
+    pes: int = 8                         # processing elements (balanced)
+    seed: int = 0
+    max_accuracy_drop: float = 1.0       # accuracy points, for --sparsity auto
+    lr: float = 3e-3
+    batch_size: int = 64
+
+    def validate(self) -> "PruneConfig":
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; use one of "
+                             f"{', '.join(METHODS)}")
+        self.sparsity = parse_sparsity(self.sparsity)
+        for name, low in (("epochs", 0), ("pes", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise InputError(f"--{name.replace('_', '-')} must be a whole number >= {low}, "
+                                 f"not {value!r}")
+        if not self.max_accuracy_drop >= 0:
+            raise InputError(f"--max-accuracy-drop must be >= 0 accuracy points, not "
+                             f"{self.max_accuracy_drop}")
+        if not self.lr > 0:
+            raise InputError(f"--lr must be positive, not {self.lr}")
+        if self.device not in DEVICES:
+            raise InputError(f"--device must be one of {', '.join(DEVICES)}, not "
+                             f"{self.device!r}")
+        return self
+
+
+@dataclass
+class PruneResult:
+    """The pruned model and the figures of the run."""
+    model: nn.Module
+    config: PruneConfig
+    targets: Targets
+    sparsity: SparsityReport
+    accuracy_before: float
+    accuracy_after: float
+    seconds: float
+    device: str
+    world_size: int
+    eval_name: str
+    notes: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    out: Path | None = None
+
+    def summary(self) -> dict:
+        """JSON-able figures (no tensors)."""
+        return {
+            "method": self.config.method, "config": asdict(self.config),
+            "target": {"overall": self.targets.overall, "per_layer": self.targets.per_layer},
+            "sparsity": self.sparsity.to_dict(),
+            "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+            "seconds": self.seconds, "device": self.device, "world_size": self.world_size,
+            "eval": self.eval_name, "notes": self.notes, "info": self.info,
+            "out": str(self.out) if self.out else None,
+        }
+
+
+def _build_check(model, data: PruneData) -> str | None:
+    """Why ``build`` could not load the pruned model (None: it can)."""
+    from ..frontend import to_ir
+    shape = tuple(data.x_train.shape[1:])
+    images = len(shape) > 1         # the frontend needs their (C, H, W)
+    if images and "input_shape" not in inspect.signature(to_ir).parameters:
+        return "the frontend compiles models taking feature vectors only"
+    try:
+        to_ir(copy.deepcopy(model).cpu(), "pruned", **({"input_shape": shape} if images else {}))
+    except FrontendError as e:
+        return str(e)
+    return None
+
+
+def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None = None,
+                rt: Runtime | None = None, progress: Progress | None = None) -> PruneResult:
+    """Prune ``model`` (not changed; a pruned copy is returned) as ``config`` says."""
+    config.validate()
+    check_prunable(model)
+    data = data if data is not None else load_data(config.data, seed=config.seed)
+    check_model_fits(model, data)
+    rt = rt if rt is not None else Runtime(device=resolve_device(config.device))
+    session = Session(data=data, runtime=rt, epochs=config.epochs, seed=config.seed,
+                      pes=config.pes, lr=config.lr, batch_size=config.batch_size,
+                      progress=progress or Progress())
+    started = time.perf_counter()
+    with deterministic(rt.device):
+        torch.manual_seed(config.seed)
+        dense = copy.deepcopy(model).to(rt.device).eval()
+        x_eval, y_eval = session.tensor("x_eval"), session.tensor("y_eval")
+        before = evaluate(dense, x_eval, y_eval)
+        info: dict = {}
+        if config.sparsity == "auto":
+            units, probe = AUTO_UNITS.get(config.method, (None, None))
+            targets, alloc = auto_targets(
+                dense, session, config.max_accuracy_drop,
+                units=units(dense) if units else None, probe=probe)
+            info["auto"] = {"levels": alloc.levels, "one_shot_accuracy": alloc.accuracy,
+                            "budget_points": config.max_accuracy_drop}
+        else:
+            targets = Targets(float(config.sparsity))
+        result = METHODS[config.method](copy.deepcopy(dense), session, targets)
+        pruned = result.model.eval()
+        after = evaluate(pruned, x_eval, y_eval)
+    pruned = pruned.cpu()
+    report = sparsity_report(pruned, dense.cpu(), kept=result.kept)
+    notes = list(result.notes)
+    problem = _build_check(pruned, data)
+    if problem:
+        notes.append(f"build cannot load the result yet: {problem}")
+    info.update(result.info)
+    return PruneResult(model=pruned, config=config, targets=targets, sparsity=report,
+                       accuracy_before=before, accuracy_after=after,
+                       seconds=time.perf_counter() - started, device=str(rt.device),
+                       world_size=rt.world_size, eval_name=data.eval_name, notes=notes,
+                       info=info)
+
+
+def default_out(model_path, config: PruneConfig) -> Path:
+    """``<model>-<method>-<sparsity>.pt`` beside the model."""
+    path = Path(model_path)
+    level = "auto" if config.sparsity == "auto" else f"{round(100 * float(config.sparsity))}"
+    return path.with_name(f"{path.stem}-{config.method}-{level}.pt")
+
+
+def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool = False,
+               progress: Progress | None = None) -> PruneResult:
+    """Load ``model_path``, prune it, save the plain result to ``out`` (main process only).
+
+    Inside ``torchrun`` every process trains its share; only rank 0 writes.
+    """
+    from ..frontend import load_module
+
+    config.validate()
+    out = Path(out) if out is not None else default_out(model_path, config)
+    if out.suffix != ".pt":
+        raise InputError(f"--out {out}: the pruned model is saved with torch.save; give a .pt "
+                         f"path")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or "
+                         f"choose another path")
+    module = load_module(model_path, trust_pickle=trust_pickle)
+    check_prunable(module, str(model_path))
+    data = load_data(config.data, seed=config.seed)
+    check_model_fits(module, data)
+    with runtime(config.device) as rt:
+        result = prune_model(module, config, data=data, rt=rt,
+                             progress=progress if rt.is_main else None)
+        if rt.is_main:
+            try:
+                torch.save(result.model, out)
+            except OSError as e:
+                raise InputError(f"cannot write {out}: {e.strerror}; choose another "
+                                 f"--out") from None
+            result.out = out
+    return result

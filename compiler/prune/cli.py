@@ -1,0 +1,204 @@
+"""The ``prune`` and ``inspect`` commands: argument parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_commands"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def _sparsity(text: str):
+    from ..errors import InputError
+    from .api import parse_sparsity
+    try:
+        return parse_sparsity(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--sparsity ")) from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _sparsity_table(report, title: str):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", caption_justify="left",
+                  caption="param.: share of zero weights; struct.: share of output units "
+                          "(neurons, channels) all zero or removed; mag.-w.: share of the "
+                          "dense weights' L1 mass removed")
+    for column in ("layer", "type", "shape", "nonzero", "param.", "struct.", "mag.-w."):
+        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+    for s in report.layers:
+        shape = "x".join(map(str, s.shape))
+        if s.shape != s.reference_shape:
+            shape = f"{'x'.join(map(str, s.reference_shape))}->{shape}"
+        table.add_row(s.name, s.kind, shape, f"{s.nonzero}/{s.weights}", _percent(s.parameter),
+                      _percent(s.structural), _percent(s.magnitude))
+    t = report.total
+    table.add_row("total", "", "", f"{t.nonzero}/{t.weights}", _percent(t.parameter),
+                  _percent(t.structural), _percent(t.magnitude), style="bold")
+    return table
+
+
+def cmd_prune(args) -> int:
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn)
+
+    from .api import PruneConfig, prune_file
+    from .distributed import torchrun_env
+    from .train import Progress as ProgressSink
+
+    config = PruneConfig(method=args.method, sparsity=args.sparsity, data=args.data,
+                         epochs=args.epochs, device=args.device, pes=args.pes, seed=args.seed,
+                         max_accuracy_drop=args.max_accuracy_drop, lr=args.lr,
+                         batch_size=args.batch_size)
+    env = torchrun_env()
+    main = env is None or env[0] == 0
+    console = Console(highlight=False, soft_wrap=True)
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), disable=not main)
+
+    class _Bars(ProgressSink):
+        """Rich progress bars, drawn from the first training phase on (errors found before
+        it leave stderr to the one-line message)."""
+        task = None
+        live = False
+
+        def start(self, phase, total):
+            if not self.live:
+                bars.start()
+                self.live = True
+            self.task = bars.add_task(phase, total=max(total, 1))
+            if total == 0:
+                bars.update(self.task, completed=1)
+
+        def advance(self, steps=1):
+            bars.advance(self.task, steps)
+
+        def done(self, phase, text=""):
+            bars.update(self.task, completed=bars.tasks[self.task].total)
+
+    sink = _Bars()
+    try:
+        result = prune_file(args.model, config, out=args.out, trust_pickle=args.trust_pickle,
+                            progress=sink)
+    finally:
+        if sink.live:
+            bars.stop()
+    if not main:
+        return 0
+    target = "auto" if args.sparsity == "auto" else f"{100 * float(args.sparsity):.1f} %"
+    console.print(_sparsity_table(result.sparsity, f"{args.method}, target {target}"))
+    console.print(f"accuracy on {result.eval_name}: {100 * result.accuracy_before:.2f} % -> "
+                  f"{100 * result.accuracy_after:.2f} % "
+                  f"({100 * (result.accuracy_after - result.accuracy_before):+.2f} points)")
+    if result.targets.per_layer is not None:
+        what = "share of units removed" if args.method == "structured" else "sparsity"
+        console.print(f"per-layer targets ({what}; sensitivity analysis, one-shot within "
+                      f"{args.max_accuracy_drop:g} points): " + ", ".join(
+                          f"{k} {100 * v:.0f} %" for k, v in result.targets.per_layer.items()))
+    procs = f", {result.world_size} processes" if result.world_size > 1 else ""
+    console.print(f"time {result.seconds:.1f} s on {result.device}{procs}; "
+                  f"{args.epochs} epochs, seed {args.seed}")
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"saved {result.out}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from rich.console import Console
+
+    from .inspection import inspect_file
+
+    report, png = inspect_file(args.model, reference=args.reference, png=args.png,
+                               trust_pickle=args.trust_pickle)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(_sparsity_table(report, str(args.model)))
+    if args.reference is None:
+        console.print("magnitude-weighted sparsity needs the dense model: --reference DENSE.pt")
+    console.print(f"heatmap {png}")
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add ``prune`` and ``inspect`` to the CLI's subparsers."""
+    from .distributed import DEVICES
+    from .methods import METHODS
+
+    p = sub.add_parser("prune", help="prune and fine-tune a model (torchrun for several "
+                                     "processes)")
+    p.add_argument("model", help="torch.save(model) file (a dense, trained classifier)")
+    p.add_argument("--method", required=True, choices=list(METHODS),
+                   help="pruning method")
+    p.add_argument("--sparsity", required=True, type=_sparsity,
+                   help="share of weights to remove, in [0, 1), or 'auto' (per-layer targets "
+                        "from a sensitivity analysis within --max-accuracy-drop)")
+    p.add_argument("--max-accuracy-drop", type=_non_negative, default=1.0,
+                   help="accuracy points --sparsity auto may lose (default 1.0)")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (default) or PATH.npz with X (float32) and y (int64)")
+    p.add_argument("--epochs", type=_count, default=60,
+                   help="fine-tuning budget in epochs, the whole method (default 60)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: CUDA when present (default)")
+    p.add_argument("--pes", type=_positive, default=8,
+                   help="processing elements to balance for (balanced; default 8)")
+    p.add_argument("--out", help="pruned model (default <model>-<method>-<sparsity>.pt)")
+    p.add_argument("--seed", type=_count, default=0, help="seed (default 0)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3,
+                   help="Adam learning rate, decayed by a cosine (default 3e-3)")
+    p.add_argument("--batch-size", type=_positive, default=64,
+                   help="global batch, split the same way on any number of processes "
+                        "(default 64)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle that needs arbitrary classes (runs its code!)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("inspect", help="sparsity of a model: table and heatmap PNG")
+    p.add_argument("model", help="torch.save(model) file")
+    p.add_argument("--reference", help="the dense model it was pruned from (for the "
+                                       "magnitude-weighted sparsity)")
+    p.add_argument("--png", help="heatmap path (default <model>-sparsity.png beside it)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle that needs arbitrary classes (runs its code!)")
+    p.set_defaults(func=cmd_inspect)
