@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from compiler.errors import FitError
+from hw.options import options_for
 
 __all__ = ["MemorySpec", "FitEstimate", "design_memories", "estimate", "check_fit",
            "largest_fitting_pes"]
@@ -73,20 +74,21 @@ class FitEstimate:
 # ---- the memories of the design ----------------------------------------------------------
 
 @functools.lru_cache(maxsize=16)
-def _elaborated_memories(program, queue_depth) -> tuple:
-    return tuple(_walk_memories(program, queue_depth))
+def _elaborated_memories(program, options) -> tuple:
+    return tuple(_walk_memories(program, options))
 
 
-def design_memories(program, *, queue_depth=None, link: bool = True) -> list:
+def design_memories(program, *, queue_depth=None, link: bool = True, family=None) -> list:
     """Every memory of the board top for ``program``, read from the elaborated accelerator (so
     the list cannot drift from hw/), plus the UART link's input buffer (boards/link.py)."""
-    mems = list(_elaborated_memories(program, queue_depth))
+    mems = list(_elaborated_memories(program,
+                                     options_for(program, family, queue_depth=queue_depth)))
     if link:
         mems.append(MemorySpec("link.inputs", max(2, program.model.in_features), 8))
     return mems
 
 
-def _walk_memories(program, queue_depth) -> list:
+def _walk_memories(program, options) -> list:
     """Every memory of the board top for ``program``, read from the elaborated accelerator (so
     the list cannot drift from hw/), plus the UART link's input buffer (boards/link.py)."""
     from amaranth.hdl import Fragment
@@ -105,7 +107,7 @@ def _walk_memories(program, queue_depth) -> list:
         for sub, name, *_ in fragment.subfragments:
             walk(sub, f"{path}.{name}")
 
-    walk(Fragment.get(SparseAccelerator(program, queue_depth=queue_depth), None), "")
+    walk(Fragment.get(SparseAccelerator(program, options), None), "")
     return mems
 
 
@@ -180,9 +182,9 @@ def estimate(program, board, *, queue_depth=None, link: bool = True) -> FitEstim
     from hw.images import geometry
 
     family = board.family
-    geo = geometry(program, queue_depth=queue_depth)
+    geo = geometry(program, options_for(program, board.family, queue_depth=queue_depth))
     P = geo.pes
-    mems = design_memories(program, queue_depth=queue_depth, link=link)
+    mems = design_memories(program, queue_depth=queue_depth, link=link, family=board.family)
     bram_blocks = bram_bits = logic_bits = queue_bits = 0
     for spec in mems:
         if _in_logic(spec, family):

@@ -89,12 +89,16 @@ class UartLink(wiring.Component):
         seq = Signal(8)
         length = Signal(16)
         index = Signal(range(max(2, n_in) + 1))
-        quiet = Signal(range(self.timeout_cycles + 1))
-        timed_out = quiet == self.timeout_cycles
+        # a quiet line: counts down from the timeout; `timed_out` is a register, so the frame
+        # logic never waits for a wide comparison
+        quiet = Signal(range(self.timeout_cycles + 1), init=self.timeout_cycles)
+        timed_out = Signal()
         with m.If(got | urx.framing_error):
-            m.d.sync += quiet.eq(0)
-        with m.Elif(~timed_out):
-            m.d.sync += quiet.eq(quiet + 1)
+            m.d.sync += [quiet.eq(self.timeout_cycles), timed_out.eq(0)]
+        with m.Elif(quiet != 0):
+            m.d.sync += quiet.eq(quiet - 1)
+        with m.Else():
+            m.d.sync += timed_out.eq(1)
 
         # what the transmitter is asked to send
         tx_start = Signal()
@@ -274,10 +278,10 @@ class LinkedAccelerator(wiring.Component):
     """
 
     def __init__(self, program, *, clock_hz: int, baud: int, timeout_s: float = 0.02,
-                 queue_depth=None, timeout_cycles: int | None = None):
+                 options=None, timeout_cycles: int | None = None):
         from .uart import uart_divisor
 
-        self.program, self.queue_depth = program, queue_depth
+        self.program, self.options = program, options
         self.clock_hz, self.baud = int(clock_hz), baud
         self.divisor = uart_divisor(clock_hz, baud)
         self.timeout_cycles = (timeout_cycles if timeout_cycles is not None
@@ -291,7 +295,7 @@ class LinkedAccelerator(wiring.Component):
         from hw.top import SparseAccelerator
 
         m = Module()
-        m.submodules.core = core = SparseAccelerator(self.program, queue_depth=self.queue_depth)
+        m.submodules.core = core = SparseAccelerator(self.program, self.options)
         m.submodules.link = link = UartLink(self.info, divisor=self.divisor,
                                             timeout_cycles=self.timeout_cycles)
         wiring.connect(m, link.input, core.input)

@@ -7,6 +7,8 @@ from pathlib import Path
 from amaranth.build import ResourceError
 from amaranth.hdl import Elaboratable, Module
 
+from hw.options import options_for
+
 from .clocking import ClockReset
 from .link import LinkedAccelerator
 
@@ -29,7 +31,7 @@ class BoardTop(Elaboratable):
     baud : int
         UART rate.
     queue_depth : int or None
-        Passed to the accelerator.
+        Passed to the accelerator, whose memory style follows the board's family.
     """
 
     def __init__(self, program, board, *, baud: int = DEFAULT_BAUD, queue_depth=None):
@@ -38,8 +40,9 @@ class BoardTop(Elaboratable):
                                    target_hz=board.clock_mhz * 1e6)
         self.clock_hz = self.clocking.actual_hz
         # checks the baud rate now, before any tool runs
-        self.linked = LinkedAccelerator(program, clock_hz=self.clock_hz, baud=baud,
-                                        queue_depth=queue_depth)
+        self.linked = LinkedAccelerator(
+            program, clock_hz=self.clock_hz, baud=baud,
+            options=options_for(program, board.family, queue_depth=queue_depth))
 
     def elaborate(self, platform):
         m = Module()
@@ -57,13 +60,13 @@ class BoardTop(Elaboratable):
 
 
 def link_verilog(program, path, *, clock_hz: int, baud: int, timeout_cycles: int | None = None,
-                 queue_depth=None) -> Path:
+                 options=None) -> Path:
     """Verilog of the accelerator behind its UART link (no clocking, no pins), top module
     :data:`LINK_TOPLEVEL`: what the cocotb UART bench simulates."""
     from amaranth.back import verilog
 
     top = LinkedAccelerator(program, clock_hz=clock_hz, baud=baud, timeout_cycles=timeout_cycles,
-                            queue_depth=queue_depth)
+                            options=options)
     path = Path(path)
     path.write_text(verilog.convert(top, name=LINK_TOPLEVEL, emit_src=False))
     return path

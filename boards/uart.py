@@ -41,9 +41,9 @@ class UARTRx(wiring.Component):
     rx : In(1)
         The serial line (asynchronous; idles high).
     data : Out(stream.Signature(8, always_ready=True))
-        One beat per byte received with a good stop bit.
+        One beat per byte received with a good stop bit (registered).
     framing_error : Out(1)
-        One-cycle pulse for a byte whose stop bit was low (the byte is dropped).
+        One-cycle pulse (registered) for a byte whose stop bit was low (the byte is dropped).
     """
 
     def __init__(self, divisor: int):
@@ -83,16 +83,19 @@ class UARTRx(wiring.Component):
                     with m.If(bits == 7):
                         m.next = "STOP"
             with m.State("STOP"):
+                # outputs are registered: the protocol logic behind them sees no UART timing
                 with m.If(timer == 0):
                     with m.If(line):
-                        m.d.comb += self.data.valid.eq(1)
+                        m.d.sync += self.data.valid.eq(1)
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.comb += self.framing_error.eq(1)
+                        m.d.sync += self.framing_error.eq(1)
                         m.next = "BREAK"
             with m.State("BREAK"):              # wait for the line to idle again
                 with m.If(line):
                     m.next = "IDLE"
+        with m.If(self.data.valid | self.framing_error):
+            m.d.sync += [self.data.valid.eq(0), self.framing_error.eq(0)]
         m.d.comb += self.data.payload.eq(shreg)
         return m
 

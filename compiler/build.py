@@ -103,6 +103,7 @@ class BuildState:
     calibration: np.ndarray | None = None  # float [N, in_features] (flattened)
     quantized: Model | None = None
     program: SparseProgram | None = None
+    options: object = None                 # hw.options.HardwareOptions for this board
     reference_run: reference.RunResult | None = None
     verilog: Path | None = None
     board_results: dict = field(default_factory=dict)
@@ -152,8 +153,10 @@ def step_quantize(s: BuildState):
 
 
 def step_encode(s: BuildState):
+    from hw.options import options_for
     s.program = encode_calibrated(s.quantized, s.calibration, s.config.pes,
                                   index_bits=s.config.index_bits, dense=s.config.dense)
+    s.options = options_for(s.program, s.board.family, queue_depth=s.config.queue_depth)
     save_program(s.program, s.out_dir / "program.npz")
 
 
@@ -168,8 +171,7 @@ def step_check_reference(s: BuildState):
 
 def step_verilog(s: BuildState):
     from hw.verilog import generate_verilog
-    s.verilog = generate_verilog(s.program, s.out_dir / "sparsemac_top.v",
-                                 queue_depth=s.config.queue_depth)
+    s.verilog = generate_verilog(s.program, s.out_dir / "sparsemac_top.v", s.options)
 
 
 def step_fit(s: BuildState):

@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from .argtypes import whole_number
 from .errors import InputError, SparsemacError
 
 __all__ = ["main"]
@@ -22,14 +23,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+_positive = whole_number(1)
 
 
 def _pes(text: str):

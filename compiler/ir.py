@@ -80,7 +80,8 @@ class Quantization:
 
     ``weight`` holds int8 values (the layer's weight shape), ``bias`` int32 values in units of
     ``in_scale * weight_scale``; every output of channel ``k`` is
-    ``requantize(acc + bias[k], multiplier[k], shift[k], relu)``. An average pool then
+    ``requantize(acc + bias[k], multiplier[k], shift[k], relu)``. All channels of a layer share
+    one shift (the hardware shifts by a per-layer constant). An average pool then
     requantizes the sum of each window with ``pool_multiplier``/``pool_shift`` (scale 1/window).
     """
     weight: np.ndarray        # int8
@@ -282,6 +283,8 @@ def _verify_layer(layer: Layer):
         raise IRError(f"layer {layer.name!r}: multiplier out of range")
     if ((q.shift < 1) | (q.shift > SHIFT_MAX)).any():
         raise IRError(f"layer {layer.name!r}: shift out of range")
+    if len(set(q.shift.tolist())) > 1:
+        raise IRError(f"layer {layer.name!r}: channels must share one shift")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def build_report(state) -> dict:
     from hw.images import geometry, memory_bits
 
     program, config, run = state.program, state.config, state.reference_run
-    geo = geometry(program, queue_depth=config.queue_depth)
+    geo = geometry(program, state.options)
     layers = []
     for m, layer in enumerate(program.layers):
         ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.column_count(m))
@@ -52,6 +52,7 @@ def build_report(state) -> dict:
         "pes": program.pes,
         "index_bits": program.index_bits,
         "queue_depth": geo.queue_depth,
+        "memory_style": geo.memory,
         "dense_mode": config.dense,
         "in_features": program.model.in_features,
         "out_features": program.model.out_features,
@@ -125,7 +126,7 @@ def _markdown(r: dict) -> str:
         "",
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']}, relative index bits: {r['index_bits']}, "
-        f"job queue depth: {r['queue_depth']}",
+        f"job queue depth: {r['queue_depth']}, memories: {r.get('memory_style', 'block')}",
         f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
         f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",
         f"- input scale {r['input_scale']:.6g}, output scale {r['output_scale']:.6g}",

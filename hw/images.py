@@ -14,6 +14,8 @@ from amaranth.lib import data
 
 from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 
+from .options import HardwareOptions
+
 __all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
            "pack_entries", "pack_pointers", "pack_rows", "pack_outputs", "memory_bits"]
 
@@ -36,6 +38,8 @@ class Geometry:
     out_slots: tuple          # outputs per PE, per layer (rows / pooling window)
     groups: tuple             # accumulator rows per output, per layer
     pool_sum_width: int       # signed bits of a pooling window's sum of int8 values
+    shifts: tuple             # requantization shift, per layer
+    memory: str               # "block" or "distributed" (see hw.options)
     ptr_depth: int
     ptr_width: int            # bits of a pointer-memory address (a job's column)
     entry_depth: tuple        # per lane
@@ -53,7 +57,9 @@ class Geometry:
         return SHIFT_MAX.bit_length()
 
 
-def geometry(program: SparseProgram, *, queue_depth: int | None = None) -> Geometry:
+def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> Geometry:
+    options = options or HardwareOptions()
+    queue_depth = options.queue_depth
     ptr_depth = program.ptr_base[-1] + program.column_count(len(program.layers) - 1)
     entries = [max(1, len(lane.entry_value)) for lane in program.lanes]
     max_count = max(int(lane.ptr_count.max(initial=0)) for lane in program.lanes)
@@ -67,13 +73,22 @@ def geometry(program: SparseProgram, *, queue_depth: int | None = None) -> Geome
         in_features=program.model.in_features, out_features=program.model.out_features,
         index_bits=program.index_bits, row_slots=tuple(program.row_slots), max_row_slots=slots,
         out_slots=tuple(program.out_slots), groups=groups,
-        pool_sum_width=max(2, (128 * max(groups)).bit_length() + 1),
+        pool_sum_width=max(9, (128 * max(groups)).bit_length() + 1),
+        shifts=tuple(_layer_shift(layer) for layer in program.layers),
         ptr_depth=ptr_depth, ptr_width=_bits(ptr_depth - 1),
         entry_depth=tuple(entries), start_bits=_bits(max(entries)),
         count_bits=_bits(max(1, max_count)), row_bits=_bits(slots),
         acc_width=program.widths.accumulator, bias_width=program.widths.biased,
         queue_depth=queue_depth, input_queue_depth=max(2, program.model.in_features),
-        skip_zero_activations=program.skip_zero_activations)
+        skip_zero_activations=program.skip_zero_activations, memory=options.memory)
+
+
+def _layer_shift(layer) -> int:
+    shifts = set(layer.quant.shift.tolist())
+    if len(shifts) != 1:
+        raise ValueError(f"layer {layer.name!r}: the hardware needs one shift per layer, the "
+                         f"program has {sorted(shifts)}")
+    return shifts.pop()
 
 
 def job_layout(geo: Geometry) -> data.StructLayout:
@@ -96,11 +111,10 @@ def pointer_layout(geo: Geometry) -> data.StructLayout:
 
 
 def row_layout(geo: Geometry) -> data.StructLayout:
-    """Requantization parameters of one accumulator row."""
+    """Requantization parameters of one accumulator row (the shift is per layer)."""
     return data.StructLayout({
         "bias": signed(geo.bias_width),
         "multiplier": unsigned(MULTIPLIER_BITS),
-        "shift": unsigned(SHIFT_MAX.bit_length()),
     })
 
 
@@ -122,9 +136,8 @@ def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
 def pack_rows(program: SparseProgram, lane: int, geo: Geometry) -> list:
     img = program.lanes[lane]
     layout = row_layout(geo)
-    return [layout.const({"bias": int(b), "multiplier": int(m), "shift": int(s)}
-                         ).as_value().value
-            for b, m, s in zip(img.bias, img.multiplier, img.shift)]
+    return [layout.const({"bias": int(b), "multiplier": int(m)}).as_value().value
+            for b, m in zip(img.bias, img.multiplier)]
 
 
 def pack_outputs(program: SparseProgram, lane: int, geo: Geometry) -> list:

@@ -21,7 +21,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
+from compiler.ir import MULTIPLIER_BITS, SparseProgram
 
 from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_outputs,
                      pack_pointers, pack_rows, pointer_layout, row_layout)
@@ -55,8 +55,11 @@ class SparsePE(wiring.Component):
         One-hot: the job taken this cycle.
     layers_done : In(range(layers + 1))
         Layers every PE has written back (minimum over PEs of ``wb_count``).
-    push : Out(StructLayout(job, mask)), push_valid : Out(1), push_ready : In(1)
-        A job for the PEs whose bit is set in ``mask``; taken when valid and ready.
+    push : Out(StructLayout(job, mask)), push_valid : Out(1)
+        A job for the PEs whose bit is set in ``mask``, taken whenever valid.
+    out_levels : In(ArrayLayout(range(queue_depth + 1), pes))
+        Fill level of each of this PE's outgoing queues; the writeback never starts a row that
+        could find its queue full.
     wb_count : Out(range(layers + 1))
         Layers this PE has written back.
     out_addr : In(range(row_slots[-1])), out_en : In(1), out_data : Out(signed(8))
@@ -82,7 +85,7 @@ class SparsePE(wiring.Component):
             "layers_done": In(range(geo.layers + 1)),
             "push": Out(data.StructLayout({"job": self._job, "mask": unsigned(geo.pes)})),
             "push_valid": Out(1),
-            "push_ready": In(1),
+            "out_levels": In(data.ArrayLayout(range(geo.queue_depth + 1), geo.pes)),
             "wb_count": Out(range(geo.layers + 1)),
             "out_addr": In(range(max(2, geo.out_slots[-1]))),
             "out_en": In(1),
@@ -110,8 +113,6 @@ class SparsePE(wiring.Component):
                                for layer in prog.layers] + [0], 2)
         pool_mult_of = _table([layer.quant.pool_multiplier for layer in prog.layers] + [0],
                               MULTIPLIER_BITS)
-        pool_shift_of = _table([layer.quant.pool_shift for layer in prog.layers] + [1],
-                               range(SHIFT_MAX + 1))
         pool_relu_of = _table([bool(layer.pool and layer.pool.relu_after)
                                for layer in prog.layers] + [0], 1)
 
@@ -125,13 +126,17 @@ class SparsePE(wiring.Component):
             shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
         m.submodules.outparams = outparams = memory.Memory(
             shape=unsigned(P), depth=max(1, sum(geo.out_slots)), init=pack_outputs(prog, k, geo))
+        block = geo.memory == "block"
+        read_domain = "sync" if block else "comb"
         banks = []
         for b in range(2):
             mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[])
             m.submodules[f"acc{b}"] = mem
             wp = mem.write_port()
-            rp = mem.read_port(transparent_for=(wp,))
-            banks.append((rp, wp))
+            rp = mem.read_port(domain=read_domain, transparent_for=(wp,) if block else ())
+            # LUT RAM reads are cheap: the writeback gets a port of its own
+            wb_rp = rp if block else mem.read_port(domain="comb")
+            banks.append((rp, wp, wb_rp))
         m.submodules.outputs = outputs = memory.Memory(
             shape=signed(8), depth=max(2, geo.out_slots[-1]), init=[])
         out_wp = outputs.write_port()
@@ -164,80 +169,116 @@ class SparsePE(wiring.Component):
                 with m.If(later[s]):
                     m.d.comb += pick.eq(s)
 
-        # pointer stage and walker registers
-        ptr_valid = Signal()
-        ptr_value = Signal(signed(8))
-        ptr_bank = Signal()
+        # Memory style "block": every RAM read lands in a register before logic uses it
+        # (ECP5 block RAM has ~5.6 ns clock-to-out); "distributed": LUT RAM read
+        # asynchronously into a register. Stages (block / distributed):
+        #   pop -> pointer RAM -> [A] -> B -> walker -> entry RAM -> [E] -> C: decode row,
+        #   multiply -> D: accumulate (distributed) / D: read bank, E2: accumulate (block)
+        ptr_rp = pointers.read_port(domain=read_domain)
+        a_valid, a_value, a_bank = Signal(), Signal(signed(8)), Signal()
+        b_valid, b_value, b_bank = Signal(), Signal(signed(8)), Signal()
+        b_ptr = Signal(play)
         walk_left = Signal(range(2 ** geo.count_bits))
         walk_addr = Signal(geo.start_bits)
         walk_value = Signal(signed(8))
         walk_bank = Signal()
-
-        ptr_rp = pointers.read_port()
-        ptr_word = data.View(play, ptr_rp.data)
         walker_free = walk_left == 0
-        take = ptr_valid & walker_free
-        can_pop = ~ptr_valid | take
+        take = b_valid & walker_free                 # the walker starts B's job this cycle
+        b_free = ~b_valid | take
         pop = Signal()
-        m.d.comb += pop.eq(eligible.any() & can_pop)
         m.d.comb += [
             self.src_pop.eq(Mux(pop, Const(1, sources) << pick, 0)),
             ptr_rp.addr.eq(self.src_job[pick].column),
-            ptr_rp.en.eq(pop),
         ]
         with m.If(pop):
-            m.d.sync += [
-                ptr_value.eq(self.src_job[pick].value),
-                ptr_bank.eq(parity),
-                rr.eq(Mux(pick == sources - 1, 0, pick + 1)),
-            ]
-        m.d.sync += ptr_valid.eq(pop | (ptr_valid & ~take))
+            m.d.sync += rr.eq(Mux(pick == sources - 1, 0, pick + 1))
+        if block:
+            a_moves = a_valid & b_free
+            m.d.comb += [pop.eq(eligible.any() & (~a_valid | a_moves)),
+                         ptr_rp.en.eq(pop)]          # otherwise the RAM output holds A's data
+            with m.If(pop):
+                m.d.sync += [a_value.eq(self.src_job[pick].value), a_bank.eq(parity)]
+            m.d.sync += a_valid.eq(pop | (a_valid & ~a_moves))
+            with m.If(a_moves):
+                m.d.sync += [b_ptr.eq(ptr_rp.data), b_value.eq(a_value), b_bank.eq(a_bank)]
+            m.d.sync += b_valid.eq(a_moves | (b_valid & ~take))
+        else:
+            m.d.comb += pop.eq(eligible.any() & b_free)
+            with m.If(pop):
+                m.d.sync += [b_ptr.eq(ptr_rp.data), b_value.eq(self.src_job[pick].value),
+                             b_bank.eq(parity)]
+            m.d.sync += b_valid.eq(pop | (b_valid & ~take))
 
         # walker: one entry read per cycle
-        entry_rp = entries.read_port()
+        entry_rp = entries.read_port(domain=read_domain)
         issue_valid = ~walker_free | take
-        m.d.comb += [
-            entry_rp.addr.eq(Mux(walker_free, ptr_word.start, walk_addr)),
-            entry_rp.en.eq(1),
-        ]
+        m.d.comb += entry_rp.addr.eq(Mux(walker_free, b_ptr.start, walk_addr))
         with m.If(take):
             m.d.sync += [
-                walk_addr.eq(ptr_word.start + 1),
-                walk_left.eq(ptr_word.count - 1),
-                walk_value.eq(ptr_value),
-                walk_bank.eq(ptr_bank),
+                walk_addr.eq(b_ptr.start + 1),
+                walk_left.eq(b_ptr.count - 1),
+                walk_value.eq(b_value),
+                walk_bank.eq(b_bank),
             ]
         with m.Elif(~walker_free):
             m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1)]
 
-        # decode stage (entry data arrives): row, product, accumulator read
-        c_valid = Signal()
-        c_first = Signal()
-        c_value = Signal(signed(8))
-        c_bank = Signal()
-        m.d.sync += [
-            c_valid.eq(issue_valid),
-            c_first.eq(take),
-            c_value.eq(Mux(take, ptr_value, walk_value)),
-            c_bank.eq(Mux(take, ptr_bank, walk_bank)),
-        ]
-        entry = data.View(elay, entry_rp.data)
+        issue = {"valid": issue_valid, "first": take, "value": Mux(take, b_value, walk_value),
+                 "bank": Mux(take, b_bank, walk_bank)}
+        e_valid, e_first, e_value, e_bank = Signal(), Signal(), Signal(signed(8)), Signal()
+        if block:      # the entry RAM's output, registered next cycle
+            m.d.sync += [e_valid.eq(issue["valid"]), e_first.eq(issue["first"]),
+                         e_value.eq(issue["value"]), e_bank.eq(issue["bank"])]
+            issue = {"valid": e_valid, "first": e_first, "value": e_value, "bank": e_bank}
+        c_valid, c_first, c_value, c_bank = Signal(), Signal(), Signal(signed(8)), Signal()
+        entry = Signal(elay)
+        m.d.sync += [c_valid.eq(issue["valid"]), c_first.eq(issue["first"]),
+                     c_value.eq(issue["value"]), c_bank.eq(issue["bank"]),
+                     entry.eq(entry_rp.data)]
+
+        # decode: row, product
         prev_row = Signal(geo.row_bits)
         row = Signal(geo.row_bits)
         m.d.comb += row.eq(Mux(c_first, entry.index, prev_row + entry.index + 1))
         with m.If(c_valid):
             m.d.sync += prev_row.eq(row)
-
-        d_valid = Signal()
-        d_bank = Signal()
-        d_row = Signal(geo.row_bits)
+        d_valid, d_bank, d_row = Signal(), Signal(), Signal(geo.row_bits)
         d_product = Signal(signed(16))
-        m.d.sync += [
-            d_valid.eq(c_valid),
-            d_bank.eq(c_bank),
-            d_row.eq(row),
-            d_product.eq(entry.value * c_value),
-        ]
+        m.d.sync += [d_valid.eq(c_valid), d_bank.eq(c_bank), d_row.eq(row),
+                     d_product.eq(entry.value * c_value)]
+
+        # accumulate: bank[row] += product, one per cycle
+        bank_read = [Signal(name=f"compute_reads{b}") for b in range(2)]
+        bank_addr = Signal(geo.row_bits)
+        acc_valid, acc_bank, acc_row = Signal(), Signal(), Signal(geo.row_bits)
+        acc_sum = Signal(signed(geo.acc_width))
+        if block:
+            # read at C (transparent to the write two cycles later), register the RAM output at
+            # D, add at E2; the op right before writes one cycle too late: forward its sum
+            m.d.comb += bank_addr.eq(row)
+            m.d.comb += [bank_read[b].eq(c_valid & (c_bank == b)) for b in range(2)]
+            e2_valid, e2_bank, e2_row = Signal(), Signal(), Signal(geo.row_bits)
+            e2_product, e2_acc = Signal(signed(16)), Signal(signed(geo.acc_width))
+            m.d.sync += [e2_valid.eq(d_valid), e2_bank.eq(d_bank), e2_row.eq(d_row),
+                         e2_product.eq(d_product),
+                         e2_acc.eq(Mux(d_bank, banks[1][0].data, banks[0][0].data))]
+            last_valid, last_bank, last_row = Signal(), Signal(), Signal(geo.row_bits)
+            last_sum = Signal(signed(geo.acc_width))
+            forward = last_valid & (last_bank == e2_bank) & (last_row == e2_row)
+            m.d.comb += [acc_valid.eq(e2_valid), acc_bank.eq(e2_bank), acc_row.eq(e2_row),
+                         acc_sum.eq(Mux(forward, last_sum, e2_acc) + e2_product)]
+            m.d.sync += [last_valid.eq(e2_valid), last_bank.eq(e2_bank), last_row.eq(e2_row),
+                         last_sum.eq(acc_sum)]
+            in_flight = [(d_valid & (d_bank == b)) for b in range(2)]
+        else:
+            m.d.comb += bank_addr.eq(d_row)
+            m.d.comb += [bank_read[b].eq(d_valid & (d_bank == b)) for b in range(2)]
+            m.d.comb += [acc_valid.eq(d_valid), acc_bank.eq(d_bank), acc_row.eq(d_row),
+                         acc_sum.eq(Mux(d_bank, banks[1][0].data, banks[0][0].data)
+                                    + d_product)]
+            # the writeback may read a row in the cycle its last product is written: it takes
+            # the sum being written (see `read` below)
+            in_flight = [Const(0), Const(0)]
 
         # ---- layer advance --------------------------------------------------------------
         quiet = Signal()
@@ -253,13 +294,14 @@ class SparsePE(wiring.Component):
 
         # ---- writeback ------------------------------------------------------------------
         # Layer `wb_count` is written back once the pop stage has moved past it and no job of
-        # its bank is left before the accumulate stage: the read port is transparent to the
-        # accumulate stage's write, so the last product may land in the same cycle.
+        # its bank is left before the final accumulate stage (block RAM reads are transparent
+        # to that stage's write, so the last product may land in the same cycle).
         wb_layer = self.wb_count
         wb_bank = wb_layer[0]
         pending = [
-            (ptr_valid & (ptr_bank == b)) | (~walker_free & (walk_bank == b))
-            | (c_valid & (c_bank == b))
+            (a_valid & (a_bank == b)) | (b_valid & (b_bank == b))
+            | (~walker_free & (walk_bank == b)) | (e_valid & (e_bank == b))
+            | (c_valid & (c_bank == b)) | in_flight[b]
             for b in range(2)]
         wb_active = Signal()
         wb_issue_row = Signal(range(geo.max_row_slots + 1))
@@ -275,27 +317,36 @@ class SparsePE(wiring.Component):
         with m.If(wb_live):
             m.d.sync += wb_active.eq(1)
 
+        # Credits instead of back-pressure: a row enters the writeback pipeline only if every
+        # queue it may push to has room for it and for every output already on its way, so
+        # nothing downstream ever waits (no ready signal runs back through the pipeline).
+        # The check is registered, one cycle behind: one slot of margin covers it.
+        inflight = Signal(range(max(geo.out_slots) + 2))
+        last_layer = wb_layer == L - 1
+        room_ok = Signal()
+        m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] + inflight + 2 <= geo.queue_depth
+                                     for j in range(P)]).all())
+        credit_ok = last_layer | room_ok
+
         tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),
                                         "first": 1, "last": 1})
         m.submodules.requant = rq = Requantizer(
-            acc_width=geo.acc_width, bias_width=geo.bias_width, tag_shape=tag_layout)
-        param_rp = rowparams.read_port()
-        params = data.View(rlay, param_rp.data)
-        fanout_rp = outparams.read_port()
+            acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
+            tag_shape=tag_layout)
+        param_rp = rowparams.read_port(domain=read_domain)
+        fanout_rp = outparams.read_port(domain=read_domain)
         rd_valid = Signal()
         rd_row = Signal(geo.row_bits)
         rd_out = Signal(geo.row_bits)
         rd_first = Signal()
         rd_last = Signal()
-        can_issue = ~rd_valid | rq.i.ready
-        issue_wb = wb_live & (wb_issue_row < wb_rows) & can_issue
+        issue_wb = wb_live & (wb_issue_row < wb_rows) & credit_ok
         group_done = wb_in_group + 1 == wb_group
         m.d.comb += [
             param_rp.addr.eq(row_base[wb_layer] + wb_issue_row),
-            param_rp.en.eq(can_issue),
             fanout_rp.addr.eq(out_base[wb_layer] + wb_issue_out),
-            fanout_rp.en.eq(can_issue),
         ]
+        m.d.sync += rd_valid.eq(issue_wb)
         with m.If(issue_wb):
             m.d.sync += [
                 wb_issue_row.eq(wb_issue_row + 1),
@@ -306,42 +357,59 @@ class SparsePE(wiring.Component):
                 rd_first.eq(wb_in_group == 0),
                 rd_last.eq(group_done),
             ]
-        with m.If(can_issue):
-            m.d.sync += rd_valid.eq(issue_wb)
-        acc_data = Mux(wb_bank, banks[1][0].data, banks[0][0].data)
+        # the requantizer takes registers only: block RAM outputs one cycle after `rd`,
+        # LUT RAM read at issue time and registered into `rd`
+        bank_data = Mux(wb_bank, banks[1][2].data, banks[0][2].data)
+        if not block:
+            written = acc_valid & (acc_bank == wb_bank) & (acc_row == wb_issue_row)
+            bank_data = Mux(written, acc_sum, bank_data)
+        read = {"acc": bank_data,
+                "bias": data.View(rlay, param_rp.data).bias,
+                "multiplier": data.View(rlay, param_rp.data).multiplier,
+                "fanout": fanout_rp.data}
+        held = {name: Signal(value.shape(), name=f"wb_{name}") for name, value in read.items()}
+        if block:
+            side = {"valid": rd_valid, "out": rd_out, "first": rd_first, "last": rd_last}
+            late = {name: Signal(value.shape(), name=f"wb2_{name}") for name, value in side.items()}
+            m.d.sync += [late[name].eq(value) for name, value in side.items()]
+            m.d.sync += [held[name].eq(value) for name, value in read.items()]
+            side = late
+        else:
+            with m.If(issue_wb):
+                m.d.sync += [held[name].eq(value) for name, value in read.items()]
+            side = {"valid": rd_valid, "out": rd_out, "first": rd_first, "last": rd_last}
         m.d.comb += [
-            rq.i.valid.eq(rd_valid),
-            rq.i.payload.acc.eq(acc_data),
-            rq.i.payload.bias.eq(params.bias),
-            rq.i.payload.multiplier.eq(params.multiplier),
-            rq.i.payload.shift.eq(params.shift),
+            rq.i.valid.eq(side["valid"]),
+            rq.i.payload.acc.eq(held["acc"]),
+            rq.i.payload.bias.eq(held["bias"]),
+            rq.i.payload.multiplier.eq(held["multiplier"]),
+            rq.i.payload.shift.eq(wb_layer),
             rq.i.payload.relu.eq(relu_of[wb_layer]),
-            rq.i.payload.tag.out.eq(rd_out),
-            rq.i.payload.tag.fanout.eq(fanout_rp.data),
-            rq.i.payload.tag.first.eq(rd_first),
-            rq.i.payload.tag.last.eq(rd_last),
+            rq.i.payload.tag.out.eq(side["out"]),
+            rq.i.payload.tag.fanout.eq(held["fanout"]),
+            rq.i.payload.tag.first.eq(side["first"]),
+            rq.i.payload.tag.last.eq(side["last"]),
         ]
-        clear = rd_valid & rq.i.ready
 
-        # accumulator banks: the compute pipeline and the writeback never share a bank
-        for b, (rp, wp) in enumerate(banks):
-            compute_reads = c_valid & (c_bank == b)
-            compute_writes = d_valid & (d_bank == b)
-            m.d.comb += [
-                rp.addr.eq(Mux(compute_reads, row, Mux(can_issue, wb_issue_row, rd_row))),
-                rp.en.eq(compute_reads | can_issue | (wb_bank != b)),
-            ]
-            with m.If(compute_writes):
-                m.d.comb += [wp.addr.eq(d_row), wp.data.eq(rp.data + d_product), wp.en.eq(1)]
-            with m.Elif(clear & (wb_bank == b)):
+        # accumulator banks: the compute pipeline and the writeback never share a bank;
+        # the writeback clears each row once it has been read out
+        for b, (rp, wp, wb_rp) in enumerate(banks):
+            if block:
+                m.d.comb += rp.addr.eq(Mux(bank_read[b], bank_addr, wb_issue_row))
+            else:
+                m.d.comb += [rp.addr.eq(bank_addr), wb_rp.addr.eq(wb_issue_row)]
+            with m.If(acc_valid & (acc_bank == b)):
+                m.d.comb += [wp.addr.eq(acc_row), wp.data.eq(acc_sum), wp.en.eq(1)]
+            with m.Elif(rd_valid & (wb_bank == b)):
                 m.d.comb += [wp.addr.eq(rd_row), wp.data.eq(0), wp.en.eq(1)]
 
         # requantized rows -> pooled outputs -> a job for the next layer, or a final output
+        averages = [layer.quant.pool_shift for layer in prog.layers
+                    if layer.pool is not None and layer.pool.kind == "avg"]
         m.submodules.pool = pool = Pooler(
             tag_shape=data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P)}),
             sum_width=geo.pool_sum_width,
-            average=any(layer.pool is not None and layer.pool.kind == "avg"
-                        for layer in prog.layers))
+            shifts=[layer.quant.pool_shift for layer in prog.layers] if averages else None)
         m.d.comb += [
             pool.i.valid.eq(rq.o.valid),
             pool.i.payload.value.eq(rq.o.payload.value),
@@ -349,13 +417,11 @@ class SparsePE(wiring.Component):
             pool.i.payload.last.eq(rq.o.payload.tag.last),
             pool.i.payload.tag.out.eq(rq.o.payload.tag.out),
             pool.i.payload.tag.fanout.eq(rq.o.payload.tag.fanout),
-            rq.o.ready.eq(pool.i.ready),
             pool.mode.eq(pool_mode_of[wb_layer]),
             pool.multiplier.eq(pool_mult_of[wb_layer]),
-            pool.shift.eq(pool_shift_of[wb_layer]),
+            pool.shift.eq(wb_layer if averages else 0),
             pool.relu.eq(pool_relu_of[wb_layer]),
         ]
-        last_layer = wb_layer == L - 1
         value = pool.o.payload.value
         drop = (value == 0) if geo.skip_zero_activations else Const(0)
         needs_push = ~last_layer & ~drop & (pool.o.payload.tag.fanout != 0)
@@ -365,12 +431,12 @@ class SparsePE(wiring.Component):
             self.push.job.tag.eq(~wb_layer[0]),
             self.push.mask.eq(pool.o.payload.tag.fanout),
             self.push_valid.eq(pool.o.valid & needs_push),
-            pool.o.ready.eq(~needs_push | self.push_ready),
             out_wp.addr.eq(pool.o.payload.tag.out),
             out_wp.data.eq(value),
             out_wp.en.eq(pool.o.valid & last_layer),
         ]
-        retire = pool.o.valid & pool.o.ready
+        retire = pool.o.valid
+        m.d.sync += inflight.eq(inflight + (issue_wb & group_done) - retire)
         finished = Signal()
         m.d.comb += finished.eq(wb_live & Mux(wb_outs == 0, 1,
                                               retire & (wb_done_outs + 1 == wb_outs)))
@@ -382,7 +448,8 @@ class SparsePE(wiring.Component):
                          wb_done_outs.eq(0)]
         with m.If(self.restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
-                         wb_issue_out.eq(0), wb_in_group.eq(0), wb_done_outs.eq(0)]
+                         wb_issue_out.eq(0), wb_in_group.eq(0), wb_done_outs.eq(0),
+                         inflight.eq(0)]
         # internal signals a testbench may watch (cycle accounting in benchmarks)
         self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
                        "pop": pop}

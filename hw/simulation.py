@@ -44,14 +44,14 @@ async def stream_get(ctx, stream, count, *, ready_probability=1.0, rng=None):
     return values
 
 
-def run_accelerator(program: SparseProgram, xq: np.ndarray, *, queue_depth=None,
+def run_accelerator(program: SparseProgram, xq: np.ndarray, options=None, *,
                     ready_probability=1.0, valid_probability=1.0, seed=0, probe=None):
     """Run integer inputs ``xq`` [N, in] through :class:`SparseAccelerator` in Amaranth's
     simulator. Returns ``(outputs [N, out], cycles [N])``.
 
     ``probe``: optional callable ``probe(ctx, dut)`` awaited alongside (for traces).
     """
-    dut = SparseAccelerator(program, queue_depth=queue_depth)
+    dut = SparseAccelerator(program, options)
     rng = np.random.default_rng(seed)
     outputs, cycles = [], []
 

@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 from compiler.ir import SparseProgram
 
 from .images import geometry, job_layout
+from .options import HardwareOptions
 from .lane import SparsePE
 
 __all__ = ["SparseAccelerator"]
@@ -29,8 +30,8 @@ class SparseAccelerator(wiring.Component):
     ----------
     program : SparseProgram
         Memory images and shapes from :func:`compiler.passes.encode.encode`.
-    queue_depth : int or None
-        Depth of each PE-to-PE job queue (None: deep enough never to stall, at most 16).
+    options : HardwareOptions or None
+        Queue depth and memory style (see :mod:`hw.options`); None: the defaults.
 
     Members
     -------
@@ -44,13 +45,14 @@ class SparseAccelerator(wiring.Component):
         An inference is in progress (past its first input beat).
     """
 
-    def __init__(self, program: SparseProgram, *, queue_depth: int | None = None):
+    def __init__(self, program: SparseProgram, options: HardwareOptions | None = None):
         if not isinstance(program, SparseProgram):
             raise TypeError(f"program must be a SparseProgram, not {program!r}")
-        if queue_depth is not None and (not isinstance(queue_depth, int) or queue_depth < 2):
-            raise ValueError(f"queue_depth must be an integer >= 2, not {queue_depth!r}")
+        if options is not None and not isinstance(options, HardwareOptions):
+            raise TypeError(f"options must be HardwareOptions, not {options!r}")
         self.program = program
-        self.geo = geometry(program, queue_depth=queue_depth)
+        self.options = options or HardwareOptions()
+        self.geo = geometry(program, self.options)
         super().__init__({
             "input": In(stream.Signature(signed(8))),
             "output": Out(stream.Signature(signed(8))),
@@ -86,22 +88,22 @@ class SparseAccelerator(wiring.Component):
                     lane.src_job[s].eq(q.r_data),
                     q.r_en.eq(lane.src_pop[s]),
                 ]
-        # PE j writes queues (j, k) for the k in its push mask, all at once
+        # PE j writes queues (j, k) for the k in its push mask, all at once; it watches their
+        # levels and never pushes into a full one
         for j, lane in enumerate(lanes):
-            room = Signal(P, name=f"room{j}")
             for k in range(P):
-                m.d.comb += room[k].eq(queues[j][k].w_rdy | ~lane.push.mask[k])
+                m.d.comb += lane.out_levels[k].eq(queues[j][k].level)
                 m.d.comb += [
                     queues[j][k].w_data.eq(lane.push.job),
-                    queues[j][k].w_en.eq(lane.push_valid & lane.push.mask[k] & room.all()),
+                    queues[j][k].w_en.eq(lane.push_valid & lane.push.mask[k]),
                 ]
-            m.d.comb += lane.push_ready.eq(room.all())
 
         layers_done = Signal(range(L + 1))
-        minimum = lanes[0].wb_count
-        for lane in lanes[1:]:
-            minimum = Mux(lane.wb_count < minimum, lane.wb_count, minimum)
-        m.d.comb += layers_done.eq(minimum)
+        counts = [lane.wb_count for lane in lanes]
+        while len(counts) > 1:          # a balanced tree: log2(P) levels, not P
+            pairs = [counts[i:i + 2] for i in range(0, len(counts), 2)]
+            counts = [Mux(p[1] < p[0], p[1], p[0]) if len(p) == 2 else p[0] for p in pairs]
+        m.d.comb += layers_done.eq(counts[0])
         for lane in lanes:
             m.d.comb += lane.layers_done.eq(layers_done)
 

@@ -6,6 +6,7 @@ from amaranth.back import verilog
 
 from compiler.ir import SparseProgram
 
+from .options import HardwareOptions
 from .top import SparseAccelerator
 
 __all__ = ["TOPLEVEL", "generate_verilog"]
@@ -14,9 +15,10 @@ __all__ = ["TOPLEVEL", "generate_verilog"]
 TOPLEVEL = "sparsemac_top"
 
 
-def generate_verilog(program: SparseProgram, path, *, queue_depth: int | None = None) -> Path:
+def generate_verilog(program: SparseProgram, path, options: HardwareOptions | None = None
+                     ) -> Path:
     """Write the accelerator for ``program`` to ``path``; returns the path."""
-    top = SparseAccelerator(program, queue_depth=queue_depth)
+    top = SparseAccelerator(program, options)
     text = verilog.convert(top, name=TOPLEVEL, emit_src=False)
     path = Path(path)
     path.write_text(text)

@@ -14,21 +14,23 @@ from compiler import reference
 from compiler.build import compile_model
 from compiler.frontend import to_ir
 from compiler.simulate import run_rtl
+from hw.options import HardwareOptions
 from hw.verilog import generate_verilog
 
 pytestmark = pytest.mark.slow
 
 CASES = {
     # name: (shapes, sparsity, pes, extra float_model arguments, compile arguments)
-    "mlp-90pct-p8": ([64, 32, 10], 0.9, 8, {}, {}),
+    "mlp-90pct-p8": ([64, 32, 10], 0.9, 8, {}, {"memory": "distributed"}),
     "dense-0pct-p3": ([12, 10, 6], 0.0, 3, {}, {}),
     "sparse-99pct-p8": ([40, 30, 8], 0.99, 8, {}, {}),
     "zero-rows-cols-p3": ([16, 12, 8, 4], 0.5, 3,
                           {"zero_rows": [(0, 0), (0, 5), (1, 3), (2, 1)],
                            "zero_cols": [(0, 7), (1, 2), (2, 0)]}, {}),
-    "single-pe": ([20, 15, 5], 0.6, 1, {}, {}),
+    "single-pe": ([20, 15, 5], 0.6, 1, {}, {"memory": "distributed"}),
     "padding-1bit-p2": ([10, 24, 6], 0.7, 2, {}, {"index_bits": 1}),
-    "linear-hidden-p4": ([14, 9, 7, 3], 0.4, 4, {"relu_hidden": False}, {}),
+    "linear-hidden-p4": ([14, 9, 7, 3], 0.4, 4, {"relu_hidden": False},
+                         {"memory": "distributed"}),
     "shallow-queues-p4": ([24, 20, 12], 0.3, 4, {}, {"queue_depth": 2}),
 }
 
@@ -56,9 +58,10 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
     if not relu_hidden:
         model = dataclasses.replace(model, layers=tuple(
             dataclasses.replace(layer, relu=False) for layer in model.layers))
-    queue_depth = compile_args.pop("queue_depth", None)
+    options = HardwareOptions(queue_depth=compile_args.pop("queue_depth", None),
+                              memory=compile_args.pop("memory", "block"))
     program = compile_model(model, calibration(shapes[0], seed=3), pes, **compile_args)
-    verilog = generate_verilog(program, tmp_path / "top.v", queue_depth=queue_depth)
+    verilog = generate_verilog(program, tmp_path / "top.v", options)
     x = adversarial_inputs(shapes[0], 6, seed=len(case))
     expected = reference.run(program, x)
     hw, cycles = run_rtl(verilog, x, expected.outputs, simulator=simulator,
@@ -73,28 +76,29 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
 CONV_CASES = {
     "k1-s1-p0-c3to8-max-p3": (lambda: nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(72, 6)),
-        (3, 6, 6), 0.5, 3),
+        (3, 6, 6), 0.5, 3, "block"),
     "k3-s2-p1-c1to16-then-k5-p8": (lambda: nn.Sequential(
         nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 4, 5),
-        nn.Flatten(), nn.Linear(4, 3)), (1, 9, 9), 0.8, 8),
+        nn.Flatten(), nn.Linear(4, 3)), (1, 9, 9), 0.8, 8, "distributed"),
     "k5-s1-p1-c2to4-avg-relu-p4": (lambda: nn.Sequential(
         nn.Conv2d(2, 4, 5, padding=1), nn.AvgPool2d(2), nn.ReLU(), nn.Flatten(),
-        nn.Linear(36, 5)), (2, 8, 8), 0.3, 4),
+        nn.Linear(36, 5)), (2, 8, 8), 0.3, 4, "block"),
     "k3-s1-p1-c16to16-max-p2": (lambda: nn.Sequential(
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), (16, 4, 4), 0.9, 2),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)), (16, 4, 4), 0.9, 2,
+        "distributed"),
 }
 
 
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 @pytest.mark.parametrize("case", list(CONV_CASES))
 def test_rtl_convolutions_are_bit_exact(case, simulator, tmp_path):
-    make, shape, sparsity, pes = CONV_CASES[case]
+    make, shape, sparsity, pes, memory = CONV_CASES[case]
     torch.manual_seed(len(case))
     net = sparsify_(make(), sparsity, seed=len(case))
     model = to_ir(net, input_shape=shape)
     cal = images(shape, n=64)
     program = compile_model(model, cal.reshape(len(cal), -1), pes)
-    verilog = generate_verilog(program, tmp_path / "top.v")
+    verilog = generate_verilog(program, tmp_path / "top.v", HardwareOptions(memory=memory))
     features = model.in_features
     x = np.vstack([adversarial_inputs(features, 0, seed=1),
                    reference.quantize_input(images(shape, n=4, seed=2).reshape(4, -1),

@@ -48,3 +48,16 @@ def test_bias_beyond_int32_is_an_error():
     huge = dataclasses.replace(layer, bias=np.full(3, 1e12, dtype=np.float32))
     with pytest.raises(QuantizationError, match="int32"):
         quantize(dataclasses.replace(model, layers=(huge,)), calibration(4))
+
+
+def test_a_layer_shares_one_shift_and_keeps_its_largest_scale_exact():
+    from compiler.passes.quantize import quantize_multipliers
+    reals = np.array([3e-3, 1.5e-3, 7e-4, 0.0, 2.9e-3])
+    mults, shift = quantize_multipliers(reals)
+    assert 2 ** (MULTIPLIER_BITS - 1) <= mults.max() < 2 ** MULTIPLIER_BITS
+    # every channel within half a step of its exact multiplier
+    assert np.abs(mults * 2.0 ** -shift - reals).max() <= 2.0 ** -(shift + 1)
+    assert mults[3] == 0
+    model = float_model([12, 10, 4], sparsity=0.5, seed=1)
+    for layer in quantize(model, calibration(12)).layers:
+        assert len(set(layer.quant.shift.tolist())) == 1

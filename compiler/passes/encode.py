@@ -141,10 +141,6 @@ def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=No
     channels = [layer.row_channel() for layer in layers]
     widths = _widths([np.abs(mat).sum(axis=1) for mat in matrices],
                      [layer.quant.bias[rc] for layer, rc in zip(layers, channels)])
-    # A shift this large rounds every reachable product to 0: store the equivalent (0, 1) so
-    # the rounding term always fits the product register.
-    never = widths.biased + MULTIPLIER_BITS
-
     lanes = []
     for k in range(pes):
         bias = np.zeros(sum(row_slots), dtype=np.int64)
@@ -156,9 +152,8 @@ def encode(model: Model, pes: int, *, index_bits: int | None = None, activity=No
             q, rc = layer.quant, channels[m][rows]
             sl = slice(row_base[m], row_base[m] + len(rows))
             bias[sl] = q.bias[rc]
-            vanishes = q.shift[rc] >= never
-            mult[sl] = np.where(vanishes, 0, q.multiplier[rc])
-            shift[sl] = np.where(vanishes, 1, q.shift[rc])
+            mult[sl] = q.multiplier[rc]
+            shift[row_base[m]: row_base[m] + row_slots[m]] = q.shift[0]
             if m + 1 < n_layers:
                 for i in range(len(rows) // layer.group):
                     p = ptr_base[m + 1] + k * out_slots[m] + i

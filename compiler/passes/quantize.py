@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import SparsemacError
 from ..ir import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX, Layer, Model, Quantization
 
-__all__ = ["quantize", "quantize_multiplier", "float_forward", "QuantizationError"]
+__all__ = ["quantize", "quantize_multiplier", "quantize_multipliers", "float_forward",
+           "QuantizationError"]
 
 
 class QuantizationError(SparsemacError):
@@ -64,6 +65,22 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return multiplier, shift
 
 
+def quantize_multipliers(reals) -> tuple[np.ndarray, int]:
+    """Per-channel multipliers sharing one shift: ``reals[k] ≈ multipliers[k] * 2**-shift``.
+
+    The shift is set by the largest scale (full precision there); smaller scales keep fewer
+    significant bits. One shift per layer lets the hardware shift by a constant per layer
+    instead of a per-row barrel shifter, the slowest path of the requantizer."""
+    reals = np.asarray(reals, dtype=np.float64)
+    if not np.isfinite(reals).all() or (reals < 0).any():
+        raise QuantizationError(f"requantization scales {reals} are not finite positive numbers")
+    top, shift = quantize_multiplier(float(reals.max(initial=0.0)))
+    if top == 0:
+        return np.zeros(len(reals), dtype=np.int64), shift
+    mults = np.minimum(np.rint(reals * 2.0 ** shift), 2 ** MULTIPLIER_BITS - 1)
+    return mults.astype(np.int64), shift
+
+
 def _activation_scale(values: np.ndarray) -> float:
     peak = float(np.max(np.abs(values))) if values.size else 0.0
     return peak / ACT_MAX if peak > 0 else 1.0
@@ -95,11 +112,11 @@ def quantize(model: Model, calibration: np.ndarray) -> Model:
                 f"layer {layer.name!r}: bias of row {row} does not fit int32 after quantization "
                 f"({layer.bias[row]:g} at scale {in_scale * w_scale[row]:g}); the bias dwarfs the "
                 f"weights - check the model or calibrate on representative inputs")
-        mults, shifts = zip(*(quantize_multiplier(in_scale * s / out_scale) for s in w_scale))
+        mults, shift = quantize_multipliers(in_scale * w_scale / out_scale)
         pool_m, pool_s = quantize_multiplier(1.0 / layer.group) if layer.pool else (0, 1)
         q = Quantization(
             weight=w_q, bias=bias_q.astype(np.int64),
-            multiplier=np.array(mults, dtype=np.int64), shift=np.array(shifts, dtype=np.int64),
+            multiplier=mults, shift=np.full(layer.channels, shift, dtype=np.int64),
             weight_scale=w_scale, in_scale=in_scale, out_scale=out_scale,
             pool_multiplier=pool_m, pool_shift=pool_s)
         layers.append(dataclasses.replace(layer, quant=q))

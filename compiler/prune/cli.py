@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ..argtypes import real_number, whole_number
+
 __all__ = ["add_commands"]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
-    return value
+_positive = whole_number(1)
+_count = whole_number(0)
+_non_negative = real_number(at_least=0)
+_positive_float = real_number(above=0)
 
 
 def _sparsity(text: str):
@@ -34,23 +22,6 @@ def _sparsity(text: str):
         return parse_sparsity(text)
     except InputError as e:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--sparsity ")) from None
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
 
 
 def _percent(value) -> str:

@@ -1,0 +1,40 @@
+"""Implementation choices of the gateware that do not change what it computes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["HardwareOptions", "MEMORY_STYLES", "options_for"]
+
+#: "block": synchronous-read RAMs (block RAM, iCE40 EBR), each read registered before use,
+#: accumulators read-modify-written over a pipeline with forwarding - any size, two more
+#: cycles from a job to its products. "distributed": asynchronous-read RAMs (LUT RAM on ECP5 and
+#: 7-series), registered once - the shortest pipeline, for memories small enough for LUTs.
+MEMORY_STYLES = ("block", "distributed")
+
+#: Largest per-PE memory (words) that "distributed" puts in LUT RAM.
+DISTRIBUTED_MAX_DEPTH = 1024
+
+
+@dataclass(frozen=True)
+class HardwareOptions:
+    queue_depth: int | None = None      # PE-to-PE job queues; None: never stalls, at most 16
+    memory: str = "block"
+
+    def __post_init__(self):
+        if self.memory not in MEMORY_STYLES:
+            raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
+        if self.queue_depth is not None and (not isinstance(self.queue_depth, int)
+                                             or self.queue_depth < 2):
+            raise ValueError(f"queue_depth must be an integer >= 2, not {self.queue_depth!r}")
+
+
+def options_for(program, family: str | None, *, queue_depth: int | None = None
+                ) -> HardwareOptions:
+    """The options a board family calls for: LUT RAM where the FPGA has it and every per-PE
+    memory is small, block RAM otherwise (iCE40 has no LUT RAM)."""
+    deepest = max([len(lane.entry_value) for lane in program.lanes]
+                  + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
+    small = deepest <= DISTRIBUTED_MAX_DEPTH
+    memory = "distributed" if family in ("ecp5", "xc7") and small else "block"
+    return HardwareOptions(queue_depth=queue_depth, memory=memory)
