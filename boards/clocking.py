@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, Const, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
 __all__ = ["ICE40PLL", "ECP5PLL", "ice40_pll", "ecp5_pll", "ClockReset"]
@@ -87,11 +87,11 @@ def ecp5_pll(f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
 
 
 class ClockReset(Elaboratable):
-    """Creates the ``sync`` domain at ``target_hz`` on ``platform`` and holds it in reset until
-    the clock is stable.
+    """Drives the ``sync`` domain (the accelerator) at ``target_hz`` and the ``link`` domain
+    (the UART link) at the oscillator's frequency, and holds both in reset until the clock is
+    stable. The domains themselves are defined by the board top.
 
-    Where the oscillator already runs at the target (or the family has no PLL support here), the
-    platform's own default domain is used. ``actual_hz`` is the frequency achieved.
+    ``actual_hz`` is the accelerator's clock achieved, ``link_hz`` the link's.
     """
 
     def __init__(self, *, family: str, osc_hz: float, target_hz: float):
@@ -104,25 +104,28 @@ class ClockReset(Elaboratable):
         elif family == "ecp5" and abs(self.osc_hz - self.target_hz) > 1e3:
             self.pll = ecp5_pll(self.osc_hz / 1e6, self.target_hz / 1e6)
         self.actual_hz = self.pll.f_out_mhz * 1e6 if self.pll else self.osc_hz
+        self.link_hz = self.osc_hz
 
     def elaborate(self, platform):
         m = Module()
-        if self.pll is None:
-            # the platform builds `sync` from its default clock, with its own power-on reset
-            return m
-        m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal()
         clk_name = platform.default_clk
-        if isinstance(self.pll, ICE40PLL):
+        sync_clk, link_clk = Signal(), Signal()          # constrained, then drive the domains
+        m.d.comb += [ClockSignal("sync").eq(sync_clk), ClockSignal("link").eq(link_clk)]
+        if self.pll is None:
+            clk_in = platform.request(clk_name, dir="i").i
+            m.d.comb += [sync_clk.eq(clk_in), link_clk.eq(clk_in), locked.eq(1)]
+        elif isinstance(self.pll, ICE40PLL):
+            # port A passes the oscillator through (the link), port B is the PLL's output
             pin = platform.request(clk_name, dir="-")
             p = self.pll
             m.submodules.pll = Instance(
-                "SB_PLL40_PAD",
-                p_FEEDBACK_PATH="SIMPLE",
+                "SB_PLL40_2_PAD",
+                p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT_PORTB="GENCLK",
                 p_DIVR=p.divr, p_DIVF=p.divf, p_DIVQ=p.divq, p_FILTER_RANGE=p.filter_range,
                 io_PACKAGEPIN=pin.io,
                 i_RESETB=Const(1), i_BYPASS=Const(0),
-                o_PLLOUTGLOBAL=cd_sync.clk, o_LOCK=locked)
+                o_PLLOUTGLOBALA=link_clk, o_PLLOUTGLOBALB=sync_clk, o_LOCK=locked)
         else:
             clk_in = platform.request(clk_name, dir="i").i
             p = self.pll
@@ -142,8 +145,10 @@ class ClockReset(Elaboratable):
                 i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
                 i_PLLWAKESYNC=0, i_ENCLKOP=0,
                 o_CLKOP=clkop, o_LOCK=locked)
-            m.d.comb += cd_sync.clk.eq(clkop)
-        platform.add_clock_constraint(cd_sync.clk, self.actual_hz)
+            m.d.comb += [sync_clk.eq(clkop), link_clk.eq(clk_in)]
+        if self.pll is not None:
+            platform.add_clock_constraint(sync_clk, self.actual_hz)
+            platform.add_clock_constraint(link_clk, self.link_hz)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        m.submodules.reset_link = ResetSynchronizer(~locked, domain="link")
         return m
-

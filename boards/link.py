@@ -5,9 +5,10 @@ A request's inputs are buffered and fed to the accelerator only after the frame'
 out, so a corrupted or shortened frame can never produce a result: it produces an ERROR frame.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.crc import catalog
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from . import protocol as proto
@@ -42,10 +43,8 @@ class UartLink(wiring.Component):
         UART transmit line.
     input : Out(stream.Signature(signed(8)))
         One inference's inputs, to the accelerator.
-    output : In(stream.Signature(signed(8)))
-        The inference's outputs, from the accelerator.
-    cycles : In(32)
-        The accelerator's compute cycles of the last inference.
+    output : In(stream.Signature(8))
+        The inference's outputs, then its compute cycle count (4 bytes, little-endian).
     busy : Out(1)
         A request is being received or answered.
     errors : Out(8)
@@ -63,8 +62,7 @@ class UartLink(wiring.Component):
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
             "input": Out(stream.Signature(signed(8))),
-            "output": In(stream.Signature(signed(8))),
-            "cycles": In(32),
+            "output": In(stream.Signature(8)),
             "busy": Out(1),
             "errors": Out(8),
         })
@@ -89,6 +87,8 @@ class UartLink(wiring.Component):
         seq = Signal(8)
         length = Signal(16)
         index = Signal(range(max(2, n_in) + 1))
+        index_last = Signal()                  # index == n_in - 1, kept as a register
+        crc_good = Signal()
         # a quiet line: counts down from the timeout; `timed_out` is a register, so the frame
         # logic never waits for a wide comparison
         quiet = Signal(range(self.timeout_cycles + 1), init=self.timeout_cycles)
@@ -134,25 +134,27 @@ class UartLink(wiring.Component):
                     guard()
             with m.State("LEN1"):
                 m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                full = Cat(length[:8], byte)
                 with m.If(got):
-                    m.d.sync += [length[8:].eq(byte), index.eq(0)]
-                    with m.If((kind == proto.INFER) & (full == n_in) & (n_in > 0)):
-                        m.next = "PAYLOAD"
-                    with m.Elif(((kind == proto.INFER) | (kind == proto.INFO)) & (full == 0)
-                                & ((kind == proto.INFO) | (n_in == 0))):
-                        m.next = "CRC0"
-                    with m.Elif((kind == proto.INFER) | (kind == proto.INFO)):
-                        fail(proto.ERR_LENGTH, "DRAIN")
-                    with m.Else():
-                        fail(proto.ERR_TYPE, "DRAIN")
+                    m.d.sync += [length[8:].eq(byte), index.eq(0), index_last.eq(n_in == 1)]
+                    m.next = "DECIDE"
                 guard()
+            with m.State("DECIDE"):             # the header is in registers: judge it
+                m.d.comb += [in_frame.eq(1)]
+                infer, ask = kind == proto.INFER, kind == proto.INFO
+                with m.If(infer & (length == n_in) & (n_in > 0)):
+                    m.next = "PAYLOAD"
+                with m.Elif((infer | ask) & (length == 0) & (ask | (n_in == 0))):
+                    m.next = "CRC0"
+                with m.Elif(infer | ask):
+                    fail(proto.ERR_LENGTH, "DRAIN")
+                with m.Else():
+                    fail(proto.ERR_TYPE, "DRAIN")
             with m.State("PAYLOAD"):
                 m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got),
                              buf_wp.addr.eq(index), buf_wp.data.eq(byte), buf_wp.en.eq(got)]
                 with m.If(got):
-                    m.d.sync += index.eq(index + 1)
-                    with m.If(index == n_in - 1):
+                    m.d.sync += [index.eq(index + 1), index_last.eq(index == n_in - 2)]
+                    with m.If(index_last):
                         m.next = "CRC0"
                 guard()
             with m.State("CRC0"):
@@ -163,15 +165,19 @@ class UartLink(wiring.Component):
             with m.State("CRC1"):
                 m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
                 with m.If(got):
-                    m.next = "CHECK"
+                    m.next = "CRC_SETTLE"
                 guard()
-            with m.State("CHECK"):              # the CRC register has taken the last byte
-                with m.If(~rx_crc.match_detected):
+            with m.State("CRC_SETTLE"):         # the CRC register has taken the last byte
+                m.d.sync += crc_good.eq(rx_crc.match_detected)
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(~crc_good):
                     fail(proto.ERR_CRC, "HUNT")
                 with m.Elif(tx_idle):
                     m.d.comb += tx_start.eq(1)
                     m.d.sync += [tx_kind.eq(Mux(kind == proto.INFER, proto.RESULT,
-                                                proto.INFO_REPLY)), index.eq(0)]
+                                                proto.INFO_REPLY)), index.eq(0),
+                                 index_last.eq(n_in == 1)]
                     m.next = "FEED" if n_in else "WAIT_TX"
                     if n_in:
                         with m.If(kind == proto.INFO):
@@ -183,9 +189,9 @@ class UartLink(wiring.Component):
                 m.d.comb += [self.input.valid.eq(1), self.input.payload.eq(buf_rp.data),
                              buf_rp.en.eq(0)]
                 with m.If(self.input.ready):
-                    m.d.sync += index.eq(index + 1)
+                    m.d.sync += [index.eq(index + 1), index_last.eq(index == n_in - 2)]
                     m.next = "WAIT_TX"
-                    with m.If(index != n_in - 1):
+                    with m.If(~index_last):
                         m.next = "FEED"
             with m.State("WAIT_TX"):            # ignore the line until the reply is out
                 with m.If(tx_idle):
@@ -201,49 +207,72 @@ class UartLink(wiring.Component):
                     m.next = "HUNT"
 
         # ---- transmitter ------------------------------------------------------------------
-        reply_len = Mux(tx_kind == proto.RESULT, n_out + 4,
-                        Mux(tx_kind == proto.INFO_REPLY, proto.INFO_BYTES, 1))
-        header = Array([Const(proto.SYNC_REPLY, 8), tx_kind, seq, reply_len[:8], reply_len[8:16]])
-        info_bytes = Array([Const(b, 8) for b in proto.info_payload(info)])
-        cycle_bytes = Array([self.cycles[8 * i:8 * i + 8] for i in range(4)])
-        pos = Signal(range(max(n_out + 4, proto.INFO_BYTES, proto.HEADER_BYTES) + 1))
-        out = utx.data
+        # Every byte comes out of one shift register (`line`), loaded with the header, the
+        # INFO payload, the cycle count or the error code, or straight from the accelerator's
+        # output stream: no multiplexer indexed by a counter, and a two-entry FIFO with a
+        # registered output between all of it and the UART.
+        info_payload = proto.info_payload(info)
+        widest = 8 * max(proto.HEADER_BYTES, len(info_payload), 4)
+        line = Signal(widest)
+        left = Signal(range(widest // 8 + 1))          # bytes left in `line`
+        outs_left = Signal(range(n_out + 5))
+
+        def load(*byte_values):
+            """`line` <- these bytes, first byte in the low bits."""
+            m.d.sync += [line.eq(Cat(*byte_values)), left.eq(len(byte_values))]
+
+        m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=2)
+        out = stream.Signature(8).create()
+        m.d.comb += [
+            tx_fifo.w_data.eq(out.payload), tx_fifo.w_en.eq(out.valid),
+            out.ready.eq(tx_fifo.w_rdy),
+            utx.data.payload.eq(tx_fifo.r_data), utx.data.valid.eq(tx_fifo.r_rdy),
+            tx_fifo.r_en.eq(utx.data.ready),
+        ]
         accepted = out.valid & out.ready
         m.d.comb += [tx_crc.data.eq(out.payload)]
+        first = Signal()                               # the sync byte is outside the CRC
         with m.FSM(name="tx_frame"):
             with m.State("IDLE"):
                 m.d.comb += [tx_idle.eq(1), tx_crc.start.eq(1)]
                 with m.If(tx_start):
-                    m.d.sync += pos.eq(0)
-                    m.next = "HEADER"
+                    m.next = "START"
+            with m.State("START"):              # tx_kind was set with tx_start: now it holds
+                m.d.comb += tx_crc.start.eq(1)
+                length = Mux(tx_kind == proto.RESULT, n_out + 4,
+                             Mux(tx_kind == proto.INFO_REPLY, len(info_payload), 1))
+                load(Const(proto.SYNC_REPLY, 8), tx_kind, seq, length[:8], length[8:16])
+                m.d.sync += first.eq(1)
+                m.next = "HEADER"
             with m.State("HEADER"):
-                m.d.comb += [out.valid.eq(1), out.payload.eq(header[pos]),
-                             tx_crc.valid.eq(accepted & (pos != 0))]
+                m.d.comb += [out.valid.eq(1), out.payload.eq(line[:8]),
+                             tx_crc.valid.eq(accepted & ~first)]
                 with m.If(accepted):
-                    m.d.sync += pos.eq(pos + 1)
-                    with m.If(pos == proto.HEADER_BYTES - 1):
-                        m.d.sync += pos.eq(0)
-                        m.next = "PAYLOAD"
-            with m.State("PAYLOAD"):
-                last = Signal()
-                with m.Switch(tx_kind):
-                    with m.Case(proto.RESULT):
-                        with m.If(pos < n_out):      # outputs pass straight through
-                            m.d.comb += [out.valid.eq(self.output.valid),
-                                         out.payload.eq(self.output.payload),
-                                         self.output.ready.eq(out.ready)]
-                        with m.Else():
-                            m.d.comb += [out.valid.eq(1), out.payload.eq(cycle_bytes[(pos - n_out)[:2]])]
-                        m.d.comb += last.eq(pos == n_out + 3)
-                    with m.Case(proto.INFO_REPLY):
-                        m.d.comb += [out.valid.eq(1), out.payload.eq(info_bytes[pos]),
-                                     last.eq(pos == proto.INFO_BYTES - 1)]
-                    with m.Default():
-                        m.d.comb += [out.valid.eq(1), out.payload.eq(tx_code), last.eq(1)]
-                m.d.comb += tx_crc.valid.eq(accepted)
+                    m.d.sync += [line.eq(line >> 8), left.eq(left - 1), first.eq(0)]
+                    with m.If(left == 1):
+                        with m.Switch(tx_kind):
+                            with m.Case(proto.RESULT):
+                                m.d.sync += outs_left.eq(n_out + 4)
+                                m.next = "OUTPUTS"
+                            with m.Case(proto.INFO_REPLY):
+                                load(*[Const(b, 8) for b in info_payload])
+                                m.next = "BYTES"
+                            with m.Default():
+                                load(tx_code)
+                                m.next = "BYTES"
+            with m.State("OUTPUTS"):                # results and cycle count pass through
+                m.d.comb += [out.valid.eq(self.output.valid), out.payload.eq(self.output.payload),
+                             self.output.ready.eq(out.ready), tx_crc.valid.eq(accepted)]
                 with m.If(accepted):
-                    m.d.sync += pos.eq(pos + 1)
-                    with m.If(last):
+                    m.d.sync += outs_left.eq(outs_left - 1)
+                    with m.If(outs_left == 1):
+                        m.next = "CRC_HIGH"
+            with m.State("BYTES"):                  # whatever `line` holds, then the CRC
+                m.d.comb += [out.valid.eq(1), out.payload.eq(line[:8]),
+                             tx_crc.valid.eq(accepted)]
+                with m.If(accepted):
+                    m.d.sync += [line.eq(line >> 8), left.eq(left - 1)]
+                    with m.If(left == 1):
                         m.next = "CRC_HIGH"
             with m.State("CRC_HIGH"):
                 m.d.comb += [out.valid.eq(1), out.payload.eq(tx_crc.crc[8:])]
@@ -254,16 +283,52 @@ class UartLink(wiring.Component):
                 with m.If(accepted):
                     m.next = "DRAIN"
             with m.State("DRAIN"):              # the last byte leaves the shift register
-                with m.If(utx.idle):
+                with m.If(utx.idle & ~tx_fifo.r_rdy & (tx_fifo.level == 0)):
                     m.next = "IDLE"
 
         m.d.comb += self.busy.eq(~tx_idle)
         return m
 
 
+class ResultBytes(wiring.Component):
+    """The accelerator's outputs, then its cycle count as four bytes (little-endian): one
+    stream, so the whole result crosses to the link's clock through one FIFO."""
+
+    def __init__(self, out_features: int):
+        self.out_features = out_features
+        super().__init__({
+            "i": In(stream.Signature(signed(8))),
+            "cycles": In(32),
+            "o": Out(stream.Signature(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        count = Signal(range(self.out_features + 1))
+        tail = Signal(range(5))                      # cycle-count bytes left to send
+        held = Signal(32)
+        with m.If(tail == 0):
+            m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload),
+                         self.i.ready.eq(self.o.ready)]
+            with m.If(self.i.valid & self.o.ready):
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == self.out_features - 1):
+                    # the cycle count is stable once outputs stream
+                    m.d.sync += [count.eq(0), tail.eq(4), held.eq(self.cycles)]
+        with m.Else():
+            m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(held[:8])]
+            with m.If(self.o.ready):
+                m.d.sync += [held.eq(held >> 8), tail.eq(tail - 1)]
+        return m
+
+
 class LinkedAccelerator(wiring.Component):
     """A :class:`~hw.top.SparseAccelerator` for ``program`` behind a :class:`UartLink`: what
     the board top instantiates, and what the cocotb UART bench simulates.
+
+    The accelerator runs in ``sync`` at ``clock_hz``; the link in its own ``link`` domain at
+    ``link_hz`` (the board's oscillator: slow, so the protocol logic never limits Fmax), with
+    asynchronous FIFOs between them.
 
     Members
     -------
@@ -277,31 +342,56 @@ class LinkedAccelerator(wiring.Component):
         ERROR frames sent (wraps).
     """
 
-    def __init__(self, program, *, clock_hz: int, baud: int, timeout_s: float = 0.02,
-                 options=None, timeout_cycles: int | None = None):
+    def __init__(self, program, *, clock_hz: int, baud: int, link_hz: int | None = None,
+                 timeout_s: float = 0.02, options=None, timeout_cycles: int | None = None):
         from .uart import uart_divisor
 
         self.program, self.options = program, options
         self.clock_hz, self.baud = int(clock_hz), baud
-        self.divisor = uart_divisor(clock_hz, baud)
+        self.link_hz = int(link_hz or clock_hz)
+        self.divisor = uart_divisor(self.link_hz, baud)
         self.timeout_cycles = (timeout_cycles if timeout_cycles is not None
-                               else max(12 * self.divisor, int(timeout_s * clock_hz)))
+                               else max(12 * self.divisor, int(timeout_s * self.link_hz)))
         self.info = proto.BoardInfo(program.model.in_features, program.model.out_features,
                                     program.pes, proto.design_id(program), self.clock_hz)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1),
                           "errors": Out(8)})
 
     def elaborate(self, platform):
+        from amaranth.hdl import DomainRenamer
+        from amaranth.lib.fifo import AsyncFIFO
+
         from hw.top import SparseAccelerator
 
         m = Module()
         m.submodules.core = core = SparseAccelerator(self.program, self.options)
-        m.submodules.link = link = UartLink(self.info, divisor=self.divisor,
-                                            timeout_cycles=self.timeout_cycles)
-        wiring.connect(m, link.input, core.input)
-        wiring.connect(m, core.output, link.output)
+        m.submodules.link = link = DomainRenamer("link")(
+            UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles))
+        m.submodules.result = result = ResultBytes(self.program.model.out_features)
+        # a registered buffer: the accelerator's output handshake sees a register, not the
+        # asynchronous FIFO's flag logic
+        m.submodules.out_buffer = out_buffer = SyncFIFOBuffered(width=8, depth=2)
         m.d.comb += [
-            link.rx.eq(self.rx), self.tx.eq(link.tx), link.cycles.eq(core.cycles),
+            out_buffer.w_data.eq(core.output.payload), out_buffer.w_en.eq(core.output.valid),
+            core.output.ready.eq(out_buffer.w_rdy),
+            result.i.payload.eq(out_buffer.r_data), result.i.valid.eq(out_buffer.r_rdy),
+            out_buffer.r_en.eq(result.i.ready),
+        ]
+        m.d.comb += result.cycles.eq(core.cycles)
+        m.submodules.to_core = to_core = AsyncFIFO(width=8, depth=4, r_domain="sync",
+                                                   w_domain="link")
+        m.submodules.to_link = to_link = AsyncFIFO(width=8, depth=4, r_domain="link",
+                                                   w_domain="sync")
+        m.d.comb += [
+            to_core.w_data.eq(link.input.payload), to_core.w_en.eq(link.input.valid),
+            link.input.ready.eq(to_core.w_rdy),
+            core.input.payload.eq(to_core.r_data), core.input.valid.eq(to_core.r_rdy),
+            to_core.r_en.eq(core.input.ready),
+            to_link.w_data.eq(result.o.payload), to_link.w_en.eq(result.o.valid),
+            result.o.ready.eq(to_link.w_rdy),
+            link.output.payload.eq(to_link.r_data), link.output.valid.eq(to_link.r_rdy),
+            to_link.r_en.eq(link.output.ready),
+            link.rx.eq(self.rx), self.tx.eq(link.tx),
             self.busy.eq(core.busy | link.busy), self.errors.eq(link.errors),
         ]
         return m

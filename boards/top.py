@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.build import ResourceError
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, Elaboratable, Module
 
 from hw.options import options_for
 
@@ -41,11 +41,13 @@ class BoardTop(Elaboratable):
         self.clock_hz = self.clocking.actual_hz
         # checks the baud rate now, before any tool runs
         self.linked = LinkedAccelerator(
-            program, clock_hz=self.clock_hz, baud=baud,
+            program, clock_hz=self.clock_hz, link_hz=self.clocking.link_hz, baud=baud,
             options=options_for(program, board.family, queue_depth=queue_depth))
 
     def elaborate(self, platform):
         m = Module()
+        m.domains.sync = ClockDomain("sync")
+        m.domains.link = ClockDomain("link")
         m.submodules.clocking = self.clocking
         m.submodules.linked = linked = self.linked
         uart = platform.request("uart", 0)
@@ -59,14 +61,14 @@ class BoardTop(Elaboratable):
         return m
 
 
-def link_verilog(program, path, *, clock_hz: int, baud: int, timeout_cycles: int | None = None,
-                 options=None) -> Path:
+def link_verilog(program, path, *, clock_hz: int, baud: int, link_hz: int | None = None,
+                 timeout_cycles: int | None = None, options=None) -> Path:
     """Verilog of the accelerator behind its UART link (no clocking, no pins), top module
     :data:`LINK_TOPLEVEL`: what the cocotb UART bench simulates."""
     from amaranth.back import verilog
 
-    top = LinkedAccelerator(program, clock_hz=clock_hz, baud=baud, timeout_cycles=timeout_cycles,
-                            options=options)
+    top = LinkedAccelerator(program, clock_hz=clock_hz, link_hz=link_hz, baud=baud,
+                            timeout_cycles=timeout_cycles, options=options)
     path = Path(path)
     path.write_text(verilog.convert(top, name=LINK_TOPLEVEL, emit_src=False))
     return path

@@ -40,6 +40,7 @@ class Geometry:
     pool_sum_width: int       # signed bits of a pooling window's sum of int8 values
     shifts: tuple             # requantization shift, per layer
     memory: str               # "block" or "distributed" (see hw.options)
+    pipeline: str             # "short" or "deep" (see hw.options)
     ptr_depth: int
     ptr_width: int            # bits of a pointer-memory address (a job's column)
     entry_depth: tuple        # per lane
@@ -80,7 +81,8 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         count_bits=_bits(max(1, max_count)), row_bits=_bits(slots),
         acc_width=program.widths.accumulator, bias_width=program.widths.biased,
         queue_depth=queue_depth, input_queue_depth=max(2, program.model.in_features),
-        skip_zero_activations=program.skip_zero_activations, memory=options.memory)
+        skip_zero_activations=program.skip_zero_activations, memory=options.memory,
+        pipeline=options.pipeline)
 
 
 def _layer_shift(layer) -> int:

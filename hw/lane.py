@@ -98,23 +98,28 @@ class SparsePE(wiring.Component):
         L, P = geo.layers, geo.pes
         layer_shape = range(L + 1)
 
-        rows_of = _table([prog.lanes[k].row_count(i) for i in range(L)] + [0],
-                         range(geo.max_row_slots + 1))
-        outs_of = _table([prog.lanes[k].row_count(i) // geo.groups[i] for i in range(L)] + [0],
-                         range(max(geo.out_slots) + 1))
-        group_of = _table(list(geo.groups) + [1], range(max(geo.groups) + 1))
-        row_base = _table(list(prog.row_base) + [0], range(sum(geo.row_slots) + 1))
-        out_base = _table(list(prog.out_base) + [0], range(sum(geo.out_slots) + 1))
-        push_base = _table([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
-                            for i in range(L)] + [0], range(geo.ptr_depth + 1))
-        relu_of = _table([layer.relu for layer in prog.layers] + [0], 1)
-        pool_mode_of = _table([0 if layer.pool is None else
-                               POOL_MAX if layer.pool.kind == "max" else POOL_AVG
-                               for layer in prog.layers] + [0], 2)
-        pool_mult_of = _table([layer.quant.pool_multiplier for layer in prog.layers] + [0],
-                              MULTIPLIER_BITS)
-        pool_relu_of = _table([bool(layer.pool and layer.pool.relu_after)
-                               for layer in prog.layers] + [0], 1)
+        # per-layer constants of the writeback, indexed by the layer it works on (entry L:
+        # all layers done)
+        layer_constants = {
+            "rows": ([prog.lanes[k].row_count(i) for i in range(L)] + [0],
+                     range(geo.max_row_slots + 1)),
+            "outs": ([prog.lanes[k].row_count(i) // geo.groups[i] for i in range(L)] + [0],
+                     range(max(geo.out_slots) + 1)),
+            "group": (list(geo.groups) + [1], range(max(geo.groups) + 1)),
+            "row_base": (list(prog.row_base) + [0], range(sum(geo.row_slots) + 1)),
+            "out_base": (list(prog.out_base) + [0], range(sum(geo.out_slots) + 1)),
+            "push_base": ([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
+                           for i in range(L)] + [0], range(geo.ptr_depth + 1)),
+            "last": ([i == L - 1 for i in range(L)] + [0], 1),
+            "relu": ([layer.relu for layer in prog.layers] + [0], 1),
+            "pool_mode": ([0 if layer.pool is None else
+                           POOL_MAX if layer.pool.kind == "max" else POOL_AVG
+                           for layer in prog.layers] + [0], 2),
+            "pool_multiplier": ([layer.quant.pool_multiplier for layer in prog.layers] + [0],
+                                MULTIPLIER_BITS),
+            "pool_relu": ([bool(layer.pool and layer.pool.relu_after)
+                           for layer in prog.layers] + [0], 1),
+        }
 
         # ---- memories -------------------------------------------------------------------
         elay, play, rlay = entry_layout(geo), pointer_layout(geo), row_layout(geo)
@@ -133,7 +138,7 @@ class SparsePE(wiring.Component):
             mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[])
             m.submodules[f"acc{b}"] = mem
             wp = mem.write_port()
-            rp = mem.read_port(domain=read_domain, transparent_for=(wp,) if block else ())
+            rp = mem.read_port(domain=read_domain)
             # LUT RAM reads are cheap: the writeback gets a port of its own
             wb_rp = rp if block else mem.read_port(domain="comb")
             banks.append((rp, wp, wb_rp))
@@ -175,16 +180,24 @@ class SparsePE(wiring.Component):
         #   pop -> pointer RAM -> [A] -> B -> walker -> entry RAM -> [E] -> C: decode row,
         #   multiply -> D: accumulate (distributed) / D: read bank, E2: accumulate (block)
         ptr_rp = pointers.read_port(domain=read_domain)
+        # Jobs wait for the walker in a three-entry queue of registers (`s0` its head). A pop
+        # needs only registered occupancy - no path from the walker back to the arbiter - and
+        # the queue is deep enough to pop every cycle: block RAM: pop while at most two jobs
+        # are in the RAM read (A) and the queue; LUT RAM (read into the queue at once): while
+        # at most two are queued.
+        slots = 3
         a_valid, a_value, a_bank = Signal(), Signal(signed(8)), Signal()
-        b_valid, b_value, b_bank = Signal(), Signal(signed(8)), Signal()
-        b_ptr = Signal(play)
+        job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1})
+        s_valid = [Signal(name=f"s{i}_valid") for i in range(slots)]
+        s_job = [Signal(job_shape, name=f"s{i}_job") for i in range(slots)]
+        b_valid, b_ptr = s_valid[0], s_job[0].ptr
+        b_value, b_bank = s_job[0].value, s_job[0].bank
         walk_left = Signal(range(2 ** geo.count_bits))
         walk_addr = Signal(geo.start_bits)
         walk_value = Signal(signed(8))
         walk_bank = Signal()
-        walker_free = walk_left == 0
-        take = b_valid & walker_free                 # the walker starts B's job this cycle
-        b_free = ~b_valid | take
+        walker_free = Signal(init=1)                 # walk_left == 0, as a register
+        take = b_valid & walker_free                 # the walker starts s0's job this cycle
         pop = Signal()
         m.d.comb += [
             self.src_pop.eq(Mux(pop, Const(1, sources) << pick, 0)),
@@ -192,22 +205,33 @@ class SparsePE(wiring.Component):
         ]
         with m.If(pop):
             m.d.sync += rr.eq(Mux(pick == sources - 1, 0, pick + 1))
+        arriving = Signal(job_shape)
+        arrives = Signal()
         if block:
-            a_moves = a_valid & b_free
-            m.d.comb += [pop.eq(eligible.any() & (~a_valid | a_moves)),
-                         ptr_rp.en.eq(pop)]          # otherwise the RAM output holds A's data
+            # the queue fills in order (s2 implies s1 implies s0): "a_valid + queued <= 2"
+            room = Mux(a_valid, ~s_valid[slots - 2], ~s_valid[slots - 1])
+            m.d.comb += [pop.eq(eligible.any() & room),
+                         ptr_rp.en.eq(1)]
             with m.If(pop):
                 m.d.sync += [a_value.eq(self.src_job[pick].value), a_bank.eq(parity)]
-            m.d.sync += a_valid.eq(pop | (a_valid & ~a_moves))
-            with m.If(a_moves):
-                m.d.sync += [b_ptr.eq(ptr_rp.data), b_value.eq(a_value), b_bank.eq(a_bank)]
-            m.d.sync += b_valid.eq(a_moves | (b_valid & ~take))
+            m.d.sync += a_valid.eq(pop)
+            m.d.comb += [arrives.eq(a_valid), arriving.ptr.eq(ptr_rp.data),
+                         arriving.value.eq(a_value), arriving.bank.eq(a_bank)]
         else:
-            m.d.comb += pop.eq(eligible.any() & b_free)
-            with m.If(pop):
-                m.d.sync += [b_ptr.eq(ptr_rp.data), b_value.eq(self.src_job[pick].value),
-                             b_bank.eq(parity)]
-            m.d.sync += b_valid.eq(pop | (b_valid & ~take))
+            m.d.comb += [pop.eq(eligible.any() & ~s_valid[slots - 1]),
+                         arrives.eq(pop), arriving.ptr.eq(ptr_rp.data),
+                         arriving.value.eq(self.src_job[pick].value), arriving.bank.eq(parity)]
+        # shift down when the head is taken; an arriving job lands in the first free slot
+        after = [Mux(take, s_valid[i + 1], s_valid[i]) for i in range(slots - 1)] \
+            + [Mux(take, 0, s_valid[slots - 1])]
+        with m.If(take):
+            for i in range(slots - 1):
+                m.d.sync += [s_valid[i].eq(s_valid[i + 1]), s_job[i].eq(s_job[i + 1])]
+            m.d.sync += s_valid[slots - 1].eq(0)
+        for i in range(slots):
+            first_free = ~after[i] & (Const(1) if i == 0 else after[i - 1])
+            with m.If(arrives & first_free):
+                m.d.sync += [s_valid[i].eq(1), s_job[i].eq(arriving)]
 
         # walker: one entry read per cycle
         entry_rp = entries.read_port(domain=read_domain)
@@ -217,11 +241,13 @@ class SparsePE(wiring.Component):
             m.d.sync += [
                 walk_addr.eq(b_ptr.start + 1),
                 walk_left.eq(b_ptr.count - 1),
+                walker_free.eq(b_ptr.count == 1),
                 walk_value.eq(b_value),
                 walk_bank.eq(b_bank),
             ]
         with m.Elif(~walker_free):
-            m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1)]
+            m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1),
+                         walker_free.eq(walk_left == 1)]
 
         issue = {"valid": issue_valid, "first": take, "value": Mux(take, b_value, walk_value),
                  "bank": Mux(take, b_bank, walk_bank)}
@@ -253,23 +279,29 @@ class SparsePE(wiring.Component):
         acc_valid, acc_bank, acc_row = Signal(), Signal(), Signal(geo.row_bits)
         acc_sum = Signal(signed(geo.acc_width))
         if block:
-            # read at C (transparent to the write two cycles later), register the RAM output at
-            # D, add at E2; the op right before writes one cycle too late: forward its sum
+            # read at C, register the RAM output at D, add at E2. The two sums written in the
+            # two cycles before an op's E2 were not in its read: forward the newer that hits
+            # its row (the hit tests run a stage early, from registers).
             m.d.comb += bank_addr.eq(row)
             m.d.comb += [bank_read[b].eq(c_valid & (c_bank == b)) for b in range(2)]
             e2_valid, e2_bank, e2_row = Signal(), Signal(), Signal(geo.row_bits)
             e2_product, e2_acc = Signal(signed(16)), Signal(signed(geo.acc_width))
+            last_valid, last_bank, last_row = Signal(), Signal(), Signal(geo.row_bits)
+            last_sum, last2_sum = Signal(signed(geo.acc_width)), Signal(signed(geo.acc_width))
+            hit1, hit2 = Signal(), Signal()
             m.d.sync += [e2_valid.eq(d_valid), e2_bank.eq(d_bank), e2_row.eq(d_row),
                          e2_product.eq(d_product),
-                         e2_acc.eq(Mux(d_bank, banks[1][0].data, banks[0][0].data))]
-            last_valid, last_bank, last_row = Signal(), Signal(), Signal(geo.row_bits)
-            last_sum = Signal(signed(geo.acc_width))
-            forward = last_valid & (last_bank == e2_bank) & (last_row == e2_row)
+                         e2_acc.eq(Mux(d_bank, banks[1][0].data, banks[0][0].data)),
+                         hit1.eq(e2_valid & (e2_bank == d_bank) & (e2_row == d_row)),
+                         hit2.eq(last_valid & (last_bank == d_bank) & (last_row == d_row))]
             m.d.comb += [acc_valid.eq(e2_valid), acc_bank.eq(e2_bank), acc_row.eq(e2_row),
-                         acc_sum.eq(Mux(forward, last_sum, e2_acc) + e2_product)]
+                         acc_sum.eq(Mux(hit1, last_sum, Mux(hit2, last2_sum, e2_acc))
+                                    + e2_product)]
             m.d.sync += [last_valid.eq(e2_valid), last_bank.eq(e2_bank), last_row.eq(e2_row),
-                         last_sum.eq(acc_sum)]
-            in_flight = [(d_valid & (d_bank == b)) for b in range(2)]
+                         last_sum.eq(acc_sum), last2_sum.eq(last_sum)]
+            # the writeback reads at issue, so every op must have been written by then
+            in_flight = [(d_valid & (d_bank == b)) | (e2_valid & (e2_bank == b))
+                         for b in range(2)]
         else:
             m.d.comb += bank_addr.eq(d_row)
             m.d.comb += [bank_read[b].eq(d_valid & (d_bank == b)) for b in range(2)]
@@ -299,7 +331,8 @@ class SparsePE(wiring.Component):
         wb_layer = self.wb_count
         wb_bank = wb_layer[0]
         pending = [
-            (a_valid & (a_bank == b)) | (b_valid & (b_bank == b))
+            (a_valid & (a_bank == b))
+            | Cat(*[s_valid[i] & (s_job[i].bank == b) for i in range(slots)]).any()
             | (~walker_free & (walk_bank == b)) | (e_valid & (e_bank == b))
             | (c_valid & (c_bank == b)) | in_flight[b]
             for b in range(2)]
@@ -307,13 +340,32 @@ class SparsePE(wiring.Component):
         wb_issue_row = Signal(range(geo.max_row_slots + 1))
         wb_issue_out = Signal(range(max(geo.out_slots) + 1))
         wb_in_group = Signal(range(max(geo.groups) + 1))
-        wb_done_outs = Signal(range(max(geo.out_slots) + 1))
-        wb_rows = rows_of[wb_layer]
-        wb_outs = outs_of[wb_layer]
-        wb_group = group_of[wb_layer]
+        wb_outs_left = Signal(range(max(geo.out_slots) + 1))
+        wb_last_out = Signal()
+        # The layer's constants live in registers loaded from `wb_count`; in the cycle after it
+        # changes (`fresh`) they are still loading and no writeback starts. No table lookup or
+        # wide comparison sits on the writeback's paths.
+        cur = {}
+        for name, (values, shape) in layer_constants.items():
+            cur[name] = Signal(shape, name=f"wb_{name}", init=int(values[0]))
+            m.d.sync += cur[name].eq(_table(values, shape)[wb_layer])
+        wb_rows, wb_group = cur["rows"], cur["group"]
+        fresh = Signal()
+        # Once the pop stage is past a layer and its last job has left the pipeline, nothing
+        # of that bank comes back: the deep pipeline may use a cycle-old answer (a register).
+        drained = Signal()
+        drained_now = (self.run & (wb_layer < L) & (layer > wb_layer)
+                       & ~Mux(wb_bank, pending[1], pending[0]))
+        if geo.pipeline == "deep":
+            m.d.sync += drained.eq(drained_now)
+        else:
+            m.d.comb += drained.eq(drained_now)
+        wb_start = Signal()
         wb_live = Signal()
-        m.d.comb += wb_live.eq(wb_active | (self.run & (wb_layer < L) & (layer > wb_layer)
-                                            & ~Mux(wb_bank, pending[1], pending[0])))
+        m.d.comb += [
+            wb_start.eq(~wb_active & ~fresh & drained),
+            wb_live.eq(wb_active | wb_start),
+        ]
         with m.If(wb_live):
             m.d.sync += wb_active.eq(1)
 
@@ -322,7 +374,7 @@ class SparsePE(wiring.Component):
         # nothing downstream ever waits (no ready signal runs back through the pipeline).
         # The check is registered, one cycle behind: one slot of margin covers it.
         inflight = Signal(range(max(geo.out_slots) + 2))
-        last_layer = wb_layer == L - 1
+        last_layer = cur["last"]
         room_ok = Signal()
         m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] + inflight + 2 <= geo.queue_depth
                                      for j in range(P)]).all())
@@ -330,9 +382,10 @@ class SparsePE(wiring.Component):
 
         tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),
                                         "first": 1, "last": 1})
+        deep = geo.pipeline == "deep"
         m.submodules.requant = rq = Requantizer(
             acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
-            tag_shape=tag_layout)
+            tag_shape=tag_layout, deep=deep)
         param_rp = rowparams.read_port(domain=read_domain)
         fanout_rp = outparams.read_port(domain=read_domain)
         rd_valid = Signal()
@@ -343,8 +396,8 @@ class SparsePE(wiring.Component):
         issue_wb = wb_live & (wb_issue_row < wb_rows) & credit_ok
         group_done = wb_in_group + 1 == wb_group
         m.d.comb += [
-            param_rp.addr.eq(row_base[wb_layer] + wb_issue_row),
-            fanout_rp.addr.eq(out_base[wb_layer] + wb_issue_out),
+            param_rp.addr.eq(cur["row_base"] + wb_issue_row),
+            fanout_rp.addr.eq(cur["out_base"] + wb_issue_out),
         ]
         m.d.sync += rd_valid.eq(issue_wb)
         with m.If(issue_wb):
@@ -384,7 +437,7 @@ class SparsePE(wiring.Component):
             rq.i.payload.bias.eq(held["bias"]),
             rq.i.payload.multiplier.eq(held["multiplier"]),
             rq.i.payload.shift.eq(wb_layer),
-            rq.i.payload.relu.eq(relu_of[wb_layer]),
+            rq.i.payload.relu.eq(cur["relu"]),
             rq.i.payload.tag.out.eq(side["out"]),
             rq.i.payload.tag.fanout.eq(held["fanout"]),
             rq.i.payload.tag.first.eq(side["first"]),
@@ -409,7 +462,8 @@ class SparsePE(wiring.Component):
         m.submodules.pool = pool = Pooler(
             tag_shape=data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P)}),
             sum_width=geo.pool_sum_width,
-            shifts=[layer.quant.pool_shift for layer in prog.layers] if averages else None)
+            shifts=[layer.quant.pool_shift for layer in prog.layers] if averages else None,
+            deep=deep)
         m.d.comb += [
             pool.i.valid.eq(rq.o.valid),
             pool.i.payload.value.eq(rq.o.payload.value),
@@ -417,16 +471,16 @@ class SparsePE(wiring.Component):
             pool.i.payload.last.eq(rq.o.payload.tag.last),
             pool.i.payload.tag.out.eq(rq.o.payload.tag.out),
             pool.i.payload.tag.fanout.eq(rq.o.payload.tag.fanout),
-            pool.mode.eq(pool_mode_of[wb_layer]),
-            pool.multiplier.eq(pool_mult_of[wb_layer]),
+            pool.mode.eq(cur["pool_mode"]),
+            pool.multiplier.eq(cur["pool_multiplier"]),
             pool.shift.eq(wb_layer if averages else 0),
-            pool.relu.eq(pool_relu_of[wb_layer]),
+            pool.relu.eq(cur["pool_relu"]),
         ]
         value = pool.o.payload.value
         drop = (value == 0) if geo.skip_zero_activations else Const(0)
         needs_push = ~last_layer & ~drop & (pool.o.payload.tag.fanout != 0)
         m.d.comb += [
-            self.push.job.column.eq(push_base[wb_layer] + pool.o.payload.tag.out),
+            self.push.job.column.eq(cur["push_base"] + pool.o.payload.tag.out),
             self.push.job.value.eq(value),
             self.push.job.tag.eq(~wb_layer[0]),
             self.push.mask.eq(pool.o.payload.tag.fanout),
@@ -437,19 +491,21 @@ class SparsePE(wiring.Component):
         ]
         retire = pool.o.valid
         m.d.sync += inflight.eq(inflight + (issue_wb & group_done) - retire)
+        # done when the last output retires (or at once for a PE without outputs here)
         finished = Signal()
-        m.d.comb += finished.eq(wb_live & Mux(wb_outs == 0, 1,
-                                              retire & (wb_done_outs + 1 == wb_outs)))
-        with m.If(retire):
-            m.d.sync += wb_done_outs.eq(wb_done_outs + 1)
+        m.d.comb += finished.eq((wb_start & (cur["outs"] == 0))
+                                | (wb_active & retire & wb_last_out))
+        with m.If(wb_start):
+            m.d.sync += [wb_outs_left.eq(cur["outs"]), wb_last_out.eq(cur["outs"] == 1)]
+        with m.Elif(retire):
+            m.d.sync += [wb_outs_left.eq(wb_outs_left - 1), wb_last_out.eq(wb_outs_left == 2)]
+        m.d.sync += fresh.eq(finished | self.restart)
         with m.If(finished):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
-                         wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
-                         wb_done_outs.eq(0)]
+                         wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0)]
         with m.If(self.restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
-                         wb_issue_out.eq(0), wb_in_group.eq(0), wb_done_outs.eq(0),
-                         inflight.eq(0)]
+                         wb_issue_out.eq(0), wb_in_group.eq(0), inflight.eq(0)]
         # internal signals a testbench may watch (cycle accounting in benchmarks)
         self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
                        "pop": pop}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HardwareOptions", "MEMORY_STYLES", "options_for"]
+__all__ = ["HardwareOptions", "MEMORY_STYLES", "PIPELINES", "options_for"]
 
 #: "block": synchronous-read RAMs (block RAM, iCE40 EBR), each read registered before use,
 #: accumulators read-modify-written over a pipeline with forwarding - any size, two more
@@ -16,14 +16,22 @@ MEMORY_STYLES = ("block", "distributed")
 DISTRIBUTED_MAX_DEPTH = 1024
 
 
+#: "short": the fewest register stages; "deep": extra stages where slow fabric (iCE40) needs
+#: them, at a cycle or two of latency per layer.
+PIPELINES = ("short", "deep")
+
+
 @dataclass(frozen=True)
 class HardwareOptions:
     queue_depth: int | None = None      # PE-to-PE job queues; None: never stalls, at most 16
     memory: str = "block"
+    pipeline: str = "short"
 
     def __post_init__(self):
         if self.memory not in MEMORY_STYLES:
             raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
         if self.queue_depth is not None and (not isinstance(self.queue_depth, int)
                                              or self.queue_depth < 2):
             raise ValueError(f"queue_depth must be an integer >= 2, not {self.queue_depth!r}")
@@ -32,9 +40,10 @@ class HardwareOptions:
 def options_for(program, family: str | None, *, queue_depth: int | None = None
                 ) -> HardwareOptions:
     """The options a board family calls for: LUT RAM where the FPGA has it and every per-PE
-    memory is small, block RAM otherwise (iCE40 has no LUT RAM)."""
+    memory is small, block RAM otherwise (iCE40 has no LUT RAM); the deep pipeline on iCE40."""
     deepest = max([len(lane.entry_value) for lane in program.lanes]
                   + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
     memory = "distributed" if family in ("ecp5", "xc7") and small else "block"
-    return HardwareOptions(queue_depth=queue_depth, memory=memory)
+    pipeline = "deep" if family == "ice40" else "short"
+    return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)

@@ -28,6 +28,8 @@ class Pooler(wiring.Component):
         Signed width of a window's sum.
     shifts : tuple of int or None
         Shifts of the averaging layers; None builds no averaging datapath.
+    deep : bool
+        The averaging requantizer's extra stage (see :class:`~hw.requant.Requantizer`).
 
     Members
     -------
@@ -39,10 +41,10 @@ class Pooler(wiring.Component):
         The layer's pooling; must not change while a window is in flight.
     """
 
-    def __init__(self, *, tag_shape, sum_width: int, shifts=None):
+    def __init__(self, *, tag_shape, sum_width: int, shifts=None, deep: bool = False):
         if not isinstance(sum_width, int) or sum_width < 9:
             raise ValueError(f"sum_width must be an integer >= 9, not {sum_width!r}")
-        self.tag_shape, self.sum_width = tag_shape, sum_width
+        self.tag_shape, self.sum_width, self.deep = tag_shape, sum_width, deep
         self.shifts = None if shifts is None else tuple(shifts)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
@@ -74,7 +76,7 @@ class Pooler(wiring.Component):
         if self.shifts is not None:
             m.submodules.average = avg = Requantizer(
                 acc_width=self.sum_width, bias_width=self.sum_width, shifts=self.shifts,
-                tag_shape=self.tag_shape)
+                tag_shape=self.tag_shape, deep=self.deep)
             m.d.comb += [
                 avg.i.valid.eq(self.i.valid & p.last & (self.mode == POOL_AVG)),
                 avg.i.payload.acc.eq(total),

@@ -31,6 +31,9 @@ class Requantizer(wiring.Component):
         The shifts in use (one per layer); the input selects one by index.
     tag_shape : ShapeLike
         Shape of a payload carried alongside, unchanged (row number, fan-out mask ...).
+    deep : bool
+        Register the shifted product before rounding and saturation (four stages instead of
+        three, for slow fabric).
 
     Members
     -------
@@ -41,7 +44,8 @@ class Requantizer(wiring.Component):
         ``value`` (signed 8-bit) and ``tag``.
     """
 
-    def __init__(self, *, acc_width: int, bias_width: int, shifts, tag_shape=unsigned(1)):
+    def __init__(self, *, acc_width: int, bias_width: int, shifts, tag_shape=unsigned(1),
+                 deep: bool = False):
         for name, width in (("acc_width", acc_width), ("bias_width", bias_width)):
             if not isinstance(width, int) or width < 2:
                 raise TypeError(f"{name} must be an integer >= 2, not {width!r}")
@@ -52,6 +56,8 @@ class Requantizer(wiring.Component):
         if not shifts or any(not isinstance(s, int) or not 1 <= s <= SHIFT_MAX for s in shifts):
             raise ValueError(f"shifts must be integers in 1..{SHIFT_MAX}, not {shifts!r}")
         self.acc_width, self.bias_width, self.shifts = acc_width, bias_width, shifts
+        self.deep = deep
+        self.latency = 4 if deep else 3
         self.product_width = bias_width + MULTIPLIER_BITS + 1
         in_layout = data.StructLayout({
             "acc": signed(acc_width),
@@ -70,36 +76,42 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.i.payload
-        tag_shape = p.tag.shape()
 
+        def register(**values):
+            """One pipeline register for each value (Signal copies of the same shape)."""
+            regs = {}
+            for name, value in values.items():
+                regs[name] = Signal(value.shape(), name=f"{name}_{len(stages)}")
+                m.d.sync += regs[name].eq(value)
+            stages.append(regs)
+            return regs
+
+        stages = []
         # stage 1: bias
-        v1, biased = Signal(), Signal(signed(self.bias_width))
-        mult1 = Signal(MULTIPLIER_BITS)
-        sel1, relu1, tag1 = Signal(p.shift.shape()), Signal(), Signal(tag_shape)
-        m.d.sync += [v1.eq(self.i.valid), biased.eq(p.acc + p.bias), mult1.eq(p.multiplier),
-                     sel1.eq(p.shift), relu1.eq(p.relu), tag1.eq(p.tag)]
-
+        s1 = register(valid=self.i.valid, biased=p.acc + p.bias, multiplier=p.multiplier,
+                      shift=p.shift, relu=p.relu, tag=p.tag)
         # stage 2: multiply
-        v2, product = Signal(), Signal(signed(self.product_width))
-        sel2, relu2, tag2 = Signal(p.shift.shape()), Signal(), Signal(tag_shape)
-        m.d.sync += [v2.eq(v1), product.eq(biased * mult1), sel2.eq(sel1), relu2.eq(relu1),
-                     tag2.eq(tag1)]
-
-        # stage 3: shift by a per-layer constant, round half up, saturate
-        halved = Signal(signed(max(self.product_width, 10)))
-        m.d.comb += halved.eq(Array([product >> (s - 1) for s in self.shifts])[sel2])
+        s2 = register(valid=s1["valid"], product=s1["biased"] * s1["multiplier"],
+                      shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
+        # stage 3 (and 3b when deep): shift by a per-layer constant, round half up, saturate
+        shifted = Array([s2["product"] >> (s - 1) for s in self.shifts])[s2["shift"]]
+        if self.deep:
+            s3 = register(valid=s2["valid"], halved=shifted, relu=s2["relu"], tag=s2["tag"])
+            halved, relu, last = s3["halved"], s3["relu"], s3
+        else:
+            halved, relu, last = shifted, s2["relu"], s2
         # rounded = (halved + 1) >> 1; decide saturation on `halved` itself
-        above = halved >= 2 * ACT_MAX + 1                       # rounded > 127
-        below = Mux(relu2, halved <= -2, halved <= 2 * ACT_MIN - 2)   # rounded < 0 / -128
-        low = Mux(relu2, 0, ACT_MIN)
+        above = halved >= 2 * ACT_MAX + 1                             # rounded > 127
+        below = Mux(relu, halved <= -2, halved <= 2 * ACT_MIN - 2)    # rounded < 0 / -128
+        low = Mux(relu, 0, ACT_MIN)
         small = Signal(signed(10))
-        m.d.comb += small.eq((halved[:10].as_signed() + 1) >> 1)
-        v3, value, tag3 = Signal(), Signal(signed(8)), Signal(tag_shape)
-        m.d.sync += [v3.eq(v2), tag3.eq(tag2),
-                     value.eq(Mux(above, ACT_MAX, Mux(below, low, small)))]
+        m.d.comb += small.eq((halved.as_signed()[:10].as_signed() + 1) >> 1)
+        out = register(valid=last["valid"],
+                       value=Mux(above, ACT_MAX, Mux(below, low, small)).as_signed()[:8].as_signed(),
+                       tag=last["tag"])
         m.d.comb += [
-            self.o.valid.eq(v3),
-            self.o.payload.value.eq(value),
-            self.o.payload.tag.eq(tag3),
+            self.o.valid.eq(out["valid"]),
+            self.o.payload.value.eq(out["value"]),
+            self.o.payload.tag.eq(out["tag"]),
         ]
         return m

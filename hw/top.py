@@ -69,7 +69,9 @@ class SparseAccelerator(wiring.Component):
         lanes = self._lanes = [SparsePE(prog, k, geo) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"pe{k}"] = lane
-        queues = [[SyncFIFO(width=job.size, depth=geo.queue_depth) for _ in range(P)]
+        # the deep pipeline registers each queue's head (one more cycle from push to pop)
+        queue = SyncFIFOBuffered if geo.pipeline == "deep" else SyncFIFO
+        queues = [[queue(width=job.size, depth=geo.queue_depth) for _ in range(P)]
                   for _ in range(P)]
         in_queues = [SyncFIFOBuffered(width=job.size, depth=geo.input_queue_depth)
                      for _ in range(P)]
@@ -136,16 +138,21 @@ class SparseAccelerator(wiring.Component):
         cycles = Signal(32)
         all_done = Signal()
         m.d.comb += all_done.eq(layers_done == L)
+        # the PEs' run/restart are registers, set on the same edges as the phase changes
+        running, restarting = Signal(), Signal(init=1)
+        taking = Signal(init=1)                 # input.ready, as a register
+        for lane in lanes:
+            m.d.comb += [lane.run.eq(running), lane.restart.eq(restarting)]
 
         with m.FSM(name="phase"):
             with m.State("LOAD"):
                 m.d.comb += [
-                    self.input.ready.eq(in_count < geo.in_features),
+                    self.input.ready.eq(taking),
                     self.busy.eq(in_count != 0),
                 ]
-                for lane in lanes:
-                    m.d.comb += lane.restart.eq(1)
                 accept = self.input.valid & self.input.ready
+                with m.If(accept & (in_count == geo.in_features - 1)):
+                    m.d.sync += taking.eq(0)
                 m.d.sync += staged_valid.eq(accept)
                 with m.If(accept):
                     m.d.sync += [
@@ -161,15 +168,13 @@ class SparseAccelerator(wiring.Component):
                         in_queues[k].w_en.eq(staged_valid & keep & fan_rp.data[k]),
                     ]
                 with m.If((in_count == geo.in_features) & ~staged_valid):
-                    m.d.sync += [in_count.eq(0), cycles.eq(0)]
+                    m.d.sync += [in_count.eq(0), cycles.eq(0), running.eq(1), restarting.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
-                for lane in lanes:
-                    m.d.comb += lane.run.eq(1)
                 m.d.sync += cycles.eq(cycles + 1)
                 with m.If(all_done):
-                    m.d.sync += [self.cycles.eq(cycles + 1), out_index.eq(0)]
+                    m.d.sync += [self.cycles.eq(cycles + 1), out_index.eq(0), running.eq(0)]
                     m.next = "OUTPUT"
             with m.State("OUTPUT"):
                 m.d.comb += self.busy.eq(1)
@@ -184,6 +189,7 @@ class SparseAccelerator(wiring.Component):
                 with m.Elif(self.output.ready):
                     m.d.sync += out_valid.eq(0)
                 with m.If((out_index == geo.out_features) & out_valid & self.output.ready):
+                    m.d.sync += [restarting.eq(1), taking.eq(1)]
                     m.next = "LOAD"
         return m
 

@@ -7,7 +7,8 @@ framing error, garbage between frames, and the INFO request. After every fault t
 frame must be answered correctly, and no fault may ever produce a RESULT.
 
 ``SPARSEMAC_UART_BENCH`` names an .npz with ``inputs``, ``expected`` (int), ``info`` (the
-BoardInfo fields), ``baud``, ``period_ns`` and ``timeout_cycles``.
+BoardInfo fields), ``baud``, ``period_ns`` (the accelerator's clock), ``link_period_ns`` (the
+link's) and ``timeout_cycles`` (link cycles).
 """
 
 import os
@@ -34,13 +35,15 @@ class UartLinkBench:
     def __init__(self, dut, params):
         self.dut = dut
         self.p = params
-        self.period_ns = int(params["period_ns"])
+        self.core_period_ns = int(params["period_ns"])
+        self.period_ns = int(params["link_period_ns"])      # timeouts count link cycles
         self.baud = int(params["baud"])
         self.bit_ns = 1e9 / self.baud
         self.timeout_cycles = int(params["timeout_cycles"])
         info = [int(v) for v in params["info"]]
         self.info = proto.BoardInfo(*info)
-        Clock(dut.clk, self.period_ns, unit="ns").start()
+        Clock(dut.clk, self.core_period_ns, unit="ns").start()
+        Clock(dut.link_clk, self.period_ns, unit="ns").start()
         dut.rx.value = 1
         self.source = UartSource(dut.rx, baud=self.baud, bits=8, stop_bits=1)
         self.sink = UartSink(dut.tx, baud=self.baud, bits=8, stop_bits=1)
@@ -48,9 +51,11 @@ class UartLinkBench:
 
     async def reset(self):
         self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 5)
+        self.dut.link_rst.value = 1
+        await ClockCycles(self.dut.link_clk, 5)
         self.dut.rst.value = 0
-        await ClockCycles(self.dut.clk, 5)
+        self.dut.link_rst.value = 0
+        await ClockCycles(self.dut.link_clk, 5)
 
     async def send(self, data: bytes):
         await self.source.write(data)

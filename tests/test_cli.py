@@ -34,7 +34,7 @@ def assert_one_line_error(result, *fragments):
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_build_and_simulate_the_example(tmp_path, simulator):
     out = tmp_path / "build"
-    result = cli("build", EXAMPLE, "--board", "arty_a7", "--out", out)
+    result = cli("build", EXAMPLE, "--board", "arty_a7", "--out", out, "--no-bitstream")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
     for key in ("board", "pes", "layers", "input_scale", "output_scale", "cycles", "verilog",
@@ -136,7 +136,8 @@ def test_a_pickle_needing_code_is_refused_and_nothing_runs(bad_files, tmp_path):
 @pytest.mark.slow
 def test_simulation_inputs_of_the_wrong_shape(bad_files, tmp_path):
     out = tmp_path / "b"
-    assert cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", out).returncode \
+    assert cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", out,
+               "--no-bitstream").returncode \
         == 0
     assert_one_line_error(cli("simulate", out, "--inputs", bad_files / "x_wrong.npy"),
                           "shape [3, 63]", "[N, 64]")

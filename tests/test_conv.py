@@ -11,7 +11,7 @@ from compiler import reference
 from compiler.build import compile_model
 from compiler.errors import FrontendError
 from compiler.frontend import to_ir
-from hw.options import MEMORY_STYLES, HardwareOptions
+from hw.options import HardwareOptions
 from hw.simulation import run_accelerator
 
 
@@ -72,16 +72,16 @@ def test_reference_matches_dense_and_float(name, pes):
     assert np.abs(deq - want).max() < 6 * program.model.output_scale + 0.05 * np.abs(want).max()
 
 
-@pytest.mark.parametrize("memory", MEMORY_STYLES)
+@pytest.mark.parametrize("memory, pipeline", [("block", "deep"), ("distributed", "short")])
 @pytest.mark.parametrize("name", list(NETS))
-def test_gateware_runs_convolutions_bit_exactly(name, memory):
+def test_gateware_runs_convolutions_bit_exactly(name, memory, pipeline):
     net, shape = _prepared(name, sparsity=0.5)
     model = to_ir(net, input_shape=shape)
     cal = images(shape, n=64)
     program = compile_model(model, cal.reshape(len(cal), -1), 3)
     x = reference.quantize_input(images(shape, n=2, seed=9).reshape(2, -1),
                                  program.model.input_scale)
-    hw, cycles = run_accelerator(program, x, HardwareOptions(memory=memory),
+    hw, cycles = run_accelerator(program, x, HardwareOptions(memory=memory, pipeline=pipeline),
                                  ready_probability=0.6)
     expected = reference.run(program, x)
     assert np.array_equal(hw, expected.outputs)

@@ -11,13 +11,14 @@ from compiler.build import compile_model
 from compiler.ir import SparseProgram
 from hw.requant import Requantizer
 from hw.simulation import run_accelerator
-from hw.options import MEMORY_STYLES, HardwareOptions
+from hw.options import HardwareOptions
 from hw.top import SparseAccelerator
 
 
-def test_requantizer_matches_the_reference():
+@pytest.mark.parametrize("deep", [False, True])
+def test_requantizer_matches_the_reference(deep):
     shifts = (1, 5, 14, 22, 37, 62)
-    dut = Requantizer(acc_width=20, bias_width=22, shifts=shifts)
+    dut = Requantizer(acc_width=20, bias_width=22, shifts=shifts, deep=deep)
     rng = np.random.default_rng(0)
     n = 400
     acc = rng.integers(-2**19, 2**19, n)
@@ -66,19 +67,20 @@ def test_requantizer_checks_its_arguments():
         Requantizer(acc_width=20, bias_width=22, shifts=(0,))
 
 
-@pytest.mark.parametrize("memory", MEMORY_STYLES)
+@pytest.mark.parametrize("memory, pipeline", [("block", "short"), ("block", "deep"),
+                                              ("distributed", "short")])
 @pytest.mark.parametrize("pes, shapes, sparsity", [
     (1, [10, 7, 4], 0.5),
     (3, [12, 9, 8, 5], 0.7),
     (4, [6, 11, 3], 0.0),
 ])
-def test_accelerator_in_amaranth_simulation(pes, shapes, sparsity, memory):
+def test_accelerator_in_amaranth_simulation(pes, shapes, sparsity, memory, pipeline):
     model = float_model(shapes, sparsity=sparsity, seed=pes, zero_rows=[(0, 1)],
                         zero_cols=[(0, 2)])
     program = compile_model(model, calibration(shapes[0]), pes)
     x = reference.quantize_input(calibration(shapes[0], n=3, seed=8), program.model.input_scale)
     x = np.vstack([x, np.zeros(shapes[0], dtype=np.int64)])      # a layer input of all zeros
-    hw, cycles = run_accelerator(program, x, HardwareOptions(memory=memory),
+    hw, cycles = run_accelerator(program, x, HardwareOptions(memory=memory, pipeline=pipeline),
                                  ready_probability=0.5, valid_probability=0.7)
     assert np.array_equal(hw, reference.run(program, x).outputs)
     assert (cycles > 0).all()

@@ -6,8 +6,9 @@ import pytest
 
 from boards import protocol as proto
 
-SIM_PERIOD_NS = 10
-SIM_BAUD = 12_500_000        # 8 clock cycles a bit: fast to simulate, same logic as 115200
+SIM_PERIOD_NS = 10           # the accelerator's clock
+SIM_LINK_PERIOD_NS = 16      # the link's clock: another frequency, so the FIFOs really cross
+SIM_BAUD = 7_812_500         # 8 link cycles a bit: fast to simulate, same logic as 115200
 SIM_TIMEOUT_CYCLES = 400
 
 
@@ -119,13 +120,15 @@ def test_uart_link_cocotb(digits_program, simulator, tmp_path):
     expected = reference.run(program, xq).outputs
     clock_hz = int(1e9 / SIM_PERIOD_NS)
     verilog = link_verilog(program, tmp_path / "link.v", clock_hz=clock_hz, baud=SIM_BAUD,
+                           link_hz=int(1e9 / SIM_LINK_PERIOD_NS),
                            timeout_cycles=SIM_TIMEOUT_CYCLES)
     info = proto.BoardInfo(program.model.in_features, program.model.out_features, program.pes,
                            proto.design_id(program), clock_hz)
     params = tmp_path / "uart_bench.npz"
     np.savez(params, inputs=np.asarray(xq, np.int64), expected=np.asarray(expected, np.int64),
              info=np.array(list(info.__dict__.values()), np.int64), baud=SIM_BAUD,
-             period_ns=SIM_PERIOD_NS, timeout_cycles=SIM_TIMEOUT_CYCLES)
+             period_ns=SIM_PERIOD_NS, link_period_ns=SIM_LINK_PERIOD_NS,
+             timeout_cycles=SIM_TIMEOUT_CYCLES)
     run_cocotb(verilog=verilog, toplevel=LINK_TOPLEVEL, simulator=simulator,
                build_dir=tmp_path / f"sim_{simulator}", test_module="sim.uart_bench",
                extra_env={"SPARSEMAC_UART_BENCH": str(params)})
