@@ -69,6 +69,8 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
     if queue_depth is None:
         # A queue never holds more than one layer's outputs of one PE: this depth never stalls.
         queue_depth = max(2, min(max(program.out_slots), 16))
+    if options.pipeline == "deep":
+        queue_depth = max(queue_depth, 3)     # two head registers and a FIFO (hw/queue.py)
     return Geometry(
         pes=program.pes, layers=len(program.layers),
         in_features=program.model.in_features, out_features=program.model.out_features,

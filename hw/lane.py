@@ -106,8 +106,8 @@ class SparsePE(wiring.Component):
             "outs": ([prog.lanes[k].row_count(i) // geo.groups[i] for i in range(L)] + [0],
                      range(max(geo.out_slots) + 1)),
             "group": (list(geo.groups) + [1], range(max(geo.groups) + 1)),
-            "row_base": (list(prog.row_base) + [0], range(sum(geo.row_slots) + 1)),
-            "out_base": (list(prog.out_base) + [0], range(sum(geo.out_slots) + 1)),
+            "next_row_base": (list(prog.row_base[1:]) + [0, 0], range(sum(geo.row_slots) + 1)),
+            "next_out_base": (list(prog.out_base[1:]) + [0, 0], range(sum(geo.out_slots) + 1)),
             "push_base": ([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
                            for i in range(L)] + [0], range(geo.ptr_depth + 1)),
             "last": ([i == L - 1 for i in range(L)] + [0], 1),
@@ -152,14 +152,16 @@ class SparsePE(wiring.Component):
         # ---- pop stage: pick a job of the current layer ---------------------------------
         layer = Signal(layer_shape)
         parity = layer[0]
+        # flags about `layer`, kept as registers next to it: one LUT decides eligibility
+        first_layer = Signal(init=1)                 # layer == 0
+        layers_left = Signal(init=1)                 # layer < L
+        popping = self.run & layers_left
         sources = P + 1
-        matches = Signal(sources)
-        for s in range(P):
-            m.d.comb += matches[s].eq(self.src_valid[s] & (self.src_job[s].tag == parity)
-                                      & (layer != 0))
-        m.d.comb += matches[P].eq(self.src_valid[P] & (layer == 0))
         eligible = Signal(sources)
-        m.d.comb += eligible.eq(Mux(self.run & (layer < L), matches, 0))
+        for s in range(P):
+            m.d.comb += eligible[s].eq(self.src_valid[s] & (self.src_job[s].tag == parity)
+                                       & ~first_layer & popping)
+        m.d.comb += eligible[P].eq(self.src_valid[P] & first_layer & popping)
 
         # Round-robin: the first eligible source at or after `rr`, else the first at all.
         rr = Signal(range(sources))
@@ -316,13 +318,14 @@ class SparsePE(wiring.Component):
         quiet = Signal()
         owner_quiet = [~self.src_busy[s] | (self.src_valid[s] & (self.src_job[s].tag != parity))
                        for s in range(P)]
-        m.d.comb += quiet.eq(Mux(layer == 0, ~self.src_busy[P], Cat(*owner_quiet).all()))
-        sources_done = (layer == 0) | (self.layers_done >= layer)
+        m.d.comb += quiet.eq(Mux(first_layer, ~self.src_busy[P], Cat(*owner_quiet).all()))
+        sources_done = first_layer | (self.layers_done >= layer)
         bank_free = self.wb_count >= layer
+        advance = popping & ~eligible.any() & quiet & sources_done & bank_free
         with m.If(self.restart):
-            m.d.sync += [layer.eq(0), rr.eq(0)]
-        with m.Elif(self.run & (layer < L) & ~eligible.any() & quiet & sources_done & bank_free):
-            m.d.sync += layer.eq(layer + 1)
+            m.d.sync += [layer.eq(0), rr.eq(0), first_layer.eq(1), layers_left.eq(1)]
+        with m.Elif(advance):
+            m.d.sync += [layer.eq(layer + 1), first_layer.eq(0), layers_left.eq(layer + 1 < L)]
 
         # ---- writeback ------------------------------------------------------------------
         # Layer `wb_count` is written back once the pop stage has moved past it and no job of
@@ -376,8 +379,10 @@ class SparsePE(wiring.Component):
         inflight = Signal(range(max(geo.out_slots) + 2))
         last_layer = cur["last"]
         room_ok = Signal()
-        m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] + inflight + 2 <= geo.queue_depth
-                                     for j in range(P)]).all())
+        # depth - 2 - inflight, kept in step with `inflight` (negative: no room at all)
+        limit = Signal(range(-max(geo.out_slots) - 3, geo.queue_depth + 1),
+                       init=geo.queue_depth - 2)
+        m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] <= limit for j in range(P)]).all())
         credit_ok = last_layer | room_ok
 
         tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),
@@ -395,13 +400,15 @@ class SparsePE(wiring.Component):
         rd_last = Signal()
         issue_wb = wb_live & (wb_issue_row < wb_rows) & credit_ok
         group_done = wb_in_group + 1 == wb_group
-        m.d.comb += [
-            param_rp.addr.eq(cur["row_base"] + wb_issue_row),
-            fanout_rp.addr.eq(cur["out_base"] + wb_issue_out),
-        ]
+        # the parameter addresses are counters (this layer's base + row), not adders
+        param_addr = Signal(range(sum(geo.row_slots) + 1))
+        fanout_addr = Signal(range(sum(geo.out_slots) + 1))
+        m.d.comb += [param_rp.addr.eq(param_addr), fanout_rp.addr.eq(fanout_addr)]
         m.d.sync += rd_valid.eq(issue_wb)
         with m.If(issue_wb):
             m.d.sync += [
+                param_addr.eq(param_addr + 1),
+                fanout_addr.eq(fanout_addr + group_done),
                 wb_issue_row.eq(wb_issue_row + 1),
                 wb_in_group.eq(Mux(group_done, 0, wb_in_group + 1)),
                 wb_issue_out.eq(wb_issue_out + group_done),
@@ -490,7 +497,9 @@ class SparsePE(wiring.Component):
             out_wp.en.eq(pool.o.valid & last_layer),
         ]
         retire = pool.o.valid
-        m.d.sync += inflight.eq(inflight + (issue_wb & group_done) - retire)
+        # the two counters move together, each by its own adder (no chain from one to the other)
+        m.d.sync += [inflight.eq(inflight + (issue_wb & group_done) - retire),
+                     limit.eq(limit - (issue_wb & group_done) + retire)]
         # done when the last output retires (or at once for a PE without outputs here)
         finished = Signal()
         m.d.comb += finished.eq((wb_start & (cur["outs"] == 0))
@@ -502,10 +511,13 @@ class SparsePE(wiring.Component):
         m.d.sync += fresh.eq(finished | self.restart)
         with m.If(finished):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
-                         wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0)]
+                         wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
+                         param_addr.eq(cur["next_row_base"]),
+                         fanout_addr.eq(cur["next_out_base"])]
         with m.If(self.restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
-                         wb_issue_out.eq(0), wb_in_group.eq(0), inflight.eq(0)]
+                         wb_issue_out.eq(0), wb_in_group.eq(0), inflight.eq(0),
+                         limit.eq(geo.queue_depth - 2), param_addr.eq(0), fanout_addr.eq(0)]
         # internal signals a testbench may watch (cycle accounting in benchmarks)
         self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
                        "pop": pop}

@@ -18,6 +18,7 @@ from compiler.ir import SparseProgram
 
 from .images import geometry, job_layout
 from .options import HardwareOptions
+from .queue import PrefetchQueue
 from .lane import SparsePE
 
 __all__ = ["SparseAccelerator"]
@@ -69,8 +70,9 @@ class SparseAccelerator(wiring.Component):
         lanes = self._lanes = [SparsePE(prog, k, geo) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"pe{k}"] = lane
-        # the deep pipeline registers each queue's head (one more cycle from push to pop)
-        queue = SyncFIFOBuffered if geo.pipeline == "deep" else SyncFIFO
+        # the deep pipeline's queues keep their heads in registers that the FIFO control never
+        # waits on (two more cycles from push to pop, see hw/queue.py)
+        queue = PrefetchQueue if geo.pipeline == "deep" else SyncFIFO
         queues = [[queue(width=job.size, depth=geo.queue_depth) for _ in range(P)]
                   for _ in range(P)]
         in_queues = [SyncFIFOBuffered(width=job.size, depth=geo.input_queue_depth)
@@ -86,7 +88,8 @@ class SparseAccelerator(wiring.Component):
             for s, q in enumerate(sources):
                 m.d.comb += [
                     lane.src_valid[s].eq(q.r_rdy),
-                    lane.src_busy[s].eq(q.level != 0),
+                    lane.src_busy[s].eq(q.busy if isinstance(q, PrefetchQueue)
+                                        else q.level != 0),
                     lane.src_job[s].eq(q.r_data),
                     q.r_en.eq(lane.src_pop[s]),
                 ]

@@ -13,20 +13,21 @@ EXAMPLE = "examples/digits_mlp.pt"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("board, target, suffix", [("icebreaker", 60.0, ".bin"),
-                                                   ("ulx3s", 100.0, ".bit")])
-def test_example_bitstream(board, target, suffix, tmp_path):
+@pytest.mark.parametrize("board, clock, suffix", [
+    # the iCE40UP5K does not reach the 60 MHz target yet (about 42 MHz, docs/benchmarks.md):
+    # build for a clock it meets; the ECP5 meets its 100 MHz target at P = 1
+    ("icebreaker", "36", ".bin"), ("ulx3s", None, ".bit")])
+def test_example_bitstream(board, clock, suffix, tmp_path):
     out = tmp_path / board
-    # P = 1 keeps CI's wall time down; P = 2 is the most that fits the iCEBreaker, see
-    # docs/boards_benchmarks.md for every P
-    assert main(["build", EXAMPLE, "--board", board, "--pes", "1", "--out", str(out),
-                 "--allow-timing-failure"]) == 0
+    # P = 1 keeps CI's wall time down; docs/benchmarks.md has every P
+    args = ["build", EXAMPLE, "--board", board, "--pes", "1", "--out", str(out)]
+    assert main(args + (["--clock-mhz", clock] if clock else [])) == 0
     report = json.loads((out / "report.json").read_text())
     bitstream = Path(report["bitstream"])
     assert bitstream.suffix == suffix and bitstream.stat().st_size > 10_000
-    assert report["fmax_mhz"] > 5
-    assert report["timing"]["target_mhz"] == target
-    assert report["timing"]["met"] == (report["fmax_mhz"] >= target)
+    target = float(clock) if clock else 100.0
+    assert report["timing"]["met"] and report["fmax_mhz"] >= target
+    assert abs(report["timing"]["target_mhz"] - target) < 1
     res = report["resources"]
     kinds = {"icebreaker": ("ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP", "ICESTORM_PLL"),
              "ulx3s": ("TRELLIS_COMB", "DP16KD", "MULT18X18D", "EHXPLLL")}[board]
