@@ -78,11 +78,11 @@ def _elaborated_memories(program, options) -> tuple:
     return tuple(_walk_memories(program, options))
 
 
-def design_memories(program, *, queue_depth=None, link: bool = True, family=None) -> list:
+def design_memories(program, *, choices=None, link: bool = True, family=None) -> list:
     """Every memory of the board top for ``program``, read from the elaborated accelerator (so
     the list cannot drift from hw/), plus the UART link's input buffer (boards/link.py)."""
     mems = list(_elaborated_memories(program,
-                                     options_for(program, family, queue_depth=queue_depth)))
+                                     options_for(program, family, choices)))
     if link:
         mems.append(MemorySpec("link.inputs", max(2, program.model.in_features), 8))
     return mems
@@ -177,14 +177,14 @@ def _split(width: int, maximum: int, minimum: int) -> list:
     return parts or [width]
 
 
-def estimate(program, board, *, queue_depth=None, link: bool = True) -> FitEstimate:
+def estimate(program, board, *, choices=None, link: bool = True) -> FitEstimate:
     """Resources of the board top for ``program`` on ``board`` (before synthesis)."""
     from hw.images import geometry
 
     family = board.family
-    geo = geometry(program, options_for(program, board.family, queue_depth=queue_depth))
+    geo = geometry(program, options_for(program, board.family, choices))
     P = geo.pes
-    mems = design_memories(program, queue_depth=queue_depth, link=link, family=board.family)
+    mems = design_memories(program, choices=choices, link=link, family=board.family)
     bram_blocks = bram_bits = logic_bits = queue_bits = 0
     for spec in mems:
         if _in_logic(spec, family):
@@ -250,23 +250,23 @@ def _dsps(program, board) -> tuple[int, int]:
 
 
 def largest_fitting_pes(compile_for, board, *, candidates=(32, 16, 8, 4, 2, 1),
-                        queue_depth=None):
+                        choices=None):
     """The largest P in ``candidates`` whose program (``compile_for(P)``) fits ``board``, and
     its estimate; ``(None, None)`` when none does."""
     for pes in sorted(candidates, reverse=True):
         program = compile_for(pes)
         if _dsps(program, board)[1] > board.dsps > 0:
             continue        # no need to elaborate the design to know
-        est = estimate(program, board, queue_depth=queue_depth)
+        est = estimate(program, board, choices=choices)
         if est.fits:
             return pes, est
     return None, None
 
 
-def check_fit(program, board, *, queue_depth=None, compile_for=None) -> FitEstimate:
+def check_fit(program, board, *, choices=None, compile_for=None) -> FitEstimate:
     """Raise :class:`FitError` with the numbers and what would fit when ``program`` does not fit
     ``board``; returns the estimate otherwise."""
-    est = estimate(program, board, queue_depth=queue_depth)
+    est = estimate(program, board, choices=choices)
     if est.fits:
         return est
     model = program.model
@@ -276,25 +276,25 @@ def check_fit(program, board, *, queue_depth=None, compile_for=None) -> FitEstim
     if compile_for is not None and program.pes > 1:
         smaller = [p for p in (32, 16, 8, 4, 2, 1) if p < program.pes]
         pes, _ = largest_fitting_pes(compile_for, board, candidates=smaller,
-                                     queue_depth=queue_depth)
+                                     choices=choices)
         if pes:
             advice.append(f"--pes {pes} fits")
     advice.append(f"prune harder (now {nnz} of {weights} weights nonzero, "
                   f"{100 * (1 - nnz / weights):.1f} % sparse)")
-    bigger = _bigger_boards(board, program, queue_depth)
+    bigger = _bigger_boards(board, program, choices)
     if bigger:
         advice.append(f"or a bigger board: {', '.join(bigger)}")
     raise FitError(f"{model.name} with {program.pes} PEs does not fit {board.name} "
                    f"({board.device}): {'; '.join(est.problems)}. Try: {'; '.join(advice)}")
 
 
-def _bigger_boards(board, program, queue_depth) -> list:
+def _bigger_boards(board, program, choices) -> list:
     from . import BOARDS
 
     out = []
     for other in BOARDS.values():
         if other.name == board.name or other.luts <= board.luts:
             continue
-        if estimate(program, other, queue_depth=queue_depth).fits:
+        if estimate(program, other, choices=choices).fits:
             out.append(other.name)
     return out[:3]

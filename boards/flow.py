@@ -145,15 +145,15 @@ def check_timing(results: dict, target_mhz: float, *, allow_failure: bool) -> di
     return results
 
 
-def _prepare(board, program, *, baud: int, queue_depth, overrides: dict, toolchain_env: dict):
-    top = BoardTop(program, board, baud=baud, queue_depth=queue_depth)
+def _prepare(board, program, *, baud: int, choices, overrides: dict, toolchain_env: dict):
+    top = BoardTop(program, board, baud=baud, choices=choices)
     platform = board.create_platform()
     with _environ(toolchain_env):
         plan = platform.prepare(top, NAME, **overrides)
     return top, plan
 
 
-def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, queue_depth=None,
+def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
                     seed: int = 1) -> dict:
     """Synthesise, place and route the board top for ``program`` on a Lattice ``board``; the
     bitstream lands in ``out_dir``. Returns the report's board section (without the timing
@@ -172,7 +172,7 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, queue_
     if family == "ice40":
         overrides["synth_opts"] = "-dsp"     # SB_MAC16 multipliers: about 2x the Fmax of LUTs
     started = time.perf_counter()
-    top, plan = _prepare(board, program, baud=baud, queue_depth=queue_depth,
+    top, plan = _prepare(board, program, baud=baud, choices=choices,
                          overrides=overrides, toolchain_env=env)
     plan.extract(gateware)
     log = gateware / "flow.log"
@@ -236,7 +236,7 @@ def parse_yosys_xilinx_stat(text: str, board) -> dict:
             for kind, used in sorted(counts.items())}
 
 
-def xilinx_products(program, board, out_dir, *, baud: int = DEFAULT_BAUD, queue_depth=None,
+def xilinx_products(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
                     build: bool = True) -> dict:
     """Verilog, the Vivado and openXC7 plans, a yosys utilisation estimate; the bitstream when a
     vendor or openXC7 tool is installed."""
@@ -244,7 +244,7 @@ def xilinx_products(program, board, out_dir, *, baud: int = DEFAULT_BAUD, queue_
 
     out_dir = Path(out_dir)
     env = flow_environment("xc7")
-    top = BoardTop(program, board, baud=baud, queue_depth=queue_depth)
+    top = BoardTop(program, board, baud=baud, choices=choices)
     cls = board.platform_class()
     plans = {}
     for flavour, folder in (("Xray", "openxc7"), ("Vivado", "vivado")):

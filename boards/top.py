@@ -30,19 +30,19 @@ class BoardTop(Elaboratable):
         Where it runs; ``board.clock_mhz`` is the clock target.
     baud : int
         UART rate.
-    queue_depth : int or None
-        Passed to the accelerator, whose memory style follows the board's family.
+    choices : hw.options.Choices or None
+        Queue depth, memory style, pipeline; unset ones follow the board's family.
     """
 
-    def __init__(self, program, board, *, baud: int = DEFAULT_BAUD, queue_depth=None):
-        self.program, self.board, self.baud, self.queue_depth = program, board, baud, queue_depth
+    def __init__(self, program, board, *, baud: int = DEFAULT_BAUD, choices=None):
+        self.program, self.board, self.baud = program, board, baud
         self.clocking = ClockReset(family=board.family, osc_hz=board.osc_hz,
                                    target_hz=board.clock_mhz * 1e6)
         self.clock_hz = self.clocking.actual_hz
         # checks the baud rate now, before any tool runs
         self.linked = LinkedAccelerator(
             program, clock_hz=self.clock_hz, link_hz=self.clocking.link_hz, baud=baud,
-            options=options_for(program, board.family, queue_depth=queue_depth))
+            options=options_for(program, board.family, choices))
 
     def elaborate(self, platform):
         m = Module()

@@ -61,6 +61,8 @@ class BuildConfig:
     index_bits: int | None = None        # None: narrowest with <= 1 % padding
     queue_depth: int | None = None       # None: never stalls, at most 16
     dense: bool = False                  # store every weight, skip nothing (baseline)
+    memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
+    pipeline: str | None = None          # "short" / "deep"; None: by board
     # boards (boards/): the clock target (None: the board's), UART rate, timing policy
     clock_mhz: float | None = None
     baud: int = 115200
@@ -78,8 +80,20 @@ class BuildConfig:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
         if self.queue_depth is not None and self.queue_depth < 2:
             raise InputError(f"--queue-depth must be at least 2, not {self.queue_depth}")
+        from hw.options import MEMORY_STYLES, PIPELINES
+        if self.memory not in (None, *MEMORY_STYLES):
+            raise InputError(f"--memory must be one of {', '.join(MEMORY_STYLES)}, not "
+                             f"{self.memory!r}")
+        if self.pipeline not in (None, *PIPELINES):
+            raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, not "
+                             f"{self.pipeline!r}")
         get_board(self.board)
         return self
+
+    @property
+    def choices(self):
+        from hw.options import Choices
+        return Choices(queue_depth=self.queue_depth, memory=self.memory, pipeline=self.pipeline)
 
     @property
     def out_dir(self) -> Path:
@@ -156,7 +170,7 @@ def step_encode(s: BuildState):
     from hw.options import options_for
     s.program = encode_calibrated(s.quantized, s.calibration, s.config.pes,
                                   index_bits=s.config.index_bits, dense=s.config.dense)
-    s.options = options_for(s.program, s.board.family, queue_depth=s.config.queue_depth)
+    s.options = options_for(s.program, s.board.family, s.config.choices)
     save_program(s.program, s.out_dir / "program.npz")
 
 
@@ -183,13 +197,13 @@ def step_fit(s: BuildState):
                                  index_bits=s.config.index_bits, dense=s.config.dense)
 
     if s.config.pes == "auto":
-        pes, est = largest_fitting_pes(compile_for, s.board, queue_depth=s.config.queue_depth)
+        pes, est = largest_fitting_pes(compile_for, s.board, choices=s.config.choices)
         if pes is None:
-            check_fit(compile_for(1), s.board, queue_depth=s.config.queue_depth)
+            check_fit(compile_for(1), s.board, choices=s.config.choices)
         s.config.pes = pes
         (s.out_dir / "build_config.json").write_text(s.config.to_json())
     else:
-        est = check_fit(compile_for(s.config.pes), s.board, queue_depth=s.config.queue_depth,
+        est = check_fit(compile_for(s.config.pes), s.board, choices=s.config.choices,
                         compile_for=compile_for)
     s.board_results["fit"] = est.as_dict()
 
@@ -205,10 +219,10 @@ def step_board(s: BuildState):
         return
     if s.board.family == "xc7":
         results = xilinx_products(s.program, s.board, s.out_dir, baud=s.config.baud,
-                                  queue_depth=s.config.queue_depth)
+                                  choices=s.config.choices)
     else:
         results = build_bitstream(s.program, s.board, s.out_dir, baud=s.config.baud,
-                                  queue_depth=s.config.queue_depth)
+                                  choices=s.config.choices)
     s.board_results.update(results)
     if results.get("fmax_mhz") is not None:
         try:

@@ -46,6 +46,7 @@ def cmd_build(args) -> int:
                          queue_depth=args.queue_depth, dense=args.dense,
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure,
+                         memory=args.memory, pipeline=args.pipeline,
                          bitstream=not args.no_bitstream)
     console = _console()
     with console.status("building") as status:
@@ -116,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=_positive, default=115200, help="UART rate (default 115200)")
     p.add_argument("--allow-timing-failure", action="store_true",
                    help="keep a bitstream whose Fmax is below the clock target")
+    p.add_argument("--memory", choices=["block", "distributed"],
+                   help="memory style (default: by board; see hw/options.py)")
+    p.add_argument("--pipeline", choices=["short", "deep"],
+                   help="pipeline depth (default: deep on iCE40, short elsewhere)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="fit check and Verilog only; skip synthesis and place and route")
     p.set_defaults(func=cmd_build)

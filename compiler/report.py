@@ -53,6 +53,7 @@ def build_report(state) -> dict:
         "index_bits": program.index_bits,
         "queue_depth": geo.queue_depth,
         "memory_style": geo.memory,
+        "pipeline": geo.pipeline,
         "dense_mode": config.dense,
         "in_features": program.model.in_features,
         "out_features": program.model.out_features,
@@ -126,7 +127,8 @@ def _markdown(r: dict) -> str:
         "",
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']}, relative index bits: {r['index_bits']}, "
-        f"job queue depth: {r['queue_depth']}, memories: {r.get('memory_style', 'block')}",
+        f"job queue depth: {r['queue_depth']}, memories: {r.get('memory_style', 'block')}, "
+        f"pipeline: {r.get('pipeline', 'short')}",
         f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
         f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",
         f"- input scale {r['input_scale']:.6g}, output scale {r['output_scale']:.6g}",

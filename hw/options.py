@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HardwareOptions", "MEMORY_STYLES", "PIPELINES", "options_for"]
+__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "PIPELINES", "options_for"]
 
 #: "block": synchronous-read RAMs (block RAM, iCE40 EBR), each read registered before use,
 #: accumulators read-modify-written over a pipeline with forwarding - any size, two more
@@ -37,13 +37,26 @@ class HardwareOptions:
             raise ValueError(f"queue_depth must be an integer >= 2, not {self.queue_depth!r}")
 
 
-def options_for(program, family: str | None, *, queue_depth: int | None = None
+@dataclass(frozen=True)
+class Choices:
+    """What the user asked for (``build --queue-depth/--memory/--pipeline``); None: let
+    :func:`options_for` decide."""
+    queue_depth: int | None = None
+    memory: str | None = None
+    pipeline: str | None = None
+
+
+def options_for(program, family: str | None, choices: Choices | None = None
                 ) -> HardwareOptions:
     """The options a board family calls for: LUT RAM where the FPGA has it and every per-PE
-    memory is small, block RAM otherwise (iCE40 has no LUT RAM); the deep pipeline on iCE40."""
+    memory is small, block RAM otherwise (iCE40 has no LUT RAM); the deep pipeline on iCE40.
+    ``choices`` override."""
+    choices = choices or Choices()
+    queue_depth = choices.queue_depth
     deepest = max([len(lane.entry_value) for lane in program.lanes]
                   + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
-    memory = "distributed" if family in ("ecp5", "xc7") and small else "block"
-    pipeline = "deep" if family == "ice40" else "short"
+    memory = choices.memory or ("distributed" if family in ("ecp5", "xc7") and small
+                                else "block")
+    pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
     return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)

@@ -142,3 +142,25 @@ def test_simulation_inputs_of_the_wrong_shape(bad_files, tmp_path):
     assert_one_line_error(cli("simulate", out, "--inputs", bad_files / "x_wrong.npy"),
                           "shape [3, 63]", "[N, 64]")
     assert_one_line_error(cli("simulate", tmp_path / "nowhere"), "not a build folder")
+
+
+def test_memory_and_pipeline_choices_reach_the_gateware(tmp_path):
+    reports = {}
+    for memory, pipeline in (("block", "deep"), ("distributed", "short")):
+        out = tmp_path / f"{memory}-{pipeline}"
+        result = cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--memory", memory,
+                     "--pipeline", pipeline, "--out", out, "--no-bitstream")
+        assert result.returncode == 0, result.stderr
+        reports[memory] = json.loads((out / "report.json").read_text())
+        assert reports[memory]["memory_style"] == memory
+        assert reports[memory]["pipeline"] == pipeline
+        verilog = (out / "sparsemac_top.v").read_text()
+        # the deep pipeline wraps each job FIFO in a prefetch queue (hw/queue.py)
+        assert ("sparsemac_top.q0_1.fifo" in verilog) == (pipeline == "deep")
+    # same program, same ideal cycles; only the gateware differs
+    assert reports["block"]["cycles"]["ideal"] == reports["distributed"]["cycles"]["ideal"]
+
+
+def test_unknown_memory_style_is_refused(tmp_path):
+    result = cli("build", EXAMPLE, "--board", "arty_a7", "--memory", "sram", "--out", tmp_path)
+    assert result.returncode == 2 and "--memory" in result.stderr and "Traceback" not in result.stderr
