@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
@@ -17,7 +19,7 @@ from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 from .options import HardwareOptions
 
 __all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
-           "pack_entries", "pack_pointers", "pack_rows", "pack_outputs", "memory_bits"]
+           "pack_entries", "pack_pointers", "pack_rows", "row_fanout", "memory_bits"]
 
 
 def _bits(n: int) -> int:
@@ -119,6 +121,10 @@ def row_layout(geo: Geometry) -> data.StructLayout:
     return data.StructLayout({
         "bias": signed(geo.bias_width),
         "multiplier": unsigned(MULTIPLIER_BITS),
+        # the PEs (bit mask) holding weights in the column that this row's output feeds:
+        # every row of a pooling window carries its output's mask, so the writeback reads
+        # one memory at one address per row
+        "fanout": unsigned(geo.pes),
     })
 
 
@@ -137,16 +143,24 @@ def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
             for s, c in zip(img.ptr_start, img.ptr_count)]
 
 
+def row_fanout(program: SparseProgram, lane: int, geo: Geometry) -> np.ndarray:
+    """Per row of ``lane``'s row tables: its output's fan-out mask (0 for padding rows)."""
+    img = program.lanes[lane]
+    fanout = np.zeros(len(img.bias), dtype=np.int64)
+    for m in range(len(program.layers)):
+        rows = img.row_count(m)
+        local = np.arange(rows)
+        fanout[program.row_base[m] + local] = img.fanout[program.out_base[m]
+                                                         + local // geo.groups[m]]
+    return fanout
+
+
 def pack_rows(program: SparseProgram, lane: int, geo: Geometry) -> list:
     img = program.lanes[lane]
     layout = row_layout(geo)
-    return [layout.const({"bias": int(b), "multiplier": int(m)}).as_value().value
-            for b, m in zip(img.bias, img.multiplier)]
-
-
-def pack_outputs(program: SparseProgram, lane: int, geo: Geometry) -> list:
-    """Per output: the PEs (bit mask) that hold weights in the column it feeds."""
-    return [int(f) for f in program.lanes[lane].fanout]
+    return [layout.const({"bias": int(b), "multiplier": int(m), "fanout": int(f)})
+            .as_value().value
+            for b, m, f in zip(img.bias, img.multiplier, row_fanout(program, lane, geo))]
 
 
 def memory_bits(geo: Geometry) -> dict:
@@ -157,7 +171,6 @@ def memory_bits(geo: Geometry) -> dict:
         "weights": sum(geo.entry_depth) * (8 + geo.index_bits),
         "pointers": geo.pes * geo.ptr_depth * (geo.start_bits + geo.count_bits),
         "row_parameters": geo.pes * sum(geo.row_slots) * row_layout(geo).size,
-        "output_fanout": geo.pes * sum(geo.out_slots) * geo.pes,
         "accumulators": geo.pes * 2 * geo.max_row_slots * geo.acc_width,
         "job_queues": geo.pes * geo.pes * geo.queue_depth * job_bits,
         "input_queues": geo.pes * geo.input_queue_depth * job_bits,

@@ -23,8 +23,8 @@ from amaranth.lib.wiring import In, Out
 
 from compiler.ir import MULTIPLIER_BITS, SparseProgram
 
-from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_outputs,
-                     pack_pointers, pack_rows, pointer_layout, row_layout)
+from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_pointers,
+                     pack_rows, pointer_layout, row_layout)
 from .pool import POOL_AVG, POOL_MAX, Pooler
 from .requant import Requantizer
 
@@ -107,7 +107,6 @@ class SparsePE(wiring.Component):
                      range(max(geo.out_slots) + 1)),
             "group": (list(geo.groups) + [1], range(max(geo.groups) + 1)),
             "next_row_base": (list(prog.row_base[1:]) + [0, 0], range(sum(geo.row_slots) + 1)),
-            "next_out_base": (list(prog.out_base[1:]) + [0, 0], range(sum(geo.out_slots) + 1)),
             "push_base": ([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
                            for i in range(L)] + [0], range(geo.ptr_depth + 1)),
             "last": ([i == L - 1 for i in range(L)] + [0], 1),
@@ -129,8 +128,6 @@ class SparsePE(wiring.Component):
             shape=play.size, depth=geo.ptr_depth, init=pack_pointers(prog, k, geo))
         m.submodules.rowparams = rowparams = memory.Memory(
             shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
-        m.submodules.outparams = outparams = memory.Memory(
-            shape=unsigned(P), depth=max(1, sum(geo.out_slots)), init=pack_outputs(prog, k, geo))
         block = geo.memory == "block"
         read_domain = "sync" if block else "comb"
         banks = []
@@ -163,18 +160,26 @@ class SparsePE(wiring.Component):
                                        & ~first_layer & popping)
         m.d.comb += eligible[P].eq(self.src_valid[P] & first_layer & popping)
 
-        # Round-robin: the first eligible source at or after `rr`, else the first at all.
-        rr = Signal(range(sources))
-        later = Signal(sources)
-        m.d.comb += later.eq(eligible & ~((Const(1, sources + 1) << rr) - 1)[:sources])
+        # The input queue is the only source of the first layer and never one of the others:
+        # `first_layer` alone chooses it. Among the PEs' queues, round-robin: the first
+        # eligible one at or after `rr`, else the first at all (one PE: no choice).
+        rr = Signal(range(max(P, 2)))
         pick = Signal(range(sources))
-        for s in reversed(range(sources)):
-            with m.If(eligible[s]):
-                m.d.comb += pick.eq(s)
-        with m.If(later.any()):
-            for s in reversed(range(sources)):
-                with m.If(later[s]):
-                    m.d.comb += pick.eq(s)
+        if P > 1:
+            pe_eligible = eligible[:P]
+            later = Signal(P)
+            m.d.comb += later.eq(pe_eligible & ~((Const(1, P + 1) << rr) - 1)[:P])
+            pick_pe = Signal(range(P))
+            for s in reversed(range(P)):
+                with m.If(pe_eligible[s]):
+                    m.d.comb += pick_pe.eq(s)
+            with m.If(later.any()):
+                for s in reversed(range(P)):
+                    with m.If(later[s]):
+                        m.d.comb += pick_pe.eq(s)
+            m.d.comb += pick.eq(Mux(first_layer, P, pick_pe))
+        else:
+            m.d.comb += pick.eq(Mux(first_layer, P, 0))
 
         # Memory style "block": every RAM read lands in a register before logic uses it
         # (ECP5 block RAM has ~5.6 ns clock-to-out); "distributed": LUT RAM read
@@ -205,8 +210,9 @@ class SparsePE(wiring.Component):
             self.src_pop.eq(Mux(pop, Const(1, sources) << pick, 0)),
             ptr_rp.addr.eq(self.src_job[pick].column),
         ]
-        with m.If(pop):
-            m.d.sync += rr.eq(Mux(pick == sources - 1, 0, pick + 1))
+        if P > 1:
+            with m.If(pop & ~first_layer):
+                m.d.sync += rr.eq(Mux(pick == P - 1, 0, pick + 1))
         arriving = Signal(job_shape)
         arrives = Signal()
         if block:
@@ -265,11 +271,18 @@ class SparsePE(wiring.Component):
                      entry.eq(entry_rp.data)]
 
         # decode: row, product
-        prev_row = Signal(geo.row_bits)
         row = Signal(geo.row_bits)
-        m.d.comb += row.eq(Mux(c_first, entry.index, prev_row + entry.index + 1))
-        with m.If(c_valid):
-            m.d.sync += prev_row.eq(row)
+        if block:
+            # the row is decoded from the entry RAM's output a stage early, into a register:
+            # the accumulator RAM's address (and the collision logic around it) sees no adder
+            e_entry = data.View(elay, entry_rp.data)
+            with m.If(e_valid):
+                m.d.sync += row.eq(Mux(e_first, e_entry.index, row + e_entry.index + 1))
+        else:
+            prev_row = Signal(geo.row_bits)
+            m.d.comb += row.eq(Mux(c_first, entry.index, prev_row + entry.index + 1))
+            with m.If(c_valid):
+                m.d.sync += prev_row.eq(row)
         d_valid, d_bank, d_row = Signal(), Signal(), Signal(geo.row_bits)
         d_product = Signal(signed(16))
         m.d.sync += [d_valid.eq(c_valid), d_bank.eq(c_bank), d_row.eq(row),
@@ -375,13 +388,14 @@ class SparsePE(wiring.Component):
         # Credits instead of back-pressure: a row enters the writeback pipeline only if every
         # queue it may push to has room for it and for every output already on its way, so
         # nothing downstream ever waits (no ready signal runs back through the pipeline).
-        # The check is registered, one cycle behind: one slot of margin covers it.
-        inflight = Signal(range(max(geo.out_slots) + 2))
+        # The check is registered, one cycle behind: one slot of margin covers it. The deep
+        # pipeline also counts a cycle late (from registered events): a second slot.
+        margin = 3 if geo.pipeline == "deep" else 2
         last_layer = cur["last"]
         room_ok = Signal()
-        # depth - 2 - inflight, kept in step with `inflight` (negative: no room at all)
-        limit = Signal(range(-max(geo.out_slots) - 3, geo.queue_depth + 1),
-                       init=geo.queue_depth - 2)
+        # depth - margin - (outputs issued, not yet pushed); negative: no room at all
+        limit = Signal(range(-max(geo.out_slots) - margin - 1, geo.queue_depth + 1),
+                       init=geo.queue_depth - margin)
         m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] <= limit for j in range(P)]).all())
         credit_ok = last_layer | room_ok
 
@@ -392,7 +406,6 @@ class SparsePE(wiring.Component):
             acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
             tag_shape=tag_layout, deep=deep)
         param_rp = rowparams.read_port(domain=read_domain)
-        fanout_rp = outparams.read_port(domain=read_domain)
         rd_valid = Signal()
         rd_row = Signal(geo.row_bits)
         rd_out = Signal(geo.row_bits)
@@ -402,13 +415,11 @@ class SparsePE(wiring.Component):
         group_done = wb_in_group + 1 == wb_group
         # the parameter addresses are counters (this layer's base + row), not adders
         param_addr = Signal(range(sum(geo.row_slots) + 1))
-        fanout_addr = Signal(range(sum(geo.out_slots) + 1))
-        m.d.comb += [param_rp.addr.eq(param_addr), fanout_rp.addr.eq(fanout_addr)]
+        m.d.comb += param_rp.addr.eq(param_addr)
         m.d.sync += rd_valid.eq(issue_wb)
         with m.If(issue_wb):
             m.d.sync += [
                 param_addr.eq(param_addr + 1),
-                fanout_addr.eq(fanout_addr + group_done),
                 wb_issue_row.eq(wb_issue_row + 1),
                 wb_in_group.eq(Mux(group_done, 0, wb_in_group + 1)),
                 wb_issue_out.eq(wb_issue_out + group_done),
@@ -426,7 +437,7 @@ class SparsePE(wiring.Component):
         read = {"acc": bank_data,
                 "bias": data.View(rlay, param_rp.data).bias,
                 "multiplier": data.View(rlay, param_rp.data).multiplier,
-                "fanout": fanout_rp.data}
+                "fanout": data.View(rlay, param_rp.data).fanout}
         held = {name: Signal(value.shape(), name=f"wb_{name}") for name, value in read.items()}
         if block:
             side = {"valid": rd_valid, "out": rd_out, "first": rd_first, "last": rd_last}
@@ -497,9 +508,14 @@ class SparsePE(wiring.Component):
             out_wp.en.eq(pool.o.valid & last_layer),
         ]
         retire = pool.o.valid
-        # the two counters move together, each by its own adder (no chain from one to the other)
-        m.d.sync += [inflight.eq(inflight + (issue_wb & group_done) - retire),
-                     limit.eq(limit - (issue_wb & group_done) + retire)]
+        took = issue_wb & group_done
+        if geo.pipeline == "deep":
+            took_r, retire_r = Signal(), Signal()
+            m.d.sync += [took_r.eq(took), retire_r.eq(retire)]
+            took, retire_count = took_r, retire_r
+        else:
+            retire_count = retire
+        m.d.sync += limit.eq(limit - took + retire_count)
         # done when the last output retires (or at once for a PE without outputs here)
         finished = Signal()
         m.d.comb += finished.eq((wb_start & (cur["outs"] == 0))
@@ -512,12 +528,11 @@ class SparsePE(wiring.Component):
         with m.If(finished):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
                          wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
-                         param_addr.eq(cur["next_row_base"]),
-                         fanout_addr.eq(cur["next_out_base"])]
+                         param_addr.eq(cur["next_row_base"])]
         with m.If(self.restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
-                         wb_issue_out.eq(0), wb_in_group.eq(0), inflight.eq(0),
-                         limit.eq(geo.queue_depth - 2), param_addr.eq(0), fanout_addr.eq(0)]
+                         wb_issue_out.eq(0), wb_in_group.eq(0),
+                         limit.eq(geo.queue_depth - margin), param_addr.eq(0)]
         # internal signals a testbench may watch (cycle accounting in benchmarks)
         self.probes = {"issue": issue_valid, "layer": layer, "wb_active": wb_live,
                        "pop": pop}

@@ -119,6 +119,7 @@ class SparseAccelerator(wiring.Component):
         fan_rp = fanout_rom.read_port()
         in_count = Signal(range(geo.in_features + 1))
         staged_valid = Signal()
+        staged_keep = Signal()                  # staged.value != 0, as a register
         staged = Signal(job)
         m.d.comb += fan_rp.addr.eq(in_count)
 
@@ -140,7 +141,10 @@ class SparseAccelerator(wiring.Component):
 
         cycles = Signal(32)
         all_done = Signal()
-        m.d.comb += all_done.eq(layers_done == L)
+        if geo.pipeline == "deep":      # a register: the minimum tree ends in it (one cycle)
+            m.d.sync += all_done.eq(layers_done == L)
+        else:
+            m.d.comb += all_done.eq(layers_done == L)
         # the PEs' run/restart are registers, set on the same edges as the phase changes
         running, restarting = Signal(), Signal(init=1)
         taking = Signal(init=1)                 # input.ready, as a register
@@ -159,18 +163,20 @@ class SparseAccelerator(wiring.Component):
                 m.d.sync += staged_valid.eq(accept)
                 with m.If(accept):
                     m.d.sync += [
+                        staged_keep.eq(self.input.payload != 0),
                         staged.value.eq(self.input.payload),
                         staged.column.eq(in_count),
                         staged.tag.eq(0),
                         in_count.eq(in_count + 1),
                     ]
-                keep = (staged.value != 0) if geo.skip_zero_activations else Const(1)
+                keep = staged_keep if geo.skip_zero_activations else Const(1)
                 for k in range(P):
                     m.d.comb += [
                         in_queues[k].w_data.eq(staged),
                         in_queues[k].w_en.eq(staged_valid & keep & fan_rp.data[k]),
                     ]
-                with m.If((in_count == geo.in_features) & ~staged_valid):
+                # every input taken (`taking` fell with the last) and the last one queued
+                with m.If(~taking & ~staged_valid):
                     m.d.sync += [in_count.eq(0), cycles.eq(0), running.eq(1), restarting.eq(0)]
                     m.next = "RUN"
             with m.State("RUN"):
