@@ -6,7 +6,7 @@ a fraction of a second), then mapped the way Yosys maps them on each family: blo
 ratio, small or asynchronous-read memories in LUT RAM (ECP5, 7-series) or flip-flops (iCE40).
 Multipliers are split into DSP tiles as Yosys's ``mul2dsp`` splits them. LUTs and flip-flops
 come from a linear model whose coefficients were fitted to real ``yosys synth_*`` runs of the
-board top (``benchmarks/board_builds.py`` prints the measurements; ``docs/boards_benchmarks.md``).
+board top (``benchmarks/board_builds.py`` prints the measurements; ``docs/benchmarks.md``, section 4).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ _DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 2), "xc7": (25, 18, 2)}
 # (iCE40 has no LUT RAM). Fitted to yosys synthesis of the board top for the example model
 # (iCE40: P = 1, 2; ECP5: P = 1, 2, 4, 8; 7-series: P = 2), LUTs scaled to what nextpnr
 # packs (ECP5 TRELLIS_COMB = LUT4 + 2 CCU2C + 2 DPR16X4, x1.25 measured at P = 8). The numbers:
-# docs/boards_benchmarks.md.
+# docs/benchmarks.md, section 4.
 _LUT_MODEL = {
     "ice40": {"lut": (-95, 1509, 0), "ff": (220, 405, 0), "ff_queue_bit": 1.0},
     "ecp5": {"lut": (126, 2117, 3.1), "ff": (227, 339, 13.3), "ff_queue_bit": 0.0},

@@ -272,9 +272,11 @@ class SparsePE(wiring.Component):
 
         # decode: row, product
         row = Signal(geo.row_bits)
-        if block:
+        if block and geo.pipeline == "deep":
             # the row is decoded from the entry RAM's output a stage early, into a register:
-            # the accumulator RAM's address (and the collision logic around it) sees no adder
+            # the accumulator RAM's address (and the collision logic around it) sees no adder.
+            # (iCE40 EBR outputs are quick; ECP5 block RAM's 5.6 ns clock-to-out is not: the
+            # short pipeline registers the RAM output first.)
             e_entry = data.View(elay, entry_rp.data)
             with m.If(e_valid):
                 m.d.sync += row.eq(Mux(e_first, e_entry.index, row + e_entry.index + 1))

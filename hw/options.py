@@ -48,15 +48,18 @@ class Choices:
 
 def options_for(program, family: str | None, choices: Choices | None = None
                 ) -> HardwareOptions:
-    """The options a board family calls for: LUT RAM where the FPGA has it and every per-PE
-    memory is small, block RAM otherwise (iCE40 has no LUT RAM); the deep pipeline on iCE40.
-    ``choices`` override."""
+    """The options a board family calls for; ``choices`` override.
+
+    Block RAM on iCE40 (it has no LUT RAM) and on ECP5, where it closes timing far better
+    than LUT RAM (digits MLP on the ULX3S, P = 2 / 4 / 8: 106 / 94 / 74 MHz with block RAM,
+    79 / 67 / 50 MHz with LUT RAM; docs/benchmarks.md), for two more cycles of latency per
+    layer. LUT RAM on 7-series when every per-PE memory is small (no place and route here to
+    say otherwise; the shortest pipeline, the fewest cycles). The deep pipeline on iCE40."""
     choices = choices or Choices()
     queue_depth = choices.queue_depth
     deepest = max([len(lane.entry_value) for lane in program.lanes]
                   + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
-    memory = choices.memory or ("distributed" if family in ("ecp5", "xc7") and small
-                                else "block")
+    memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
     pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
     return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)
