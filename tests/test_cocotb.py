@@ -32,6 +32,9 @@ CASES = {
     "linear-hidden-p4": ([14, 9, 7, 3], 0.4, 4, {"relu_hidden": False},
                          {"memory": "distributed"}),
     "shallow-queues-p4": ([24, 20, 12], 0.3, 4, {}, {"queue_depth": 2}),
+    # the iCE40 style: block RAM, prefetch queues, registered control (hw/options.py)
+    "deep-pipeline-p1": ([32, 24, 10], 0.8, 1, {}, {"pipeline": "deep"}),
+    "deep-pipeline-p3": ([20, 16, 12, 5], 0.5, 3, {}, {"pipeline": "deep"}),
 }
 
 
@@ -59,7 +62,8 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
         model = dataclasses.replace(model, layers=tuple(
             dataclasses.replace(layer, relu=False) for layer in model.layers))
     options = HardwareOptions(queue_depth=compile_args.pop("queue_depth", None),
-                              memory=compile_args.pop("memory", "block"))
+                              memory=compile_args.pop("memory", "block"),
+                              pipeline=compile_args.pop("pipeline", "short"))
     program = compile_model(model, calibration(shapes[0], seed=3), pes, **compile_args)
     verilog = generate_verilog(program, tmp_path / "top.v", options)
     x = adversarial_inputs(shapes[0], 6, seed=len(case))
