@@ -164,3 +164,37 @@ def test_memory_and_pipeline_choices_reach_the_gateware(tmp_path):
 def test_unknown_memory_style_is_refused(tmp_path):
     result = cli("build", EXAMPLE, "--board", "arty_a7", "--memory", "sram", "--out", tmp_path)
     assert result.returncode == 2 and "--memory" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_build_and_simulate_the_cnn_example(tmp_path):
+    """Issue 5: the CNN example through the same CLI, with image-shaped arrays [N, 1, 8, 8]."""
+    cnn = ROOT / "examples" / "digits_cnn.pt"
+    images = np.load(ROOT / "examples" / "digits_test_images.npy")
+    calibration = tmp_path / "cal.npy"
+    np.save(calibration, images[:64])
+    out = tmp_path / "cnn"
+    result = cli("build", cnn, "--board", "arty_a7", "--pes", "4", "--calibration", calibration,
+                 "--out", out, "--no-bitstream")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["layers"][0]["in_features"] == 64 and report["pes"] == 4
+
+    inputs, outputs = tmp_path / "x.npy", tmp_path / "out.npz"
+    np.save(inputs, images[64:68])
+    result = cli("simulate", out, "--simulator", "verilator", "--inputs", inputs,
+                 "--outputs", outputs)
+    assert result.returncode == 0, result.stderr
+    with np.load(outputs) as f:
+        assert np.array_equal(f["hw"], f["reference"]) and f["hw"].shape == (4, 10)
+        assert f["dequantized"].shape == (4, 10)
+        model = torch.load(cnn, weights_only=False).eval()
+        with torch.no_grad():
+            float_out = model(torch.from_numpy(images[64:68])).numpy()
+        # int8 against float PyTorch: the same class for each of these four digits
+        assert np.array_equal(f["dequantized"].argmax(1), float_out.argmax(1))
+
+    # image inputs must be images: a flat [N, 64] array is refused with the expected shape
+    flat = tmp_path / "flat.npy"
+    np.save(flat, images[:3].reshape(3, 1, 4, 16))
+    assert_one_line_error(cli("simulate", out, "--inputs", flat), "[N, 1, 8, 8]")
