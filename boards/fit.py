@@ -120,8 +120,9 @@ _BRAM = {
     # RAMB36 as two RAMB18 halves: count in RAMB36 units of 36864 bits
     "xc7": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432),
 }
-# memories at or below this many bits go to logic (what Yosys's cost model picks)
-_SMALL_BITS = {"ice40": 256, "ecp5": 1024, "xc7": 1024}
+# memories at or below this many bits go to logic (what Yosys's cost model picks; iCE40:
+# a 15 x 17 = 255-bit FIFO goes to an EBR, a 64 x 2 = 128-bit ROM to flip-flops)
+_SMALL_BITS = {"ice40": 128, "ecp5": 1024, "xc7": 1024}
 # ... and on families with LUT RAM, memories no deeper than this too
 _LUTRAM_DEPTH = {"ice40": 0, "ecp5": 64, "xc7": 64}
 # DSP tile: (max A width, max B width, min width that still goes to a DSP)
