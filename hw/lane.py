@@ -206,19 +206,28 @@ class SparsePE(wiring.Component):
         walker_free = Signal(init=1)                 # walk_left == 0, as a register
         take = b_valid & walker_free                 # the walker starts s0's job this cycle
         pop = Signal()
+        room = Signal()
+        # the two kinds of source never compete (`first_layer` decides): each pop signal is
+        # built from its own sources' flags, not from the round-robin's answer for both
+        pop_pe = Signal()
         m.d.comb += [
-            self.src_pop.eq(Mux(pop, Const(1, sources) << pick, 0)),
+            pop_pe.eq(eligible[:P].any() & room),
+            pop.eq(pop_pe | (eligible[P] & room)),
             ptr_rp.addr.eq(self.src_job[pick].column),
         ]
         if P > 1:
-            with m.If(pop & ~first_layer):
-                m.d.sync += rr.eq(Mux(pick == P - 1, 0, pick + 1))
+            m.d.comb += self.src_pop.eq(Cat(Mux(pop_pe, Const(1, P) << pick_pe, 0)[:P],
+                                            eligible[P] & room))
+        else:
+            m.d.comb += self.src_pop.eq(Cat(pop_pe, eligible[P] & room))
+        if P > 1:
+            with m.If(pop_pe):
+                m.d.sync += rr.eq(Mux(pick_pe == P - 1, 0, pick_pe + 1))
         arriving = Signal(job_shape)
         arrives = Signal()
         if block:
             # the queue fills in order (s2 implies s1 implies s0): "a_valid + queued <= 2"
-            room = Mux(a_valid, ~s_valid[slots - 2], ~s_valid[slots - 1])
-            m.d.comb += [pop.eq(eligible.any() & room),
+            m.d.comb += [room.eq(Mux(a_valid, ~s_valid[slots - 2], ~s_valid[slots - 1])),
                          ptr_rp.en.eq(1)]
             with m.If(pop):
                 m.d.sync += [a_value.eq(self.src_job[pick].value), a_bank.eq(parity)]
@@ -226,7 +235,7 @@ class SparsePE(wiring.Component):
             m.d.comb += [arrives.eq(a_valid), arriving.ptr.eq(ptr_rp.data),
                          arriving.value.eq(a_value), arriving.bank.eq(a_bank)]
         else:
-            m.d.comb += [pop.eq(eligible.any() & ~s_valid[slots - 1]),
+            m.d.comb += [room.eq(~s_valid[slots - 1]),
                          arrives.eq(pop), arriving.ptr.eq(ptr_rp.data),
                          arriving.value.eq(self.src_job[pick].value), arriving.bank.eq(parity)]
         # shift down when the head is taken; an arriving job lands in the first free slot
