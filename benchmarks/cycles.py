@@ -3,7 +3,8 @@
     python benchmarks/cycles.py                      # the MLP, P = 8, the whole test split
     python benchmarks/cycles.py --model cnn          # the CNN
     python benchmarks/cycles.py --pes 1 2 4 8 16     # a sweep
-    python benchmarks/cycles.py --memory block       # the iCE40-style pipeline (block RAM)
+    python benchmarks/cycles.py --memory block       # block RAM (the ECP5 default)
+    python benchmarks/cycles.py --memory block --pipeline deep   # the iCE40 default
     python benchmarks/cycles.py --limit 50           # fewer inputs
 
 For each P it builds the example twice - sparse (zero weights and zero activations skipped) and
@@ -39,12 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {"mlp": ROOT / "examples" / "digits_mlp.pt", "cnn": ROOT / "examples" / "digits_cnn.pt"}
 
 
-def measure(model, calibration, x, pes, simulator, work, memory, dense=False):
+def measure(model, calibration, x, pes, simulator, work, memory, dense=False,
+            pipeline="short"):
     program = compile_model(model, calibration, pes, dense=dense)
     xq = reference.quantize_input(x, program.model.input_scale)
     expected = reference.run(program, xq)
     verilog = generate_verilog(program, work / f"p{pes}{'d' if dense else ''}.v",
-                               HardwareOptions(memory=memory))
+                               HardwareOptions(memory=memory, pipeline=pipeline))
     hw, cycles = run_rtl(verilog, xq, expected.outputs, simulator=simulator,
                          work_dir=work / f"sim_p{pes}{'d' if dense else ''}")
     return program, expected, hw, cycles
@@ -55,7 +57,10 @@ def main(argv=None):
     parser.add_argument("--model", choices=sorted(EXAMPLES), default="mlp")
     parser.add_argument("--pes", type=int, nargs="+", default=[8])
     parser.add_argument("--memory", choices=["distributed", "block"], default="distributed",
-                        help="distributed: the ECP5/Arty pipeline; block: the iCE40 one")
+                        help="distributed: LUT RAM (the Arty default); block: block RAM "
+                        "(the iCE40 and ECP5 default)")
+    parser.add_argument("--pipeline", choices=["short", "deep"], default="short",
+                        help="deep: the iCE40 default (registered control, a few more cycles)")
     parser.add_argument("--simulator", default="verilator", choices=["icarus", "verilator"])
     parser.add_argument("--limit", type=int, default=None, help="first N test inputs only")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
@@ -78,7 +83,8 @@ def main(argv=None):
         for pes in args.pes:
             started = time.perf_counter()
             program, expected, hw, cycles = measure(model, x_train, x_test, pes,
-                                                    args.simulator, work, args.memory)
+                                                    args.simulator, work, args.memory,
+                                                    pipeline=args.pipeline)
             ideal = expected.ideal_cycles
             bound = expected.lane_entries.max(axis=2).sum(axis=1)
             acc = float((hw.argmax(1) == y_test).mean())
@@ -93,6 +99,7 @@ def main(argv=None):
             if not args.no_dense:
                 _, _, hw_dense, dense_cycles = measure(model, x_train, x_test, pes,
                                                        args.simulator, work, args.memory,
+                                                       pipeline=args.pipeline,
                                                        dense=True)
                 assert np.array_equal(hw_dense, hw)
                 row["dense_measured"] = dense_cycles.mean()
@@ -100,7 +107,7 @@ def main(argv=None):
             rows.append(row)
 
     print(f"{args.model} example, digits test split: {len(x_test)} inputs, simulator "
-          f"{args.simulator}, {args.memory} memories; every RTL output equals the reference "
+          f"{args.simulator}, {args.memory} memories, {args.pipeline} pipeline; every RTL output equals the reference "
           f"model (np.array_equal)")
     print(f"accuracy: float PyTorch {100 * float_acc:.2f} %")
     print()
