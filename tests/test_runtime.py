@@ -19,7 +19,8 @@ EXAMPLE = "examples/digits_mlp.pt"
 def build_dir(tmp_path_factory):
     from compiler.build import BuildConfig, build
     out = tmp_path_factory.mktemp("rt") / "b"
-    build(BuildConfig(model=EXAMPLE, board="icebreaker", pes=2, out=str(out), bitstream=False))
+    build(BuildConfig(model=EXAMPLE, board="icebreaker", pes=2, pipeline="short",
+                      out=str(out), bitstream=False))
     return out
 
 
