@@ -68,7 +68,8 @@ def test_requantizer_checks_its_arguments():
 
 
 @pytest.mark.parametrize("memory, pipeline", [("block", "short"), ("block", "deep"),
-                                              ("distributed", "short")])
+                                              ("distributed", "short"),
+                                              ("distributed", "deep")])
 @pytest.mark.parametrize("pes, shapes, sparsity", [
     (1, [10, 7, 4], 0.5),
     (3, [12, 9, 8, 5], 0.7),
