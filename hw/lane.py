@@ -163,13 +163,12 @@ class SparsePE(wiring.Component):
         # The input queue is the only source of the first layer and never one of the others:
         # `first_layer` alone chooses it. Among the PEs' queues, round-robin: the first
         # eligible one at or after `rr`, else the first at all (one PE: no choice).
-        rr = Signal(range(max(P, 2)))
-        pick = Signal(range(sources))
+        pe_eligible = eligible[:P]
+        pick_pe = Signal(range(P))                   # one PE: always 0
+        rr = Signal(range(P))
         if P > 1:
-            pe_eligible = eligible[:P]
             later = Signal(P)
             m.d.comb += later.eq(pe_eligible & ~((Const(1, P + 1) << rr) - 1)[:P])
-            pick_pe = Signal(range(P))
             for s in reversed(range(P)):
                 with m.If(pe_eligible[s]):
                     m.d.comb += pick_pe.eq(s)
@@ -177,9 +176,8 @@ class SparsePE(wiring.Component):
                 for s in reversed(range(P)):
                     with m.If(later[s]):
                         m.d.comb += pick_pe.eq(s)
-            m.d.comb += pick.eq(Mux(first_layer, P, pick_pe))
-        else:
-            m.d.comb += pick.eq(Mux(first_layer, P, 0))
+        pick = Signal(range(sources))
+        m.d.comb += pick.eq(Mux(first_layer, P, pick_pe))
 
         # Memory style "block": every RAM read lands in a register before logic uses it
         # (ECP5 block RAM has ~5.6 ns clock-to-out); "distributed": LUT RAM read
@@ -211,15 +209,11 @@ class SparsePE(wiring.Component):
         # built from its own sources' flags, not from the round-robin's answer for both
         pop_pe = Signal()
         m.d.comb += [
-            pop_pe.eq(eligible[:P].any() & room),
+            pop_pe.eq(pe_eligible.any() & room),
             pop.eq(pop_pe | (eligible[P] & room)),
+            self.src_pop.eq(Cat(Mux(pop_pe, Const(1, P) << pick_pe, 0)[:P], eligible[P] & room)),
             ptr_rp.addr.eq(self.src_job[pick].column),
         ]
-        if P > 1:
-            m.d.comb += self.src_pop.eq(Cat(Mux(pop_pe, Const(1, P) << pick_pe, 0)[:P],
-                                            eligible[P] & room))
-        else:
-            m.d.comb += self.src_pop.eq(Cat(pop_pe, eligible[P] & room))
         if P > 1:
             with m.If(pop_pe):
                 m.d.sync += rr.eq(Mux(pick_pe == P - 1, 0, pick_pe + 1))
@@ -519,14 +513,12 @@ class SparsePE(wiring.Component):
             out_wp.en.eq(pool.o.valid & last_layer),
         ]
         retire = pool.o.valid
-        took = issue_wb & group_done
-        if geo.pipeline == "deep":
-            took_r, retire_r = Signal(), Signal()
-            m.d.sync += [took_r.eq(took), retire_r.eq(retire)]
-            took, retire_count = took_r, retire_r
-        else:
-            retire_count = retire
-        m.d.sync += limit.eq(limit - took + retire_count)
+        took, retired = issue_wb & group_done, retire
+        if geo.pipeline == "deep":                   # counted a cycle late (see `margin`)
+            took_r, retired_r = Signal(), Signal()
+            m.d.sync += [took_r.eq(took), retired_r.eq(retired)]
+            took, retired = took_r, retired_r
+        m.d.sync += limit.eq(limit - took + retired)
         # done when the last output retires (or at once for a PE without outputs here)
         finished = Signal()
         m.d.comb += finished.eq((wb_start & (cur["outs"] == 0))
