@@ -29,11 +29,10 @@ import torch
 
 from compiler import reference
 from compiler.build import compile_model
-from compiler.datasets import digits_split
+from compiler.datasets import DIGITS_IMAGE, digits_split
 from compiler.frontend import load_model, load_module
-from compiler.datasets import DIGITS_IMAGE
 from compiler.simulate import run_rtl
-from hw.options import HardwareOptions
+from hw.options import MEMORY_STYLES, PIPELINES, HardwareOptions
 from hw.verilog import generate_verilog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,10 +55,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(EXAMPLES), default="mlp")
     parser.add_argument("--pes", type=int, nargs="+", default=[8])
-    parser.add_argument("--memory", choices=["distributed", "block"], default="distributed",
+    parser.add_argument("--memory", choices=MEMORY_STYLES, default="distributed",
                         help="distributed: LUT RAM (the Arty default); block: block RAM "
                         "(the iCE40 and ECP5 default)")
-    parser.add_argument("--pipeline", choices=["short", "deep"], default="short",
+    parser.add_argument("--pipeline", choices=PIPELINES, default="short",
                         help="deep: the iCE40 default (registered control, a few more cycles)")
     parser.add_argument("--simulator", default="verilator", choices=["icarus", "verilator"])
     parser.add_argument("--limit", type=int, default=None, help="first N test inputs only")

@@ -12,6 +12,8 @@ import argparse
 import os
 import sys
 
+from hw.options import MEMORY_STYLES, PIPELINES
+
 from .argtypes import whole_number
 from .errors import InputError, SparsemacError
 
@@ -117,9 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=_positive, default=115200, help="UART rate (default 115200)")
     p.add_argument("--allow-timing-failure", action="store_true",
                    help="keep a bitstream whose Fmax is below the clock target")
-    p.add_argument("--memory", choices=["block", "distributed"],
+    p.add_argument("--memory", choices=MEMORY_STYLES,
                    help="memory style (default: by board; see hw/options.py)")
-    p.add_argument("--pipeline", choices=["short", "deep"],
+    p.add_argument("--pipeline", choices=PIPELINES,
                    help="pipeline depth (default: deep on iCE40, short elsewhere)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="fit check and Verilog only; skip synthesis and place and route")
