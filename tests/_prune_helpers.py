@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from compiler.prune.data import PruneData
 
-__all__ = ["blobs", "mlp", "train", "digits_data", "digits_mlp", "write_npz"]
+__all__ = ["blobs", "mlp", "train", "digits_data", "digits_mlp", "write_npz", "run_main"]
 
 
 def blobs(n: int = 240, features: int = 12, classes: int = 3, seed: int = 0) -> PruneData:
@@ -80,3 +80,16 @@ def _digits_mlp(hidden, epochs):
 def write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path
+
+
+def run_main(capsys, *argv):
+    """``compiler.cli.main(argv)`` in process: (exit status, stdout, stderr); argparse exits
+    count too."""
+    from compiler.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from compiler.cli import main
+from _prune_helpers import run_main
 from compiler.prune.inspection import inspect_model, plot_sparsity
 from compiler.prune.metrics import sparsity_report
 
@@ -30,17 +30,8 @@ def files(tmp_path):
     return tmp_path
 
 
-def _run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_inspect_prints_the_table_and_writes_the_heatmap_beside_the_model(files, capsys):
-    code, out, err = _run(capsys, "inspect", files / "pruned.pt")
+    code, out, err = run_main(capsys, "inspect", files / "pruned.pt")
     assert code == 0, err
     assert "Linear" in out and "total" in out
     assert "24/48" in out and "50.0 %" in out          # layer 0: 24 of 48 weights left
@@ -52,7 +43,7 @@ def test_inspect_prints_the_table_and_writes_the_heatmap_beside_the_model(files,
 
 def test_inspect_with_reference_and_png_path(files, capsys):
     png = files / "map.png"
-    code, out, err = _run(capsys, "inspect", files / "pruned.pt", "--reference",
+    code, out, err = run_main(capsys, "inspect", files / "pruned.pt", "--reference",
                           files / "dense.pt", "--png", png)
     assert code == 0, err
     assert "n/a" not in out
@@ -84,7 +75,7 @@ def test_inspect_errors_are_one_line(files, tmp_path, capsys):
         (["inspect", tmp_path / "missing.pt"], "no such file"),
     ]
     for argv, words in cases:
-        code, _, err = _run(capsys, *argv)
+        code, _, err = run_main(capsys, *argv)
         assert code == 2, (argv, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err

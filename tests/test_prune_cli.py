@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from _prune_helpers import digits_mlp, write_npz
-from compiler.cli import main
+from _prune_helpers import digits_mlp, run_main, write_npz
 from compiler.frontend import load_model, load_module
 
 
@@ -18,16 +17,6 @@ def dense_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("models") / "dense.pt"
     torch.save(digits_mlp(), path)
     return path
-
-
-def _run(capsys, *argv):
-    """``main(argv)``: (exit status, stdout, stderr); argparse exits count too."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_one_line_error(code, err, *words):
@@ -41,7 +30,7 @@ def _assert_one_line_error(code, err, *words):
 
 def test_prune_writes_a_plain_model_that_build_loads(dense_file, tmp_path, capsys):
     out = tmp_path / "pruned.pt"
-    code, stdout, err = _run(capsys, "prune", dense_file, "--method", "gradual", "--sparsity",
+    code, stdout, err = run_main(capsys, "prune", dense_file, "--method", "gradual", "--sparsity",
                              "0.8", "--epochs", "3", "--seed", "1", "--out", out)
     assert code == 0, err
     assert "accuracy on digits test split" in stdout and "total" in stdout
@@ -56,7 +45,7 @@ def test_prune_writes_a_plain_model_that_build_loads(dense_file, tmp_path, capsy
 
 
 def test_prune_default_out_is_beside_the_model(dense_file, capsys):
-    code, stdout, err = _run(capsys, "prune", dense_file, "--method", "magnitude",
+    code, stdout, err = run_main(capsys, "prune", dense_file, "--method", "magnitude",
                              "--sparsity", "0.5", "--epochs", "0")
     assert code == 0, err
     assert (dense_file.parent / "dense-magnitude-50.pt").is_file()
@@ -67,7 +56,7 @@ def test_prune_trains_on_an_npz_only(dense_file, tmp_path, capsys):
     data = write_npz(tmp_path / "d.npz", X=rng.random((50, 64), dtype=np.float32),
                      y=rng.integers(0, 10, 50).astype(np.int64))
     out = tmp_path / "p.pt"
-    code, stdout, err = _run(capsys, "prune", dense_file, "--method", "l1", "--sparsity",
+    code, stdout, err = run_main(capsys, "prune", dense_file, "--method", "l1", "--sparsity",
                              "0.6", "--epochs", "2", "--data", data, "--out", out)
     assert code == 0, err
     assert f"accuracy on {data} (10 held-out samples" in stdout
@@ -75,7 +64,7 @@ def test_prune_trains_on_an_npz_only(dense_file, tmp_path, capsys):
 
 
 def test_prune_auto_prints_per_layer_targets(dense_file, tmp_path, capsys):
-    code, stdout, err = _run(capsys, "prune", dense_file, "--method", "magnitude", "--sparsity",
+    code, stdout, err = run_main(capsys, "prune", dense_file, "--method", "magnitude", "--sparsity",
                              "auto", "--max-accuracy-drop", "2", "--epochs", "1", "--out",
                              tmp_path / "a.pt")
     assert code == 0, err
@@ -109,7 +98,7 @@ def _npz_cases(tmp_path):
                                   "X ints", "y floats", "labels", "nan", "not npz", "missing"])
 def test_bad_data_is_a_one_line_error(case, dense_file, tmp_path, capsys):
     path, words = _npz_cases(tmp_path)[case]
-    code, _, err = _run(capsys, "prune", dense_file, "--method", "magnitude", "--sparsity",
+    code, _, err = run_main(capsys, "prune", dense_file, "--method", "magnitude", "--sparsity",
                         "0.5", "--data", path, "--out", tmp_path / "o.pt")
     _assert_one_line_error(code, err, *words)
     assert not (tmp_path / "o.pt").exists()
@@ -130,7 +119,7 @@ def test_bad_data_is_a_one_line_error(case, dense_file, tmp_path, capsys):
     (["--sparsity", "0.5"], ["--method"]),
 ])
 def test_bad_options_are_one_line_errors(argv, words, dense_file, capsys):
-    code, _, err = _run(capsys, "prune", dense_file, *argv)
+    code, _, err = run_main(capsys, "prune", dense_file, *argv)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
@@ -141,30 +130,30 @@ def test_bad_options_are_one_line_errors(argv, words, dense_file, capsys):
 def test_model_without_prunable_layers(tmp_path, capsys):
     path = tmp_path / "relu.pt"
     torch.save(nn.Sequential(nn.ReLU(), nn.Flatten()), path)
-    code, _, err = _run(capsys, "prune", path, "--method", "gradual", "--sparsity", "0.5")
+    code, _, err = run_main(capsys, "prune", path, "--method", "gradual", "--sparsity", "0.5")
     _assert_one_line_error(code, err, "no prunable layers", "nn.Linear")
 
 
 def test_missing_and_corrupt_model_files(tmp_path, capsys):
-    code, _, err = _run(capsys, "prune", tmp_path / "none.pt", "--method", "l1", "--sparsity",
+    code, _, err = run_main(capsys, "prune", tmp_path / "none.pt", "--method", "l1", "--sparsity",
                         "0.5")
     _assert_one_line_error(code, err, "no such file")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"PK\x03\x04garbage")
-    code, _, err = _run(capsys, "prune", bad, "--method", "l1", "--sparsity", "0.5")
+    code, _, err = run_main(capsys, "prune", bad, "--method", "l1", "--sparsity", "0.5")
     _assert_one_line_error(code, err, "corrupt")
 
 
 def test_cuda_asked_for_but_absent(dense_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, err = _run(capsys, "prune", dense_file, "--method", "gradual", "--sparsity", "0.5",
+    code, _, err = run_main(capsys, "prune", dense_file, "--method", "gradual", "--sparsity", "0.5",
                         "--device", "cuda", "--out", tmp_path / "o.pt")
     _assert_one_line_error(code, err, "--device cuda", "CUDA is not available",
                            "--device cpu")
 
 
 def test_out_folder_must_exist(dense_file, tmp_path, capsys):
-    code, _, err = _run(capsys, "prune", dense_file, "--method", "gradual", "--sparsity", "0.5",
+    code, _, err = run_main(capsys, "prune", dense_file, "--method", "gradual", "--sparsity", "0.5",
                         "--out", tmp_path / "no" / "where.pt")
     _assert_one_line_error(code, err, "does not exist")
 
