@@ -6,11 +6,16 @@ cubic schedule, fine-tuning after each step, masks made permanent at the end.
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-__all__ = ["train", "accuracy", "prune_gradually"]
+__all__ = ["train", "accuracy", "prune_gradually", "example_arguments", "train_and_prune"]
+
+HERE = Path(__file__).resolve().parent
 
 
 def train(model, x, y, *, epochs, lr, seed):
@@ -48,3 +53,25 @@ def prune_gradually(model, x, y, *, sparsity, steps=10, epochs=20, final_epochs=
     for m, name in params:
         prune.remove(m, name)
     return sum(int((m.weight == 0).sum()) for m, _ in params) / total
+
+
+def example_arguments(description: str, sparsity: float, argv=None) -> argparse.Namespace:
+    """The example scripts' command line: ``--sparsity``, ``--out`` (default: examples/),
+    ``--seed``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--sparsity", type=float, default=sparsity)
+    parser.add_argument("--out", type=Path, default=HERE)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def train_and_prune(model, x_train, y_train, x_test, y_test, *, epochs, lr, sparsity, seed):
+    """Train ``model`` densely, then prune it gradually to ``sparsity``, printing the test
+    accuracy after each phase."""
+    train(model, x_train, y_train, epochs=epochs, lr=lr, seed=seed)
+    print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}")
+    reached = prune_gradually(model, x_train, y_train, sparsity=sparsity, seed=seed,
+                              report=lambda s: print(f"{s}: accuracy "
+                                                     f"{accuracy(model, x_test, y_test):.4f}"))
+    print(f"final weight sparsity {reached:.4f}, test accuracy "
+          f"{accuracy(model, x_test, y_test):.4f}")

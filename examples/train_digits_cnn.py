@@ -11,17 +11,12 @@ compiler.datasets.digits_split(), like the MLP example's.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn as nn
-from digits_training import accuracy, prune_gradually, train
+from digits_training import example_arguments, train_and_prune
 
 from compiler.datasets import DIGITS_IMAGE, digits_split
-
-HERE = Path(__file__).resolve().parent
 
 
 def lenet() -> nn.Sequential:
@@ -32,24 +27,14 @@ def lenet() -> nn.Sequential:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sparsity", type=float, default=0.80)
-    parser.add_argument("--out", type=Path, default=HERE)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
+    args = example_arguments(__doc__.splitlines()[0], 0.80, argv)
     torch.manual_seed(args.seed)
     x_train, x_test, y_train, y_test = digits_split()
     x_train = x_train.reshape(-1, *DIGITS_IMAGE)
     x_test = x_test.reshape(-1, *DIGITS_IMAGE)
     model = lenet()
-    train(model, x_train, y_train, epochs=80, lr=2e-3, seed=args.seed)
-    print(f"dense accuracy {accuracy(model, x_test, y_test):.4f}")
-    reached = prune_gradually(model, x_train, y_train, sparsity=args.sparsity, seed=args.seed,
-                              report=lambda s: print(f"{s}: accuracy "
-                                                     f"{accuracy(model, x_test, y_test):.4f}"))
-    print(f"final weight sparsity {reached:.4f}, test accuracy "
-          f"{accuracy(model, x_test, y_test):.4f}")
+    train_and_prune(model, x_train, y_train, x_test, y_test, epochs=80, lr=2e-3,
+                    sparsity=args.sparsity, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(model, args.out / "digits_cnn.pt")
     np.save(args.out / "digits_test_images.npy", x_test)     # for `simulate --inputs`
