@@ -83,8 +83,16 @@ class UartLinkBench:
     def request(self, kind, seq, payload=b"") -> bytes:
         return proto.encode_frame(proto.SYNC_REQUEST, kind, seq, payload)
 
+    def infer_request(self, x, seq) -> bytes:
+        """An INFER frame for the int8 input vector ``x``."""
+        return self.request(proto.INFER, seq, bytes(int(v) & 0xFF for v in x))
+
+    async def wait_timeouts(self, n: float):
+        """``n`` link timeouts of quiet line: the board drops any half-received frame."""
+        await Timer(int(n * self.timeout_cycles * self.period_ns), "ns")
+
     async def infer(self, x, seq):
-        await self.send(self.request(proto.INFER, seq, bytes(int(v) & 0xFF for v in x)))
+        await self.send(self.infer_request(x, seq))
         frame = await self.reply()
         assert frame.kind == proto.RESULT, f"expected a RESULT, got {frame}"
         assert frame.seq == seq, f"reply seq {frame.seq}, request seq {seq}"
@@ -140,7 +148,7 @@ async def corrupted_crc(dut):
     bench = await _bench(dut)
     x = bench.p["inputs"][0]
     for position in (proto.HEADER_BYTES + 3, -1, 2):     # a payload byte, the CRC, the seq
-        frame = bytearray(bench.request(proto.INFER, 11, bytes(int(v) & 0xFF for v in x)))
+        frame = bytearray(bench.infer_request(x, 11))
         frame[position] ^= 0x10
         await bench.send(bytes(frame))
         await bench.expect_error(proto.ERR_CRC)
@@ -152,15 +160,15 @@ async def dropped_byte(dut):
     """A frame missing a byte times out with an error; the next frame is answered."""
     bench = await _bench(dut)
     x = bench.p["inputs"][0]
-    frame = bytearray(bench.request(proto.INFER, 21, bytes(int(v) & 0xFF for v in x)))
+    frame = bytearray(bench.infer_request(x, 21))
     del frame[proto.HEADER_BYTES + 5]
     await bench.send(bytes(frame))
     await bench.expect_error(proto.ERR_TIMEOUT, seq=21)
     await bench.check_good(2, seq=22)
     # the sync byte lost: the rest is noise; no reply at all may come, and no result
-    frame = bytearray(bench.request(proto.INFER, 23, bytes(int(v) & 0xFF for v in x)))
+    frame = bytearray(bench.infer_request(x, 23))
     await bench.send(bytes(frame[1:]))
-    await Timer(int(3 * bench.timeout_cycles * bench.period_ns), "ns")
+    await bench.wait_timeouts(3)
     for reply in bench.decoder.feed(bytes(bench.sink.read_nowait())):
         assert reply.kind == proto.ERROR, f"noise produced {reply}"
     await bench.check_good(0, seq=24)
@@ -172,10 +180,10 @@ async def bad_length_and_type(dut):
     bench = await _bench(dut)
     await bench.send(bench.request(proto.INFER, 31, b"\x01\x02\x03"))
     await bench.expect_error(proto.ERR_LENGTH, seq=31)
-    await Timer(int(2 * bench.timeout_cycles * bench.period_ns), "ns")   # the board drains
+    await bench.wait_timeouts(2)   # the board drains
     await bench.send(bench.request(0x33, 32, b"\x00" * 4))
     await bench.expect_error(proto.ERR_TYPE, seq=32)
-    await Timer(int(2 * bench.timeout_cycles * bench.period_ns), "ns")
+    await bench.wait_timeouts(2)
     await bench.check_good(0, seq=33)
 
 
@@ -184,12 +192,12 @@ async def framing_error(dut):
     """A byte with a low stop bit (a break, or the wrong baud rate) inside a frame."""
     bench = await _bench(dut)
     x = bench.p["inputs"][1]
-    await bench.send(bench.request(proto.INFER, 41, bytes(int(v) & 0xFF for v in x))[:9])
+    await bench.send(bench.infer_request(x, 41)[:9])
     bench.dut.rx.value = 0                   # hold the line low for two byte times
     await Timer(int(20 * bench.bit_ns), "ns")
     bench.dut.rx.value = 1
     await bench.expect_error(proto.ERR_FRAMING, seq=41)
-    await Timer(int(2 * bench.timeout_cycles * bench.period_ns), "ns")
+    await bench.wait_timeouts(2)
     await bench.check_good(1, seq=42)
 
 
