@@ -102,7 +102,11 @@ def _walk_memories(program, options) -> list:
         if isinstance(fragment, MemoryInstance):
             shape = fragment._data.shape
             width = shape if isinstance(shape, int) else shape.width
-            async_read = any(port._domain == "comb" for port in fragment._read_ports)
+            # a memory marked `no_rw_check` is read through a register that Yosys merges into
+            # the block RAM's read port (hw/lane.py, _RegisteredRead)
+            registered = bool(fragment._attrs.get("no_rw_check"))
+            async_read = not registered and any(port._domain == "comb"
+                                                for port in fragment._read_ports)
             mems.append(MemorySpec(path.lstrip("."), fragment._data.depth, width, async_read))
         for sub, name, *_ in fragment.subfragments:
             walk(sub, f"{path}.{name}")

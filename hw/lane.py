@@ -26,6 +26,7 @@ from compiler.ir import MULTIPLIER_BITS, SparseProgram
 from .images import (Geometry, entry_layout, job_layout, pack_entries, pack_pointers,
                      pack_rows, pointer_layout, row_layout)
 from .pool import POOL_AVG, POOL_MAX, Pooler
+from .queue import shift_in
 from .requant import Requantizer
 
 __all__ = ["SparsePE"]
@@ -34,6 +35,16 @@ __all__ = ["SparsePE"]
 def _table(values, shape):
     """A per-layer constant table, read combinationally."""
     return Array([Const(int(v), shape) for v in values])
+
+
+class _RegisteredRead:
+    """A synchronous read port built from an asynchronous one and a register (``addr``,
+    ``data``: the word at last cycle's ``addr``, as it was before last cycle's writes)."""
+
+    def __init__(self, m, port, name):
+        self.addr = port.addr
+        self.data = Signal.like(port.data, name=f"{name}_data")
+        m.d.sync += self.data.eq(port.data)
 
 
 class SparsePE(wiring.Component):
@@ -52,7 +63,10 @@ class SparsePE(wiring.Component):
     src_job : In(ArrayLayout(job, pes + 1))
         The job at each source's head.
     src_pop : Out(pes + 1)
-        One-hot: the job taken this cycle.
+        One-hot: the job taken this cycle. In the deep pipeline a register (the *grant*,
+        decided a cycle ahead from both head registers of every source).
+    src_next_valid : In(pes + 1), src_next_job : In(ArrayLayout(job, pes + 1))
+        Deep pipeline only: the entry behind each source's head (see hw/queue.py).
     layers_done : In(range(layers + 1))
         Layers every PE has written back (minimum over PEs of ``wb_count``).
     push : Out(StructLayout(job, mask)), push_valid : Out(1)
@@ -75,6 +89,10 @@ class SparsePE(wiring.Component):
         self.program, self.lane, self.geo = program, lane, geo
         sources = geo.pes + 1
         self._job = job_layout(geo)
+        lookahead = {}
+        if geo.pipeline == "deep":
+            lookahead = {"src_next_valid": In(sources),
+                         "src_next_job": In(data.ArrayLayout(self._job, sources))}
         super().__init__({
             "run": In(1),
             "restart": In(1),
@@ -82,6 +100,7 @@ class SparsePE(wiring.Component):
             "src_busy": In(sources),
             "src_job": In(data.ArrayLayout(self._job, sources)),
             "src_pop": Out(sources),
+            **lookahead,
             "layers_done": In(range(geo.layers + 1)),
             "push": Out(data.StructLayout({"job": self._job, "mask": unsigned(geo.pes)})),
             "push_valid": Out(1),
@@ -105,6 +124,9 @@ class SparsePE(wiring.Component):
                      range(geo.max_row_slots + 1)),
             "outs": ([prog.lanes[k].row_count(i) // geo.groups[i] for i in range(L)] + [0],
                      range(max(geo.out_slots) + 1)),
+            "no_outs": ([prog.lanes[k].row_count(i) == 0 for i in range(L)] + [1], 1),
+            "one_out": ([prog.lanes[k].row_count(i) == geo.groups[i] for i in range(L)] + [0],
+                        1),
             "group": (list(geo.groups) + [1], range(max(geo.groups) + 1)),
             "next_row_base": (list(prog.row_base[1:]) + [0, 0], range(sum(geo.row_slots) + 1)),
             "push_base": ([prog.ptr_base[i + 1] + k * prog.out_slots[i] if i + 1 < L else 0
@@ -132,10 +154,19 @@ class SparsePE(wiring.Component):
         read_domain = "sync" if block else "comb"
         banks = []
         for b in range(2):
-            mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[])
+            # No read of a bank ever uses the word written in the same cycle (the compute
+            # pipeline forwards its own sums; the writeback reads rows nothing writes), so
+            # block RAM may return anything on such a collision: `no_rw_check` spares the
+            # logic that would emulate read-old-data (on iCE40 a delayed write and an address
+            # compare). Yosys honours it when it merges a register into an asynchronous read
+            # port, hence the register written out here: the same synchronous read.
+            mem = memory.Memory(shape=signed(geo.acc_width), depth=geo.max_row_slots, init=[],
+                                attrs={"no_rw_check": 1} if block else None)
             m.submodules[f"acc{b}"] = mem
             wp = mem.write_port()
-            rp = mem.read_port(domain=read_domain)
+            rp = mem.read_port(domain="comb")
+            if block:
+                rp = _RegisteredRead(m, rp, f"acc{b}")
             # LUT RAM reads are cheap: the writeback gets a port of its own
             wb_rp = rp if block else mem.read_port(domain="comb")
             banks.append((rp, wp, wb_rp))
@@ -147,18 +178,36 @@ class SparsePE(wiring.Component):
                      self.out_data.eq(out_rp.data)]
 
         # ---- pop stage: pick a job of the current layer ---------------------------------
+        # Short pipeline: the arbiter looks at the sources' heads and pops one in the same
+        # cycle. Deep pipeline (slow fabric): the arbiter decides a cycle ahead and registers
+        # its grant; the queues pop on that register. It looks at the head a pop will leave
+        # behind - the entry behind the head of a source granted this cycle - so a source
+        # can still be popped every cycle. No path runs from a head through the arbiter into
+        # a queue's control.
+        lookahead = geo.pipeline == "deep"
         layer = Signal(layer_shape)
         parity = layer[0]
         # flags about `layer`, kept as registers next to it: one LUT decides eligibility
         first_layer = Signal(init=1)                 # layer == 0
         layers_left = Signal(init=1)                 # layer < L
+        later_layer = Signal()                       # 0 < layer < L
         popping = self.run & layers_left
         sources = P + 1
+        granted = Signal(sources)                    # deep: the sources popped this cycle
+        granted_any = Signal()
+        if lookahead:
+            head_valid = [Mux(granted[s], self.src_next_valid[s], self.src_valid[s])
+                          for s in range(sources)]
+            head_tag = [Mux(granted[s], self.src_next_job[s].tag, self.src_job[s].tag)
+                        for s in range(sources)]
+        else:
+            head_valid = [self.src_valid[s] for s in range(sources)]
+            head_tag = [self.src_job[s].tag for s in range(sources)]
         eligible = Signal(sources)
         for s in range(P):
-            m.d.comb += eligible[s].eq(self.src_valid[s] & (self.src_job[s].tag == parity)
-                                       & ~first_layer & popping)
-        m.d.comb += eligible[P].eq(self.src_valid[P] & first_layer & popping)
+            m.d.comb += eligible[s].eq(head_valid[s] & (head_tag[s] == parity)
+                                       & later_layer & self.run)
+        m.d.comb += eligible[P].eq(head_valid[P] & first_layer & self.run)
 
         # The input queue is the only source of the first layer and never one of the others:
         # `first_layer` alone chooses it. Among the PEs' queues, round-robin: the first
@@ -185,14 +234,15 @@ class SparsePE(wiring.Component):
         #   pop -> pointer RAM -> [A] -> B -> walker -> entry RAM -> [E] -> C: decode row,
         #   multiply -> D: accumulate (distributed) / D: read bank, E2: accumulate (block)
         ptr_rp = pointers.read_port(domain=read_domain)
-        # Jobs wait for the walker in a three-entry queue of registers (`s0` its head). A pop
-        # needs only registered occupancy - no path from the walker back to the arbiter - and
-        # the queue is deep enough to pop every cycle: block RAM: pop while at most two jobs
-        # are in the RAM read (A) and the queue; LUT RAM (read into the queue at once): while
-        # at most two are queued.
-        slots = 3
+        # Jobs wait for the walker in a queue of registers (`s0` its head). A pop needs only
+        # registered occupancy - no path from the walker back to the arbiter - and the queue
+        # is deep enough to pop every cycle: it holds every job popped or granted but not yet
+        # in it (the block RAM read `a`, the grant), with room for one more.
+        slots = 4 if lookahead else 3
         a_valid, a_value, a_bank = Signal(), Signal(signed(8)), Signal()
-        job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1})
+        # `single`/`double`: the column has one / two entries here (decoded on arrival)
+        job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1,
+                                       "single": 1, "double": 1})
         s_valid = [Signal(name=f"s{i}_valid") for i in range(slots)]
         s_job = [Signal(job_shape, name=f"s{i}_job") for i in range(slots)]
         b_valid, b_ptr = s_valid[0], s_job[0].ptr
@@ -202,47 +252,54 @@ class SparsePE(wiring.Component):
         walk_value = Signal(signed(8))
         walk_bank = Signal()
         walker_free = Signal(init=1)                 # walk_left == 0, as a register
+        walk_one = Signal()                          # walk_left == 1, as a register
         take = b_valid & walker_free                 # the walker starts s0's job this cycle
-        pop = Signal()
         room = Signal()
+        # the queue fills in order (s[i + 1] implies s[i]): "fewer than n queued" is ~s[n-1]
+        on_the_way = [a_valid] + ([granted_any] if lookahead else [])
+        ahead = Signal(range(len(on_the_way) + 1))
+        m.d.comb += ahead.eq(sum(on_the_way))
+        m.d.comb += room.eq(Array([~s_valid[slots - 1 - n] for n in range(len(on_the_way) + 1)])
+                            [ahead])
         # the two kinds of source never compete (`first_layer` decides): each pop signal is
         # built from its own sources' flags, not from the round-robin's answer for both
         pop_pe = Signal()
+        choice = Signal(sources)
         m.d.comb += [
             pop_pe.eq(pe_eligible.any() & room),
-            pop.eq(pop_pe | (eligible[P] & room)),
-            self.src_pop.eq(Cat(Mux(pop_pe, Const(1, P) << pick_pe, 0)[:P], eligible[P] & room)),
-            ptr_rp.addr.eq(self.src_job[pick].column),
+            choice.eq(Cat(Mux(pop_pe, Const(1, P) << pick_pe, 0)[:P], eligible[P] & room)),
         ]
         if P > 1:
             with m.If(pop_pe):
                 m.d.sync += rr.eq(Mux(pick_pe == P - 1, 0, pick_pe + 1))
+        pop = Signal()
+        job = self.src_job[pick]
+        if lookahead:
+            picked = Signal(range(sources))
+            m.d.sync += [granted.eq(choice), granted_any.eq(choice.any()), picked.eq(pick)]
+            with m.If(self.restart):
+                m.d.sync += [granted.eq(0), granted_any.eq(0)]
+            m.d.comb += [pop.eq(granted_any), self.src_pop.eq(granted)]
+            job = self.src_job[picked]
+        else:
+            m.d.comb += [pop.eq(choice.any()), self.src_pop.eq(choice)]
+        m.d.comb += ptr_rp.addr.eq(job.column)
         arriving = Signal(job_shape)
         arrives = Signal()
         if block:
-            # the queue fills in order (s2 implies s1 implies s0): "a_valid + queued <= 2"
-            m.d.comb += [room.eq(Mux(a_valid, ~s_valid[slots - 2], ~s_valid[slots - 1])),
-                         ptr_rp.en.eq(1)]
+            m.d.comb += ptr_rp.en.eq(1)
             with m.If(pop):
-                m.d.sync += [a_value.eq(self.src_job[pick].value), a_bank.eq(parity)]
+                m.d.sync += [a_value.eq(job.value), a_bank.eq(parity)]
             m.d.sync += a_valid.eq(pop)
             m.d.comb += [arrives.eq(a_valid), arriving.ptr.eq(ptr_rp.data),
                          arriving.value.eq(a_value), arriving.bank.eq(a_bank)]
         else:
-            m.d.comb += [room.eq(~s_valid[slots - 1]),
-                         arrives.eq(pop), arriving.ptr.eq(ptr_rp.data),
-                         arriving.value.eq(self.src_job[pick].value), arriving.bank.eq(parity)]
+            m.d.comb += [arrives.eq(pop), arriving.ptr.eq(ptr_rp.data),
+                         arriving.value.eq(job.value), arriving.bank.eq(parity)]
+        m.d.comb += [arriving.single.eq(arriving.ptr.count == 1),
+                     arriving.double.eq(arriving.ptr.count == 2)]
         # shift down when the head is taken; an arriving job lands in the first free slot
-        after = [Mux(take, s_valid[i + 1], s_valid[i]) for i in range(slots - 1)] \
-            + [Mux(take, 0, s_valid[slots - 1])]
-        with m.If(take):
-            for i in range(slots - 1):
-                m.d.sync += [s_valid[i].eq(s_valid[i + 1]), s_job[i].eq(s_job[i + 1])]
-            m.d.sync += s_valid[slots - 1].eq(0)
-        for i in range(slots):
-            first_free = ~after[i] & (Const(1) if i == 0 else after[i - 1])
-            with m.If(arrives & first_free):
-                m.d.sync += [s_valid[i].eq(1), s_job[i].eq(arriving)]
+        shift_in(m, take, arrives, arriving, s_valid, s_job)
 
         # walker: one entry read per cycle
         entry_rp = entries.read_port(domain=read_domain)
@@ -252,13 +309,14 @@ class SparsePE(wiring.Component):
             m.d.sync += [
                 walk_addr.eq(b_ptr.start + 1),
                 walk_left.eq(b_ptr.count - 1),
-                walker_free.eq(b_ptr.count == 1),
+                walker_free.eq(s_job[0].single),
+                walk_one.eq(s_job[0].double),
                 walk_value.eq(b_value),
                 walk_bank.eq(b_bank),
             ]
         with m.Elif(~walker_free):
             m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1),
-                         walker_free.eq(walk_left == 1)]
+                         walker_free.eq(walk_one), walk_one.eq(walk_left == 2)]
 
         issue = {"valid": issue_valid, "first": take, "value": Mux(take, b_value, walk_value),
                  "bank": Mux(take, b_bank, walk_bank)}
@@ -293,35 +351,58 @@ class SparsePE(wiring.Component):
         m.d.sync += [d_valid.eq(c_valid), d_bank.eq(c_bank), d_row.eq(row),
                      d_product.eq(entry.value * c_value)]
 
-        # accumulate: bank[row] += product, one per cycle
+        # accumulate: bank[row] += product, one per cycle. `acc_*` is the sum being formed,
+        # `wr_*` the write into the bank (the same, except in the deep block pipeline)
         bank_read = [Signal(name=f"compute_reads{b}") for b in range(2)]
         bank_addr = Signal(geo.row_bits)
         acc_valid, acc_bank, acc_row = Signal(), Signal(), Signal(geo.row_bits)
         acc_sum = Signal(signed(geo.acc_width))
+        wr_valid, wr_bank, wr_row = acc_valid, acc_bank, acc_row
+        wr_sum = acc_sum
         if block:
-            # read at C, register the RAM output at D, add at E2. The two sums written in the
-            # two cycles before an op's E2 were not in its read: forward the newer that hits
-            # its row (the hit tests run a stage early, from registers).
+            # read at C, register the RAM output at D, add at E2. The sums written in the
+            # cycles after an op's read (from C) were not in it: forward the newest that
+            # hits its row (the hit tests run a stage early, from registers).
             m.d.comb += bank_addr.eq(row)
             m.d.comb += [bank_read[b].eq(c_valid & (c_bank == b)) for b in range(2)]
             e2_valid, e2_bank, e2_row = Signal(), Signal(), Signal(geo.row_bits)
             e2_product, e2_acc = Signal(signed(16)), Signal(signed(geo.acc_width))
             last_valid, last_bank, last_row = Signal(), Signal(), Signal(geo.row_bits)
             last_sum, last2_sum = Signal(signed(geo.acc_width)), Signal(signed(geo.acc_width))
-            hit1, hit2 = Signal(), Signal()
+            hit1 = Signal()
+            bank_out = Mux(d_bank, banks[1][0].data, banks[0][0].data)
             m.d.sync += [e2_valid.eq(d_valid), e2_bank.eq(d_bank), e2_row.eq(d_row),
                          e2_product.eq(d_product),
-                         e2_acc.eq(Mux(d_bank, banks[1][0].data, banks[0][0].data)),
-                         hit1.eq(e2_valid & (e2_bank == d_bank) & (e2_row == d_row)),
-                         hit2.eq(last_valid & (last_bank == d_bank) & (last_row == d_row))]
-            m.d.comb += [acc_valid.eq(e2_valid), acc_bank.eq(e2_bank), acc_row.eq(e2_row),
-                         acc_sum.eq(Mux(hit1, last_sum, Mux(hit2, last2_sum, e2_acc))
-                                    + e2_product)]
-            m.d.sync += [last_valid.eq(e2_valid), last_bank.eq(e2_bank), last_row.eq(e2_row),
+                         last_valid.eq(e2_valid), last_bank.eq(e2_bank), last_row.eq(e2_row),
                          last_sum.eq(acc_sum), last2_sum.eq(last_sum)]
-            # the writeback reads at issue, so every op must have been written by then
+            m.d.comb += [acc_valid.eq(e2_valid), acc_bank.eq(e2_bank), acc_row.eq(e2_row)]
             in_flight = [(d_valid & (d_bank == b)) | (e2_valid & (e2_bank == b))
                          for b in range(2)]
+            if geo.pipeline == "deep":
+                # The sum is registered (`last`) and written a cycle later (E3), so the adder
+                # ends in a flip-flop, not at a RAM's data pin. Three sums are not in an op's
+                # read; all but the newest are chosen at D, into `e2_acc`, and the adder sees
+                # one two-way choice. The three hit tests run at C, from registers (the deep
+                # pipeline's `row` is one).
+                hits = [Signal(name=f"d_hit{i}") for i in (1, 2, 3)]
+                for hit, (v, b, r) in zip(hits, [(d_valid, d_bank, d_row),
+                                                 (e2_valid, e2_bank, e2_row),
+                                                 (last_valid, last_bank, last_row)]):
+                    m.d.sync += hit.eq(v & (b == c_bank) & (r == row))
+                m.d.sync += [hit1.eq(hits[0]),
+                             e2_acc.eq(Mux(hits[1], last_sum,
+                                           Mux(hits[2], last2_sum, bank_out)))]
+                m.d.comb += acc_sum.eq(Mux(hit1, last_sum, e2_acc) + e2_product)
+                wr_valid, wr_bank, wr_row, wr_sum = last_valid, last_bank, last_row, last_sum
+                in_flight = [in_flight[b] | (last_valid & (last_bank == b)) for b in range(2)]
+            else:
+                # the two sums written in the two cycles before an op's E2 (hit tests at D)
+                hit2 = Signal()
+                m.d.sync += [e2_acc.eq(bank_out),
+                             hit1.eq(e2_valid & (e2_bank == d_bank) & (e2_row == d_row)),
+                             hit2.eq(last_valid & (last_bank == d_bank) & (last_row == d_row))]
+                m.d.comb += acc_sum.eq(Mux(hit1, last_sum, Mux(hit2, last2_sum, e2_acc))
+                                       + e2_product)
         else:
             m.d.comb += bank_addr.eq(d_row)
             m.d.comb += [bank_read[b].eq(d_valid & (d_bank == b)) for b in range(2)]
@@ -339,11 +420,22 @@ class SparsePE(wiring.Component):
         m.d.comb += quiet.eq(Mux(first_layer, ~self.src_busy[P], Cat(*owner_quiet).all()))
         sources_done = first_layer | (self.layers_done >= layer)
         bank_free = self.wb_count >= layer
-        advance = popping & ~eligible.any() & quiet & sources_done & bank_free
+        # (deep: never with a grant outstanding - its job belongs to this layer)
+        # `quiet` with no grant outstanding implies that no source is eligible. Once true,
+        # the condition stays true until the layer advances (every job of the layer has been
+        # sent and taken): the deep pipeline acts on it a cycle later, from a register.
+        ready = popping & ~granted_any & quiet & sources_done & bank_free
+        advance = Signal()
+        if geo.pipeline == "deep":
+            m.d.sync += advance.eq(ready & ~advance & ~self.restart)
+        else:
+            m.d.comb += advance.eq(ready)
         with m.If(self.restart):
-            m.d.sync += [layer.eq(0), rr.eq(0), first_layer.eq(1), layers_left.eq(1)]
+            m.d.sync += [layer.eq(0), rr.eq(0), first_layer.eq(1), layers_left.eq(1),
+                         later_layer.eq(0)]
         with m.Elif(advance):
-            m.d.sync += [layer.eq(layer + 1), first_layer.eq(0), layers_left.eq(layer + 1 < L)]
+            m.d.sync += [layer.eq(layer + 1), first_layer.eq(0), layers_left.eq(layer + 1 < L),
+                         later_layer.eq(layer + 1 < L)]
 
         # ---- writeback ------------------------------------------------------------------
         # Layer `wb_count` is written back once the pop stage has moved past it and no job of
@@ -351,12 +443,12 @@ class SparsePE(wiring.Component):
         # to that stage's write, so the last product may land in the same cycle).
         wb_layer = self.wb_count
         wb_bank = wb_layer[0]
-        pending = [
-            (a_valid & (a_bank == b))
-            | Cat(*[s_valid[i] & (s_job[i].bank == b) for i in range(slots)]).any()
-            | (~walker_free & (walk_bank == b)) | (e_valid & (e_bank == b))
-            | (c_valid & (c_bank == b)) | in_flight[b]
+        pending_terms = [
+            [a_valid & (a_bank == b)] + [s_valid[i] & (s_job[i].bank == b) for i in range(slots)]
+            + [~walker_free & (walk_bank == b), e_valid & (e_bank == b), c_valid & (c_bank == b),
+               in_flight[b]]
             for b in range(2)]
+        pending = [Cat(*terms).any() for terms in pending_terms]
         wb_active = Signal()
         wb_issue_row = Signal(range(geo.max_row_slots + 1))
         wb_issue_out = Signal(range(max(geo.out_slots) + 1))
@@ -373,18 +465,34 @@ class SparsePE(wiring.Component):
         wb_rows, wb_group = cur["rows"], cur["group"]
         fresh = Signal()
         # Once the pop stage is past a layer and its last job has left the pipeline, nothing
-        # of that bank comes back: the deep pipeline may use a cycle-old answer (a register).
+        # of that bank comes back: the deep pipeline may use old answers (registers). Its last
+        # pop came at least two cycles before `layer` moved past it (the advance is
+        # registered), and a job is in some stage of the pipeline every cycle until its last
+        # product is written: `pending` from the cycle before still sees every job of the
+        # bank, and `drained` may be a cycle older again.
+        deep = geo.pipeline == "deep"
+        if deep:
+            # two registers per bank, each the OR of half the stages
+            pending = []
+            for b, terms in enumerate(pending_terms):
+                half = len(terms) // 2
+                parts = [Signal(name=f"pending{b}_{i}") for i in range(2)]
+                m.d.sync += [parts[0].eq(Cat(*terms[:half]).any()),
+                             parts[1].eq(Cat(*terms[half:]).any())]
+                pending.append(parts[0] | parts[1])
         drained = Signal()
         drained_now = (self.run & (wb_layer < L) & (layer > wb_layer)
                        & ~Mux(wb_bank, pending[1], pending[0]))
-        if geo.pipeline == "deep":
+        if deep:
             m.d.sync += drained.eq(drained_now)
         else:
             m.d.comb += drained.eq(drained_now)
+        # deep: `finished` is registered into `finishing`, the cycle `wb_count` moves in
+        finishing = Signal()
         wb_start = Signal()
         wb_live = Signal()
         m.d.comb += [
-            wb_start.eq(~wb_active & ~fresh & drained),
+            wb_start.eq(~wb_active & ~fresh & ~finishing & drained),
             wb_live.eq(wb_active | wb_start),
         ]
         with m.If(wb_live):
@@ -401,12 +509,17 @@ class SparsePE(wiring.Component):
         # depth - margin - (outputs issued, not yet pushed); negative: no room at all
         limit = Signal(range(-max(geo.out_slots) - margin - 1, geo.queue_depth + 1),
                        init=geo.queue_depth - margin)
-        m.d.sync += room_ok.eq(Cat(*[self.out_levels[j] <= limit for j in range(P)]).all())
-        credit_ok = last_layer | room_ok
+        room_now = Cat(*[self.out_levels[j] <= limit for j in range(P)]).all()
+        m.d.sync += room_ok.eq(room_now)
+        credit_ok = Signal()
+        if geo.pipeline == "deep":
+            # as a register: `last` as it will be next cycle (see `cur` above), or room
+            m.d.sync += credit_ok.eq(_table(layer_constants["last"][0], 1)[wb_layer] | room_now)
+        else:
+            m.d.comb += credit_ok.eq(last_layer | room_ok)
 
         tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),
                                         "first": 1, "last": 1})
-        deep = geo.pipeline == "deep"
         m.submodules.requant = rq = Requantizer(
             acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
             tag_shape=tag_layout, deep=deep)
@@ -416,7 +529,19 @@ class SparsePE(wiring.Component):
         rd_out = Signal(geo.row_bits)
         rd_first = Signal()
         rd_last = Signal()
-        issue_wb = wb_live & (wb_issue_row < wb_rows) & credit_ok
+        issue_wb = Signal()
+        if deep:
+            # rows are issued from the cycle after the start, while `wb_more` (a register:
+            # rows are left) says so - no comparison on the path
+            rows_left = Signal(range(geo.max_row_slots + 1))
+            wb_more = Signal()
+            m.d.comb += issue_wb.eq(wb_active & wb_more & credit_ok)
+            with m.If(wb_start):
+                m.d.sync += [rows_left.eq(wb_rows), wb_more.eq(wb_rows != 0)]
+            with m.Elif(issue_wb):
+                m.d.sync += [rows_left.eq(rows_left - 1), wb_more.eq(rows_left != 1)]
+        else:
+            m.d.comb += issue_wb.eq(wb_live & (wb_issue_row < wb_rows) & credit_ok)
         group_done = wb_in_group + 1 == wb_group
         # the parameter addresses are counters (this layer's base + row), not adders
         param_addr = Signal(range(sum(geo.row_slots) + 1))
@@ -474,8 +599,8 @@ class SparsePE(wiring.Component):
                 m.d.comb += rp.addr.eq(Mux(bank_read[b], bank_addr, wb_issue_row))
             else:
                 m.d.comb += [rp.addr.eq(bank_addr), wb_rp.addr.eq(wb_issue_row)]
-            with m.If(acc_valid & (acc_bank == b)):
-                m.d.comb += [wp.addr.eq(acc_row), wp.data.eq(acc_sum), wp.en.eq(1)]
+            with m.If(wr_valid & (wr_bank == b)):
+                m.d.comb += [wp.addr.eq(wr_row), wp.data.eq(wr_sum), wp.en.eq(1)]
             with m.Elif(rd_valid & (wb_bank == b)):
                 m.d.comb += [wp.addr.eq(rd_row), wp.data.eq(0), wp.en.eq(1)]
 
@@ -502,33 +627,45 @@ class SparsePE(wiring.Component):
         value = pool.o.payload.value
         drop = (value == 0) if geo.skip_zero_activations else Const(0)
         needs_push = ~last_layer & ~drop & (pool.o.payload.tag.fanout != 0)
-        m.d.comb += [
+        # deep: the push leaves from registers, a cycle later (the queue's level moves on the
+        # same edge as the credit count and as `wb_count`: see `finishing`)
+        push_domain = m.d.sync if deep else m.d.comb
+        push_domain += [
             self.push.job.column.eq(cur["push_base"] + pool.o.payload.tag.out),
             self.push.job.value.eq(value),
             self.push.job.tag.eq(~wb_layer[0]),
             self.push.mask.eq(pool.o.payload.tag.fanout),
             self.push_valid.eq(pool.o.valid & needs_push),
+        ]
+        m.d.comb += [
             out_wp.addr.eq(pool.o.payload.tag.out),
             out_wp.data.eq(value),
             out_wp.en.eq(pool.o.valid & last_layer),
         ]
         retire = pool.o.valid
         took, retired = issue_wb & group_done, retire
-        if geo.pipeline == "deep":                   # counted a cycle late (see `margin`)
+        if deep:                                     # counted a cycle late (see `margin`)
             took_r, retired_r = Signal(), Signal()
             m.d.sync += [took_r.eq(took), retired_r.eq(retired)]
             took, retired = took_r, retired_r
         m.d.sync += limit.eq(limit - took + retired)
         # done when the last output retires (or at once for a PE without outputs here)
         finished = Signal()
-        m.d.comb += finished.eq((wb_start & (cur["outs"] == 0))
+        m.d.comb += finished.eq((wb_start & cur["no_outs"])
                                 | (wb_active & retire & wb_last_out))
         with m.If(wb_start):
-            m.d.sync += [wb_outs_left.eq(cur["outs"]), wb_last_out.eq(cur["outs"] == 1)]
+            m.d.sync += [wb_outs_left.eq(cur["outs"]), wb_last_out.eq(cur["one_out"])]
         with m.Elif(retire):
             m.d.sync += [wb_outs_left.eq(wb_outs_left - 1), wb_last_out.eq(wb_outs_left == 2)]
-        m.d.sync += fresh.eq(finished | self.restart)
-        with m.If(finished):
+        # `wb_count` moves once the layer's last push is in its queues (deep: a cycle later)
+        counted = finished
+        if deep:
+            m.d.sync += finishing.eq(finished & ~self.restart)
+            counted = finishing
+        # (deep: the writeback stays active, idle, for that cycle: every row is issued and
+        # every output retired)
+        m.d.sync += fresh.eq(counted | self.restart)
+        with m.If(counted):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
                          wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
                          param_addr.eq(cur["next_row_base"])]

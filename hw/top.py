@@ -9,7 +9,7 @@ queue per PE, deep enough for a whole input vector. An inference is three phases
     OUTPUT final-layer values streamed out in the model's output order
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -70,12 +70,14 @@ class SparseAccelerator(wiring.Component):
         lanes = self._lanes = [SparsePE(prog, k, geo) for k in range(P)]
         for k, lane in enumerate(lanes):
             m.submodules[f"pe{k}"] = lane
-        # the deep pipeline's queues keep their heads in registers that the FIFO control never
-        # waits on (two more cycles from push to pop, see hw/queue.py)
-        queue = PrefetchQueue if geo.pipeline == "deep" else SyncFIFO
+        # the deep pipeline's queues show two head registers, which the PEs' registered
+        # arbiters read a cycle ahead (two more cycles from push to pop, see hw/queue.py)
+        deep = geo.pipeline == "deep"
+        queue = PrefetchQueue if deep else SyncFIFO
         queues = [[queue(width=job.size, depth=geo.queue_depth) for _ in range(P)]
                   for _ in range(P)]
-        in_queues = [SyncFIFOBuffered(width=job.size, depth=geo.input_queue_depth)
+        in_queue = PrefetchQueue if deep else SyncFIFOBuffered
+        in_queues = [in_queue(width=job.size, depth=max(3, geo.input_queue_depth))
                      for _ in range(P)]
         for j in range(P):
             m.submodules[f"inq{j}"] = in_queues[j]
@@ -93,6 +95,9 @@ class SparseAccelerator(wiring.Component):
                     lane.src_job[s].eq(q.r_data),
                     q.r_en.eq(lane.src_pop[s]),
                 ]
+                if deep:
+                    m.d.comb += [lane.src_next_valid[s].eq(q.r_next_rdy),
+                                 lane.src_next_job[s].eq(q.r_next_data)]
         # PE j writes queues (j, k) for the k in its push mask, all at once; it watches their
         # levels and never pushes into a full one
         for j, lane in enumerate(lanes):
@@ -118,6 +123,9 @@ class SparseAccelerator(wiring.Component):
             init=[int(f) for f in prog.input_fanout])
         fan_rp = fanout_rom.read_port()
         in_count = Signal(range(geo.in_features + 1))
+        last_input = Signal(init=geo.in_features == 1)      # in_count == in_features - 1
+        loaded = Signal()
+        output_done = Signal()
         staged_valid = Signal()
         staged_keep = Signal()                  # staged.value != 0, as a register
         staged = Signal(job)
@@ -126,6 +134,7 @@ class SparseAccelerator(wiring.Component):
         # ---- output unit -----------------------------------------------------------------
         out_index = Signal(range(geo.out_features + 1))
         out_valid = Signal()
+        issued_all = Signal()                   # out_index == out_features, as a register
         out_lane = Signal(range(P))
         lane_of = Array([Const(int(v), range(P)) for v in prog.output_lane])
         row_of = Array([Const(int(v), range(max(2, geo.out_slots[-1])))
@@ -139,7 +148,11 @@ class SparseAccelerator(wiring.Component):
         for lane in lanes:
             m.d.comb += [lane.out_addr.eq(row_of[out_index]), lane.out_en.eq(issue)]
 
-        cycles = Signal(32)
+        # The cycle counter counts while `running`; its high half takes the low half's carry a
+        # cycle late, from a register (no 32-bit carry chain in one cycle). The count settles
+        # a cycle after `running` falls, long before anything reads it.
+        cycles_lo, cycles_hi, carry = Signal(16), Signal(16), Signal()
+        m.d.comb += self.cycles.eq(Cat(cycles_lo, cycles_hi))
         all_done = Signal()
         if geo.pipeline == "deep":      # a register: the minimum tree ends in it (one cycle)
             m.d.sync += all_done.eq(layers_done == L)
@@ -147,58 +160,76 @@ class SparseAccelerator(wiring.Component):
             m.d.comb += all_done.eq(layers_done == L)
         # the PEs' run/restart are registers, set on the same edges as the phase changes
         running, restarting = Signal(), Signal(init=1)
-        taking = Signal(init=1)                 # input.ready, as a register
+        taking = Signal(init=1)                 # input.ready, as a register (LOAD only)
+        m.d.comb += self.input.ready.eq(taking)
         for lane in lanes:
             m.d.comb += [lane.run.eq(running), lane.restart.eq(restarting)]
 
-        with m.FSM(name="phase"):
-            with m.State("LOAD"):
-                m.d.comb += [
-                    self.input.ready.eq(taking),
-                    self.busy.eq(in_count != 0),
+        m.d.sync += carry.eq(running & (cycles_lo == 0xFFFF))
+        with m.If(running):
+            m.d.sync += cycles_lo.eq(cycles_lo + 1)
+        with m.If(carry):
+            m.d.sync += cycles_hi.eq(cycles_hi + 1)
+
+        # the phase, one-hot: every decision below reads a single flag
+        load_phase, run_phase, output_phase = Signal(init=1), Signal(), Signal()
+        # `taking` (the input's ready) is only ever set in LOAD: the loader needs no phase flag
+        accept = self.input.valid & self.input.ready
+        # `in_count` wraps to 0 with the last input (`last_input`: a register)
+        with m.If(accept & last_input):
+            m.d.sync += taking.eq(0)
+        m.d.sync += staged_valid.eq(accept)
+        with m.If(accept):
+            m.d.sync += [
+                staged_keep.eq(self.input.payload != 0),
+                staged.value.eq(self.input.payload),
+                staged.column.eq(in_count),
+                staged.tag.eq(0),
+                in_count.eq(Mux(last_input, 0, in_count + 1)),
+                last_input.eq(Mux(last_input, geo.in_features == 1,
+                                  in_count == geo.in_features - 2)),
+            ]
+        keep = staged_keep if geo.skip_zero_activations else Const(1)
+        # deep: the queue writes leave from registers, a cycle later
+        queued = Signal()                       # deep: a write is in that register
+        write = m.d.sync if deep else m.d.comb
+        for k in range(P):
+            write += [
+                in_queues[k].w_data.eq(staged),
+                in_queues[k].w_en.eq(staged_valid & keep & fan_rp.data[k]),
+            ]
+        if deep:
+            m.d.sync += queued.eq(staged_valid)
+        with m.If(load_phase):
+            m.d.comb += self.busy.eq((in_count != 0) | ~taking)
+            # every input taken (`taking` fell with the last) and the last one queued;
+            # registered (`loaded`), it stays true until the phase changes
+            m.d.sync += loaded.eq(~taking & ~staged_valid & ~queued & ~loaded)
+            with m.If(loaded):
+                m.d.sync += [cycles_lo.eq(0), cycles_hi.eq(0),
+                             running.eq(1), restarting.eq(0)]
+                m.d.sync += [load_phase.eq(0), run_phase.eq(1)]
+        with m.If(run_phase):
+            m.d.comb += self.busy.eq(1)
+            with m.If(all_done):
+                m.d.sync += [out_index.eq(0), issued_all.eq(0), running.eq(0)]
+                m.d.sync += [run_phase.eq(0), output_phase.eq(1)]
+        with m.If(output_phase):
+            m.d.comb += self.busy.eq(1)
+            m.d.comb += issue.eq((~out_valid | self.output.ready) & ~issued_all)
+            with m.If(issue):
+                m.d.sync += [
+                    out_valid.eq(1),
+                    out_lane.eq(lane_of[out_index]),
+                    out_index.eq(out_index + 1),
+                    issued_all.eq(out_index == geo.out_features - 1),
                 ]
-                accept = self.input.valid & self.input.ready
-                with m.If(accept & (in_count == geo.in_features - 1)):
-                    m.d.sync += taking.eq(0)
-                m.d.sync += staged_valid.eq(accept)
-                with m.If(accept):
-                    m.d.sync += [
-                        staged_keep.eq(self.input.payload != 0),
-                        staged.value.eq(self.input.payload),
-                        staged.column.eq(in_count),
-                        staged.tag.eq(0),
-                        in_count.eq(in_count + 1),
-                    ]
-                keep = staged_keep if geo.skip_zero_activations else Const(1)
-                for k in range(P):
-                    m.d.comb += [
-                        in_queues[k].w_data.eq(staged),
-                        in_queues[k].w_en.eq(staged_valid & keep & fan_rp.data[k]),
-                    ]
-                # every input taken (`taking` fell with the last) and the last one queued
-                with m.If(~taking & ~staged_valid):
-                    m.d.sync += [in_count.eq(0), cycles.eq(0), running.eq(1), restarting.eq(0)]
-                    m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += cycles.eq(cycles + 1)
-                with m.If(all_done):
-                    m.d.sync += [self.cycles.eq(cycles + 1), out_index.eq(0), running.eq(0)]
-                    m.next = "OUTPUT"
-            with m.State("OUTPUT"):
-                m.d.comb += self.busy.eq(1)
-                m.d.comb += issue.eq((~out_valid | self.output.ready)
-                                     & (out_index < geo.out_features))
-                with m.If(issue):
-                    m.d.sync += [
-                        out_valid.eq(1),
-                        out_lane.eq(lane_of[out_index]),
-                        out_index.eq(out_index + 1),
-                    ]
-                with m.Elif(self.output.ready):
-                    m.d.sync += out_valid.eq(0)
-                with m.If((out_index == geo.out_features) & out_valid & self.output.ready):
-                    m.d.sync += [restarting.eq(1), taking.eq(1)]
-                    m.next = "LOAD"
+            with m.Elif(self.output.ready):
+                m.d.sync += out_valid.eq(0)
+            # the last output taken: back to LOAD a cycle later, from a register
+            m.d.sync += output_done.eq(issued_all & out_valid & self.output.ready)
+            with m.If(output_done):
+                m.d.sync += [restarting.eq(1), taking.eq(1)]
+                m.d.sync += [output_phase.eq(0), load_phase.eq(1)]
         return m
 
