@@ -153,6 +153,19 @@ def _prepare(board, program, *, baud: int, choices, overrides: dict, toolchain_e
     return top, plan
 
 
+def synth_options(board) -> str:
+    """Options for ``synth_<family>``. iCE40: SB_MAC16 multipliers (about 2x the Fmax of
+    LUTs); ABC's delay model of the actual device family (Yosys assumes HX; the UltraPlus is
+    slower, and LUT mapping trades differently); and flip-flops passed through ABC (``-dff``),
+    which maps across them. On the iCEBreaker's example build the last two took Fmax from
+    49-55 to 55-59 MHz over nextpnr seeds 1-3 (docs/benchmarks.md)."""
+    if board.family != "ice40":
+        return ""
+    device = board.device.upper()
+    speed = "u" if device.startswith("ICE40UP") else "lp" if device.startswith("ICE40LP") else "hx"
+    return f"-dsp -device {speed} -dff"
+
+
 def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
                     seed: int = 1) -> dict:
     """Synthesise, place and route the board top for ``program`` on a Lattice ``board``; the
@@ -169,8 +182,9 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
     overrides = {
         "nextpnr_opts": f"--report {NAME}.report.json --timing-allow-fail --seed {seed}",
     }
-    if family == "ice40":
-        overrides["synth_opts"] = "-dsp"     # SB_MAC16 multipliers: about 2x the Fmax of LUTs
+    synth_opts = synth_options(board)
+    if synth_opts:
+        overrides["synth_opts"] = synth_opts
     started = time.perf_counter()
     top, plan = _prepare(board, program, baud=baud, choices=choices,
                          overrides=overrides, toolchain_env=env)
@@ -184,12 +198,13 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
     shutil.copyfile(gateware / f"{NAME}{suffix}", bitstream)
     results.update({
         "bitstream": str(bitstream),
-        "flow": f"yosys synth_{family}{' -dsp' if family == 'ice40' else ''} + nextpnr-{family}",
+        "flow": f"yosys synth_{family} {synth_opts}".rstrip() + f" + nextpnr-{family}",
         "tools": {name: env[var] for name, var in (("yosys", "YOSYS"),
                                                     (f"nextpnr-{family}", f"NEXTPNR_{family.upper()}"))},
         "clock_mhz": round(top.clock_hz / 1e6, 4),
         "pll": _pll_dict(top.clocking.pll),
         "baud": baud,
+        "seed": seed,
         "log": str(log),
         "nextpnr_report": str(gateware / f"{NAME}.report.json"),
         "seconds": round(elapsed, 1),

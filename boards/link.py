@@ -290,6 +290,20 @@ class UartLink(wiring.Component):
         return m
 
 
+def _byte_register(m, name, i_valid, i_payload, o_ready):
+    """A register between two byte streams that takes a byte only when it is empty: its
+    ``valid`` and ``ready`` are registers (one byte every other cycle at most). Returns
+    ``(o_valid, o_payload, i_ready)``."""
+    full = Signal(name=f"{name}_full")
+    data = Signal(8, name=f"{name}_data")
+    with m.If(full):
+        with m.If(o_ready):
+            m.d.sync += full.eq(0)
+    with m.Elif(i_valid):
+        m.d.sync += [data.eq(i_payload), full.eq(1)]
+    return full, data, ~full
+
+
 class ResultBytes(wiring.Component):
     """The accelerator's outputs, then its cycle count as four bytes (little-endian): one
     stream, so the whole result crosses to the link's clock through one FIFO."""
@@ -305,20 +319,23 @@ class ResultBytes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         count = Signal(range(self.out_features + 1))
+        last = Signal(init=self.out_features == 1)   # count == out_features - 1
         tail = Signal(range(5))                      # cycle-count bytes left to send
+        outputs = Signal(init=1)                     # tail == 0
         held = Signal(32)
-        with m.If(tail == 0):
+        with m.If(outputs):
             m.d.comb += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload),
                          self.i.ready.eq(self.o.ready)]
             with m.If(self.i.valid & self.o.ready):
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == self.out_features - 1):
+                m.d.sync += [count.eq(count + 1), last.eq(count == self.out_features - 2)]
+                with m.If(last):
                     # the cycle count is stable once outputs stream
-                    m.d.sync += [count.eq(0), tail.eq(4), held.eq(self.cycles)]
+                    m.d.sync += [count.eq(0), last.eq(self.out_features == 1), tail.eq(4),
+                                 outputs.eq(0), held.eq(self.cycles)]
         with m.Else():
             m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(held[:8])]
             with m.If(self.o.ready):
-                m.d.sync += [held.eq(held >> 8), tail.eq(tail - 1)]
+                m.d.sync += [held.eq(held >> 8), tail.eq(tail - 1), outputs.eq(tail == 1)]
         return m
 
 
@@ -368,29 +385,32 @@ class LinkedAccelerator(wiring.Component):
         m.submodules.link = link = DomainRenamer("link")(
             UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles))
         m.submodules.result = result = ResultBytes(self.program.model.out_features)
-        # a registered buffer: the accelerator's output handshake sees a register, not the
-        # asynchronous FIFO's flag logic
-        m.submodules.out_buffer = out_buffer = SyncFIFOBuffered(width=8, depth=2)
-        m.d.comb += [
-            out_buffer.w_data.eq(core.output.payload), out_buffer.w_en.eq(core.output.valid),
-            core.output.ready.eq(out_buffer.w_rdy),
-            result.i.payload.eq(out_buffer.r_data), result.i.valid.eq(out_buffer.r_rdy),
-            out_buffer.r_en.eq(result.i.ready),
-        ]
+        # Bytes cross between the accelerator and the FIFOs through registers that take a
+        # byte only when empty (a byte every other cycle, far above the UART's rate): every
+        # handshake signal the accelerator sees is a register, and the FIFOs' flag logic ends
+        # in a register too.
+        out_valid, out_data, out_ready = _byte_register(
+            m, "from_core", core.output.valid, core.output.payload, result.i.ready)
+        m.d.comb += [core.output.ready.eq(out_ready),
+                     result.i.valid.eq(out_valid), result.i.payload.eq(out_data)]
         m.d.comb += result.cycles.eq(core.cycles)
-        # two entries: bytes arrive every ~90 us at 115200 baud, and two-bit pointers keep
-        # the read side's flag and address logic to a LUT level or two at the core's clock
+        # two entries each way: bytes pass every ~90 us at 115200 baud, and two-bit pointers
+        # keep the core side's flag and address logic to a LUT level or two
         m.submodules.to_core = to_core = AsyncFIFO(width=8, depth=2, r_domain="sync",
                                                    w_domain="link")
-        m.submodules.to_link = to_link = AsyncFIFO(width=8, depth=4, r_domain="link",
+        m.submodules.to_link = to_link = AsyncFIFO(width=8, depth=2, r_domain="link",
                                                    w_domain="sync")
+        res_valid, res_data, res_ready = _byte_register(
+            m, "to_link", result.o.valid, result.o.payload, to_link.w_rdy)
+        m.d.comb += [to_link.w_data.eq(res_data), to_link.w_en.eq(res_valid),
+                     result.o.ready.eq(res_ready)]
+        in_valid, in_data, in_ready = _byte_register(
+            m, "to_core", to_core.r_rdy, to_core.r_data, core.input.ready)
+        m.d.comb += [core.input.valid.eq(in_valid), core.input.payload.eq(in_data),
+                     to_core.r_en.eq(in_ready)]
         m.d.comb += [
             to_core.w_data.eq(link.input.payload), to_core.w_en.eq(link.input.valid),
             link.input.ready.eq(to_core.w_rdy),
-            core.input.payload.eq(to_core.r_data), core.input.valid.eq(to_core.r_rdy),
-            to_core.r_en.eq(core.input.ready),
-            to_link.w_data.eq(result.o.payload), to_link.w_en.eq(result.o.valid),
-            result.o.ready.eq(to_link.w_rdy),
             link.output.payload.eq(to_link.r_data), link.output.valid.eq(to_link.r_rdy),
             to_link.r_en.eq(link.output.ready),
             link.rx.eq(self.rx), self.tx.eq(link.tx),

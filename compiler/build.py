@@ -67,6 +67,7 @@ class BuildConfig:
     clock_mhz: float | None = None
     baud: int = 115200
     allow_timing_failure: bool = False
+    seed: int = 1                        # nextpnr placement seed
     bitstream: bool = True               # False: fit check and Verilog only
 
     def validate(self) -> "BuildConfig":
@@ -76,6 +77,8 @@ class BuildConfig:
             raise InputError(f"--clock-mhz must be in 1..1000, not {self.clock_mhz}")
         if not isinstance(self.baud, int) or self.baud < 300:
             raise InputError(f"--baud must be a whole number >= 300, not {self.baud!r}")
+        if not isinstance(self.seed, int) or self.seed < 1:
+            raise InputError(f"--seed must be a whole number >= 1, not {self.seed!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
         if self.queue_depth is not None and self.queue_depth < 2:
@@ -222,7 +225,7 @@ def step_board(s: BuildState):
                                   choices=s.config.choices)
     else:
         results = build_bitstream(s.program, s.board, s.out_dir, baud=s.config.baud,
-                                  choices=s.config.choices)
+                                  choices=s.config.choices, seed=s.config.seed)
     s.board_results.update(results)
     if results.get("fmax_mhz") is not None:
         try:

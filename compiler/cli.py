@@ -47,7 +47,7 @@ def cmd_build(args) -> int:
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,
                          queue_depth=args.queue_depth, dense=args.dense,
                          clock_mhz=args.clock_mhz, baud=args.baud,
-                         allow_timing_failure=args.allow_timing_failure,
+                         allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline,
                          bitstream=not args.no_bitstream)
     console = _console()
@@ -119,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=_positive, default=115200, help="UART rate (default 115200)")
     p.add_argument("--allow-timing-failure", action="store_true",
                    help="keep a bitstream whose Fmax is below the clock target")
+    p.add_argument("--seed", type=_positive, default=1,
+                   help="nextpnr placement seed (default 1); Fmax varies a few MHz with it")
     p.add_argument("--memory", choices=MEMORY_STYLES,
                    help="memory style (default: by board; see hw/options.py)")
     p.add_argument("--pipeline", choices=PIPELINES,
