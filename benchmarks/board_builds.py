@@ -22,6 +22,7 @@ import torch
 
 from compiler.build import BuildConfig, build
 from compiler.errors import FitError
+from hw.options import MEMORY_STYLES, PIPELINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,16 +68,20 @@ def cpu_latency_us(model_path: Path, features: int, runs: int = 2000) -> float:
     return 1e6 * float(np.median(times))
 
 
-def run_one(model, calibration, board, pes, work: Path, fit_only: bool) -> dict:
-    out = work / f"{Path(model).stem}-{board}-p{pes}"
+def run_one(model, calibration, board, pes, work: Path, fit_only: bool, *,
+            memory: str | None = None, pipeline: str | None = None, seed: int = 1) -> dict:
+    style = "".join(f"-{v}" for v in (memory, pipeline) if v)
+    out = work / f"{Path(model).stem}-{board}-p{pes}{style}-s{seed}"
     config = BuildConfig(model=str(model), board=board, pes=pes, calibration=calibration,
-                         out=str(out), allow_timing_failure=True, bitstream=not fit_only)
+                         out=str(out), allow_timing_failure=True, bitstream=not fit_only,
+                         memory=memory, pipeline=pipeline, seed=seed)
     started = time.perf_counter()
     try:
         r = build(config).report
     except FitError as e:
         return {"board": board, "pes": pes, "fits": False, "why": str(e)}
-    row = {"board": board, "pes": pes, "fits": True, "fmax": r["fmax_mhz"],
+    row = {"board": board, "pes": pes, "fits": True, "fmax": r["fmax_mhz"], "seed": seed,
+           "style": f"{r['memory_style']}, {r['pipeline']}",
            "cycles": r["cycles"]["pe_bound"], "ideal": r["cycles"]["ideal"],
            "seconds": round(time.perf_counter() - started, 1), "resources": r["resources"],
            "fit": r.get("fit"), "target": (r.get("timing") or {}).get("target_mhz")}
@@ -95,13 +100,13 @@ def _util(res: dict, *kinds) -> str:
 
 
 def table(rows, cpu_us) -> str:
-    lines = ["| model | board | P | Fmax MHz (target) | logic | BRAM | DSP | cycles/inf "
-             "| inf/s on board | x PyTorch CPU b=1 | build s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | board | P | style | seed | Fmax MHz (target) | logic | BRAM | DSP "
+             "| cycles/inf | inf/s on board | x PyTorch CPU b=1 | build s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         model = row["model"]
         if not row["fits"]:
-            lines.append(f"| {model} | {row['board']} | {row['pes']} | does not fit "
+            lines.append(f"| {model} | {row['board']} | {row['pes']} | | | does not fit "
                          f"| | | | | | | |")
             continue
         res = row["resources"] or {}
@@ -117,7 +122,7 @@ def table(rows, cpu_us) -> str:
         rate = fmax * 1e6 / row["cycles"] if fmax else None
         speedup = rate * cpu_us[model] * 1e-6 if rate else None
         lines.append(
-            f"| {model} | {row['board']} | {row['pes']} "
+            f"| {model} | {row['board']} | {row['pes']} | {row['style']} | {row['seed']} "
             f"| {fmax if fmax else '-'} ({row['target'] or '-'}) | {util} "
             f"| {row['cycles']:.1f} | {f'{rate:,.0f}' if rate else '-'} "
             f"| {f'{speedup:.1f}' if speedup else '-'} | {row['seconds']} |")
@@ -131,6 +136,9 @@ def main(argv=None):
     p.add_argument("--models", default="digits,lenet")
     p.add_argument("--fit-only", action="store_true", help="estimates only, no synthesis")
     p.add_argument("--work", default=str(ROOT / "build" / "bench_boards"))
+    p.add_argument("--memory", choices=MEMORY_STYLES, help="default: the board's")
+    p.add_argument("--pipeline", choices=PIPELINES, help="default: the board's")
+    p.add_argument("--seeds", default="1", help="comma-separated nextpnr seeds (default 1)")
     p.add_argument("--out", help="also write the table (Markdown) and rows (JSON) here")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -146,9 +154,11 @@ def main(argv=None):
             pes_list = ([int(v) for v in args.pes.split(",")] if args.pes
                         else DEFAULT_PES.get(board, (1, 2, 4, 8)))
             for pes in pes_list:
-                row = run_one(path, cal, board, pes, work, args.fit_only)
-                row["model"] = name
-                rows.append(row)
+                for seed in (int(v) for v in args.seeds.split(",")):
+                    row = run_one(path, cal, board, pes, work, args.fit_only,
+                                  memory=args.memory, pipeline=args.pipeline, seed=seed)
+                    row["model"] = name
+                    rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("resources", "fit")}),
                       flush=True)
     text = table(rows, cpu_us)
