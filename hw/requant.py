@@ -32,8 +32,9 @@ class Requantizer(wiring.Component):
     tag_shape : ShapeLike
         Shape of a payload carried alongside, unchanged (row number, fan-out mask ...).
     deep : bool
-        Register the shifted product before rounding and saturation (four stages instead of
-        three, for slow fabric).
+        Five stages instead of three, for slow fabric: the product in two halves, each
+        registered, summed a stage later; the shifted product registered before rounding and
+        saturation.
 
     Members
     -------
@@ -57,7 +58,7 @@ class Requantizer(wiring.Component):
             raise ValueError(f"shifts must be integers in 1..{SHIFT_MAX}, not {shifts!r}")
         self.acc_width, self.bias_width, self.shifts = acc_width, bias_width, shifts
         self.deep = deep
-        self.latency = 4 if deep else 3
+        self.latency = 5 if deep else 3
         self.product_width = bias_width + MULTIPLIER_BITS + 1
         in_layout = data.StructLayout({
             "acc": signed(acc_width),
@@ -90,9 +91,22 @@ class Requantizer(wiring.Component):
         # stage 1: bias
         s1 = register(valid=self.i.valid, biased=p.acc + p.bias, multiplier=p.multiplier,
                       shift=p.shift, relu=p.relu, tag=p.tag)
-        # stage 2: multiply
-        s2 = register(valid=s1["valid"], product=s1["biased"] * s1["multiplier"],
-                      shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
+        # stage 2: multiply. Deep: in two halves (the low 16 bits of `biased` and the rest),
+        # each a DSP tile of its own with a register behind it, summed a stage later
+        if self.deep:
+            biased, side = s1["biased"], {k: s1[k] for k in ("valid", "shift", "relu", "tag")}
+            if len(biased) > 16:
+                s2a = register(lo=biased[:16] * s1["multiplier"],
+                               hi=biased[16:].as_signed() * s1["multiplier"], **side)
+                product = (s2a["hi"] << 16) + s2a["lo"]
+            else:
+                s2a = register(product=biased * s1["multiplier"], **side)
+                product = s2a["product"]
+            s2 = register(valid=s2a["valid"], product=product, shift=s2a["shift"],
+                          relu=s2a["relu"], tag=s2a["tag"])
+        else:
+            s2 = register(valid=s1["valid"], product=s1["biased"] * s1["multiplier"],
+                          shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
         # stage 3 (and 3b when deep): shift by a per-layer constant, round half up, saturate
         shifted = Array([s2["product"] >> (s - 1) for s in self.shifts])[s2["shift"]]
         if self.deep:
