@@ -177,6 +177,13 @@ class SparsePE(wiring.Component):
         m.d.comb += [out_rp.addr.eq(self.out_addr), out_rp.en.eq(self.out_en),
                      self.out_data.eq(out_rp.data)]
 
+        # deep: `run` and `restart` reach every PE from one register each; a local copy, a
+        # cycle later, keeps that fan-out off the arbiter's paths
+        run, restart = self.run, self.restart
+        if geo.pipeline == "deep":
+            run, restart = Signal(name="run_local"), Signal(init=1, name="restart_local")
+            m.d.sync += [run.eq(self.run), restart.eq(self.restart)]
+
         # ---- pop stage: pick a job of the current layer ---------------------------------
         # Short pipeline: the arbiter looks at the sources' heads and pops one in the same
         # cycle. Deep pipeline (slow fabric): the arbiter decides a cycle ahead and registers
@@ -191,7 +198,7 @@ class SparsePE(wiring.Component):
         first_layer = Signal(init=1)                 # layer == 0
         layers_left = Signal(init=1)                 # layer < L
         later_layer = Signal()                       # 0 < layer < L
-        popping = self.run & layers_left
+        popping = run & layers_left
         sources = P + 1
         granted = Signal(sources)                    # deep: the sources popped this cycle
         granted_any = Signal()
@@ -206,8 +213,8 @@ class SparsePE(wiring.Component):
         eligible = Signal(sources)
         for s in range(P):
             m.d.comb += eligible[s].eq(head_valid[s] & (head_tag[s] == parity)
-                                       & later_layer & self.run)
-        m.d.comb += eligible[P].eq(head_valid[P] & first_layer & self.run)
+                                       & later_layer & run)
+        m.d.comb += eligible[P].eq(head_valid[P] & first_layer & run)
 
         # The input queue is the only source of the first layer and never one of the others:
         # `first_layer` alone chooses it. Among the PEs' queues, round-robin: the first
@@ -277,7 +284,7 @@ class SparsePE(wiring.Component):
         if lookahead:
             picked = Signal(range(sources))
             m.d.sync += [granted.eq(choice), granted_any.eq(choice.any()), picked.eq(pick)]
-            with m.If(self.restart):
+            with m.If(restart):
                 m.d.sync += [granted.eq(0), granted_any.eq(0)]
             m.d.comb += [pop.eq(granted_any), self.src_pop.eq(granted)]
             job = self.src_job[picked]
@@ -427,10 +434,10 @@ class SparsePE(wiring.Component):
         ready = popping & ~granted_any & quiet & sources_done & bank_free
         advance = Signal()
         if geo.pipeline == "deep":
-            m.d.sync += advance.eq(ready & ~advance & ~self.restart)
+            m.d.sync += advance.eq(ready & ~advance & ~restart)
         else:
             m.d.comb += advance.eq(ready)
-        with m.If(self.restart):
+        with m.If(restart):
             m.d.sync += [layer.eq(0), rr.eq(0), first_layer.eq(1), layers_left.eq(1),
                          later_layer.eq(0)]
         with m.Elif(advance):
@@ -481,7 +488,7 @@ class SparsePE(wiring.Component):
                              parts[1].eq(Cat(*terms[half:]).any())]
                 pending.append(parts[0] | parts[1])
         drained = Signal()
-        drained_now = (self.run & (wb_layer < L) & (layer > wb_layer)
+        drained_now = (run & (wb_layer < L) & (layer > wb_layer)
                        & ~Mux(wb_bank, pending[1], pending[0]))
         if deep:
             m.d.sync += drained.eq(drained_now)
@@ -660,16 +667,16 @@ class SparsePE(wiring.Component):
         # `wb_count` moves once the layer's last push is in its queues (deep: a cycle later)
         counted = finished
         if deep:
-            m.d.sync += finishing.eq(finished & ~self.restart)
+            m.d.sync += finishing.eq(finished & ~restart)
             counted = finishing
         # (deep: the writeback stays active, idle, for that cycle: every row is issued and
         # every output retired)
-        m.d.sync += fresh.eq(counted | self.restart)
+        m.d.sync += fresh.eq(counted | restart)
         with m.If(counted):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(self.wb_count + 1),
                          wb_issue_row.eq(0), wb_issue_out.eq(0), wb_in_group.eq(0),
                          param_addr.eq(cur["next_row_base"])]
-        with m.If(self.restart):
+        with m.If(restart):
             m.d.sync += [wb_active.eq(0), self.wb_count.eq(0), wb_issue_row.eq(0),
                          wb_issue_out.eq(0), wb_in_group.eq(0),
                          limit.eq(geo.queue_depth - margin), param_addr.eq(0)]

@@ -54,12 +54,17 @@ def options_for(program, family: str | None, choices: Choices | None = None
     than LUT RAM (digits MLP on the ULX3S, P = 2 / 4 / 8: 106 / 94 / 74 MHz with block RAM,
     79 / 67 / 50 MHz with LUT RAM; docs/benchmarks.md), for two more cycles of latency per
     layer. LUT RAM on 7-series when every per-PE memory is small (no place and route here to
-    say otherwise; the shortest pipeline, the fewest cycles). The deep pipeline on iCE40."""
+    say otherwise; the shortest pipeline, the fewest cycles). The deep pipeline on iCE40, and
+    on ECP5 from P = 4, where the short pipeline's arbiter (a round-robin over P queues into
+    the pointer RAM's address) falls below 100 MHz and the deep one's registered grant does
+    not (ULX3S, P = 4: 101.7 MHz deep, 91.5 short; docs/benchmarks.md); it costs about 29
+    cycles per inference."""
     choices = choices or Choices()
     queue_depth = choices.queue_depth
     deepest = max([len(lane.entry_value) for lane in program.lanes]
                   + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
     memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
-    pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
+    deep = family == "ice40" or (family == "ecp5" and program.pes >= 4)
+    pipeline = choices.pipeline or ("deep" if deep else "short")
     return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)
