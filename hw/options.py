@@ -55,16 +55,18 @@ def options_for(program, family: str | None, choices: Choices | None = None
     79 / 67 / 50 MHz with LUT RAM; docs/benchmarks.md), for two more cycles of latency per
     layer. LUT RAM on 7-series when every per-PE memory is small (no place and route here to
     say otherwise; the shortest pipeline, the fewest cycles). The deep pipeline on iCE40, and
-    on ECP5 from P = 4, where the short pipeline's arbiter (a round-robin over P queues into
-    the pointer RAM's address) falls below 100 MHz and the deep one's registered grant does
-    not (ULX3S, P = 4: 101.7 MHz deep, 91.5 short; docs/benchmarks.md); it costs about 29
-    cycles per inference."""
+    on ECP5 for P = 4 to 7, where the short pipeline's arbiter (a round-robin over P queues
+    into the pointer RAM's address) falls below 100 MHz and the deep one's registered grant
+    does not (ULX3S, P = 4: 107.05 MHz deep, 91.46 short; docs/benchmarks.md); it costs 30
+    cycles per inference. Not from P = 8: there the deep pipeline's P * P queues of head
+    registers (14 000 flip-flops) congest nextpnr's router, which did not converge in 20
+    minutes at two of three seeds (once: 91.61 MHz)."""
     choices = choices or Choices()
     queue_depth = choices.queue_depth
     deepest = max([len(lane.entry_value) for lane in program.lanes]
                   + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
     memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
-    deep = family == "ice40" or (family == "ecp5" and program.pes >= 4)
+    deep = family == "ice40" or (family == "ecp5" and 4 <= program.pes < 8)
     pipeline = choices.pipeline or ("deep" if deep else "short")
     return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)

@@ -79,16 +79,16 @@ def test_memory_list(digits):
 
 
 def test_default_gateware_style_per_family(digits):
-    """Block RAM but on small 7-series designs; the deep pipeline on iCE40 and on ECP5 from
-    P = 4 (where it meets 100 MHz and the short one does not); choices override."""
+    """Block RAM but on small 7-series designs; the deep pipeline on iCE40 and on ECP5 for
+    P = 4 to 7 (where it meets 100 MHz and the short one does not); choices override."""
     from hw.options import Choices, options_for
 
     styles = {(family, pes): options_for(digits(pes), family)
-              for family in ("ice40", "ecp5", "xc7") for pes in (1, 2, 4)}
+              for family in ("ice40", "ecp5", "xc7") for pes in (1, 2, 4, 8)}
     assert {k: v.pipeline for k, v in styles.items()} == {
-        ("ice40", 1): "deep", ("ice40", 2): "deep", ("ice40", 4): "deep",
-        ("ecp5", 1): "short", ("ecp5", 2): "short", ("ecp5", 4): "deep",
-        ("xc7", 1): "short", ("xc7", 2): "short", ("xc7", 4): "short"}
+        ("ice40", 1): "deep", ("ice40", 2): "deep", ("ice40", 4): "deep", ("ice40", 8): "deep",
+        ("ecp5", 1): "short", ("ecp5", 2): "short", ("ecp5", 4): "deep", ("ecp5", 8): "short",
+        ("xc7", 1): "short", ("xc7", 2): "short", ("xc7", 4): "short", ("xc7", 8): "short"}
     assert {v.memory for k, v in styles.items() if k[0] != "xc7"} == {"block"}
     assert styles[("xc7", 4)].memory == "distributed"
     chosen = options_for(digits(4), "ecp5", Choices(memory="distributed", pipeline="short"))
