@@ -4,6 +4,8 @@ batch-1 latency on this machine. Prints a Markdown table (and writes it with --o
 
     python benchmarks/board_builds.py                                  # everything (hours)
     python benchmarks/board_builds.py --boards icebreaker --pes 1,2 --models digits
+    python benchmarks/board_builds.py --boards icebreaker --pes 1 --seeds 1,2,3  # placements
+    python benchmarks/board_builds.py --boards ulx3s --pes 4 --pipeline deep     # a style
     python benchmarks/board_builds.py --fit-only                      # estimates, seconds
 
 Cycles per inference are the build's PE bound (busiest PE per layer, mean over the calibration
