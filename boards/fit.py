@@ -129,18 +129,27 @@ _BRAM = {
 _SMALL_BITS = {"ice40": 128, "ecp5": 1024, "xc7": 1024}
 # ... and on families with LUT RAM, memories no deeper than this too
 _LUTRAM_DEPTH = {"ice40": 0, "ecp5": 64, "xc7": 64}
-# DSP tile: (max A width, max B width, min width that still goes to a DSP)
-_DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 2), "xc7": (25, 18, 2)}
+# DSP tile: (max A width, max B width, min width that still goes to a DSP). ECP5: Yosys
+# gives even a one-bit remainder a MULT18 (the example's 19 x 16 requantizer product takes
+# two: 3 per PE with the MAC, measured at P = 1, 2, 4, 8)
+_DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 1), "xc7": (25, 18, 2)}
 
 # LUT / FF model, per family: a + b*P + c*P**2, plus the job-queue bits held in flip-flops
 # (iCE40 has no LUT RAM). Fitted to yosys synthesis of the board top for the example model
 # (iCE40: P = 1, 2; ECP5: P = 1, 2, 4, 8; 7-series: P = 2), LUTs scaled to what nextpnr
 # packs (ECP5 TRELLIS_COMB = LUT4 + 2 CCU2C + 2 DPR16X4, x1.25 measured at P = 8). The numbers:
-# docs/benchmarks.md, section 4.
+# docs/benchmarks.md, section 4. ECP5 flip-flops refitted 2026-11-28 to placed builds (short
+# pipeline, P = 1, 2, 4, 8: 1020, 1657, 3032, 6005 TRELLIS_FF). "deep": what the deep
+# pipeline adds (a*P + b*P**2: its P*P job queues keep four head registers each), fitted to
+# ECP5 P = 4, 8 (9603 / 22792 COMB, 5476 / 14073 FF against the short pipeline's 7827 / 16144
+# and 3032 / 6005); iCE40's model is fitted to the deep pipeline itself.
 _LUT_MODEL = {
-    "ice40": {"lut": (-95, 1509, 0), "ff": (220, 405, 0), "ff_queue_bit": 1.0},
-    "ecp5": {"lut": (126, 2117, 3.1), "ff": (227, 339, 13.3), "ff_queue_bit": 0.0},
-    "xc7": {"lut": (100, 2300, 2.0), "ff": (200, 900, 13.3), "ff_queue_bit": 0.0},
+    "ice40": {"lut": (-95, 1509, 0), "ff": (220, 405, 0), "ff_queue_bit": 1.0,
+              "deep_lut": (0, 0), "deep_ff": (0, 0)},
+    "ecp5": {"lut": (126, 2117, 3.1), "ff": (300, 712, 0), "ff_queue_bit": 0.0,
+             "deep_lut": (57, 97), "deep_ff": (213, 99)},
+    "xc7": {"lut": (100, 2300, 2.0), "ff": (200, 900, 13.3), "ff_queue_bit": 0.0,
+            "deep_lut": (57, 97), "deep_ff": (213, 99)},
 }
 # iCE40 logic cells pair a LUT with a flip-flop: cells ~ LUTs + 0.9 x FFs (measured at P = 2:
 # 2923 LUT4 + 2118 FF -> 4821 ICESTORM_LC)
@@ -209,10 +218,13 @@ def estimate(program, board, *, choices=None, link: bool = True) -> FitEstimate:
     per_pe, dsps = _dsps(program, board)
 
     coef = _LUT_MODEL[family]
+    deep = geo.pipeline == "deep"
     a, b, c = coef["lut"]
-    luts = round(a + b * P + c * P * P)
+    d, e = coef["deep_lut"] if deep else (0, 0)
+    luts = round(a + (b + d) * P + (c + e) * P * P)
     a, b, c = coef["ff"]
-    ffs = round(a + b * P + c * P * P + coef["ff_queue_bit"] * queue_bits)
+    d, e = coef["deep_ff"] if deep else (0, 0)
+    ffs = round(a + (b + d) * P + (c + e) * P * P + coef["ff_queue_bit"] * queue_bits)
     est = FitEstimate(board=board.name, pes=P, memories=mems, bram_blocks=bram_blocks,
                       bram_blocks_available=available_blocks, bram_bits=bram_bits,
                       dsps=dsps, dsps_available=board.dsps, luts=luts,
