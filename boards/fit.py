@@ -142,7 +142,8 @@ _DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 1), "xc7": (25, 18, 2)}
 # pipeline, P = 1, 2, 4, 8: 1020, 1657, 3032, 6005 TRELLIS_FF). "deep": what the deep
 # pipeline adds (a*P + b*P**2: its P*P job queues keep four head registers each), fitted to
 # ECP5 P = 4, 8 (9603 / 22792 COMB, 5476 / 14073 FF against the short pipeline's 7827 / 16144
-# and 3032 / 6005); iCE40's model is fitted to the deep pipeline itself.
+# and 3032 / 6005; 7-series borrows them, unmeasured); iCE40's model is fitted to the deep
+# pipeline itself.
 _LUT_MODEL = {
     "ice40": {"lut": (-95, 1509, 0), "ff": (220, 405, 0), "ff_queue_bit": 1.0,
               "deep_lut": (0, 0), "deep_ff": (0, 0)},

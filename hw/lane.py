@@ -151,6 +151,7 @@ class SparsePE(wiring.Component):
         m.submodules.rowparams = rowparams = memory.Memory(
             shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
         block = geo.memory == "block"
+        deep = geo.pipeline == "deep"
         read_domain = "sync" if block else "comb"
         banks = []
         for b in range(2):
@@ -180,7 +181,7 @@ class SparsePE(wiring.Component):
         # deep: `run` and `restart` reach every PE from one register each; a local copy, a
         # cycle later, keeps that fan-out off the arbiter's paths
         run, restart = self.run, self.restart
-        if geo.pipeline == "deep":
+        if deep:
             run, restart = Signal(name="run_local"), Signal(init=1, name="restart_local")
             m.d.sync += [run.eq(self.run), restart.eq(self.restart)]
 
@@ -191,7 +192,6 @@ class SparsePE(wiring.Component):
         # behind - the entry behind the head of a source granted this cycle - so a source
         # can still be popped every cycle. No path runs from a head through the arbiter into
         # a queue's control.
-        lookahead = geo.pipeline == "deep"
         layer = Signal(layer_shape)
         parity = layer[0]
         # flags about `layer`, kept as registers next to it: one LUT decides eligibility
@@ -202,7 +202,7 @@ class SparsePE(wiring.Component):
         sources = P + 1
         granted = Signal(sources)                    # deep: the sources popped this cycle
         granted_any = Signal()
-        if lookahead:
+        if deep:
             head_valid = [Mux(granted[s], self.src_next_valid[s], self.src_valid[s])
                           for s in range(sources)]
             head_tag = [Mux(granted[s], self.src_next_job[s].tag, self.src_job[s].tag)
@@ -245,7 +245,7 @@ class SparsePE(wiring.Component):
         # registered occupancy - no path from the walker back to the arbiter - and the queue
         # is deep enough to pop every cycle: it holds every job popped or granted but not yet
         # in it (the block RAM read `a`, the grant), with room for one more.
-        slots = 4 if lookahead else 3
+        slots = 4 if deep else 3
         a_valid, a_value, a_bank = Signal(), Signal(signed(8)), Signal()
         # `single`/`double`: the column has one / two entries here (decoded on arrival)
         job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1,
@@ -263,7 +263,7 @@ class SparsePE(wiring.Component):
         take = b_valid & walker_free                 # the walker starts s0's job this cycle
         room = Signal()
         # the queue fills in order (s[i + 1] implies s[i]): "fewer than n queued" is ~s[n-1]
-        on_the_way = [a_valid] + ([granted_any] if lookahead else [])
+        on_the_way = [a_valid] + ([granted_any] if deep else [])
         ahead = Signal(range(len(on_the_way) + 1))
         m.d.comb += ahead.eq(sum(on_the_way))
         m.d.comb += room.eq(Array([~s_valid[slots - 1 - n] for n in range(len(on_the_way) + 1)])
@@ -281,7 +281,7 @@ class SparsePE(wiring.Component):
                 m.d.sync += rr.eq(Mux(pick_pe == P - 1, 0, pick_pe + 1))
         pop = Signal()
         job = self.src_job[pick]
-        if lookahead:
+        if deep:
             picked = Signal(range(sources))
             m.d.sync += [granted.eq(choice), granted_any.eq(choice.any()), picked.eq(pick)]
             with m.If(restart):
@@ -340,7 +340,7 @@ class SparsePE(wiring.Component):
 
         # decode: row, product
         row = Signal(geo.row_bits)
-        if block and geo.pipeline == "deep":
+        if block and deep:
             # the row is decoded from the entry RAM's output a stage early, into a register:
             # the accumulator RAM's address (and the collision logic around it) sees no adder.
             # (iCE40 EBR outputs are quick; ECP5 block RAM's 5.6 ns clock-to-out is not: the
@@ -385,7 +385,7 @@ class SparsePE(wiring.Component):
             m.d.comb += [acc_valid.eq(e2_valid), acc_bank.eq(e2_bank), acc_row.eq(e2_row)]
             in_flight = [(d_valid & (d_bank == b)) | (e2_valid & (e2_bank == b))
                          for b in range(2)]
-            if geo.pipeline == "deep":
+            if deep:
                 # The sum is registered (`last`) and written a cycle later (E3), so the adder
                 # ends in a flip-flop, not at a RAM's data pin. Three sums are not in an op's
                 # read; all but the newest are chosen at D, into `e2_acc`, and the adder sees
@@ -427,13 +427,13 @@ class SparsePE(wiring.Component):
         m.d.comb += quiet.eq(Mux(first_layer, ~self.src_busy[P], Cat(*owner_quiet).all()))
         sources_done = first_layer | (self.layers_done >= layer)
         bank_free = self.wb_count >= layer
-        # (deep: never with a grant outstanding - its job belongs to this layer)
-        # `quiet` with no grant outstanding implies that no source is eligible. Once true,
-        # the condition stays true until the layer advances (every job of the layer has been
-        # sent and taken): the deep pipeline acts on it a cycle later, from a register.
+        # Never with a grant outstanding (deep: its job belongs to this layer); `quiet` with
+        # none outstanding implies that no source is eligible. Once true, the condition stays
+        # true until the layer advances (every job of the layer has been sent and taken): the
+        # deep pipeline acts on it a cycle later, from a register.
         ready = popping & ~granted_any & quiet & sources_done & bank_free
         advance = Signal()
-        if geo.pipeline == "deep":
+        if deep:
             m.d.sync += advance.eq(ready & ~advance & ~restart)
         else:
             m.d.comb += advance.eq(ready)
@@ -477,7 +477,6 @@ class SparsePE(wiring.Component):
         # registered), and a job is in some stage of the pipeline every cycle until its last
         # product is written: `pending` from the cycle before still sees every job of the
         # bank, and `drained` may be a cycle older again.
-        deep = geo.pipeline == "deep"
         if deep:
             # two registers per bank, each the OR of half the stages
             pending = []
@@ -510,19 +509,19 @@ class SparsePE(wiring.Component):
         # nothing downstream ever waits (no ready signal runs back through the pipeline).
         # The check is registered, one cycle behind: one slot of margin covers it. The deep
         # pipeline also counts a cycle late (from registered events): a second slot.
-        margin = 3 if geo.pipeline == "deep" else 2
+        margin = 3 if deep else 2
         last_layer = cur["last"]
-        room_ok = Signal()
         # depth - margin - (outputs issued, not yet pushed); negative: no room at all
         limit = Signal(range(-max(geo.out_slots) - margin - 1, geo.queue_depth + 1),
                        init=geo.queue_depth - margin)
         room_now = Cat(*[self.out_levels[j] <= limit for j in range(P)]).all()
-        m.d.sync += room_ok.eq(room_now)
         credit_ok = Signal()
-        if geo.pipeline == "deep":
-            # as a register: `last` as it will be next cycle (see `cur` above), or room
+        if deep:
+            # the whole answer a register: `last` as it will be next cycle (see `cur`), or room
             m.d.sync += credit_ok.eq(_table(layer_constants["last"][0], 1)[wb_layer] | room_now)
         else:
+            room_ok = Signal()
+            m.d.sync += room_ok.eq(room_now)
             m.d.comb += credit_ok.eq(last_layer | room_ok)
 
         tag_layout = data.StructLayout({"out": unsigned(geo.row_bits), "fanout": unsigned(P),

@@ -154,7 +154,7 @@ class SparseAccelerator(wiring.Component):
         cycles_lo, cycles_hi, carry = Signal(16), Signal(16), Signal()
         m.d.comb += self.cycles.eq(Cat(cycles_lo, cycles_hi))
         all_done = Signal()
-        if geo.pipeline == "deep":      # a register: the minimum tree ends in it (one cycle)
+        if deep:                        # a register: the minimum tree ends in it (one cycle)
             m.d.sync += all_done.eq(layers_done == L)
         else:
             m.d.comb += all_done.eq(layers_done == L)
@@ -171,8 +171,8 @@ class SparseAccelerator(wiring.Component):
         with m.If(carry):
             m.d.sync += cycles_hi.eq(cycles_hi + 1)
 
-        # the phase, one-hot: every decision below reads a single flag
-        load_phase, run_phase, output_phase = Signal(init=1), Signal(), Signal()
+        # the phase, one-hot: every decision below reads a single flag (RUN's is `running`)
+        load_phase, output_phase = Signal(init=1), Signal()
         # `taking` (the input's ready) is only ever set in LOAD: the loader needs no phase flag
         accept = self.input.valid & self.input.ready
         # `in_count` wraps to 0 with the last input (`last_input`: a register)
@@ -208,12 +208,12 @@ class SparseAccelerator(wiring.Component):
             with m.If(loaded):
                 m.d.sync += [cycles_lo.eq(0), cycles_hi.eq(0),
                              running.eq(1), restarting.eq(0)]
-                m.d.sync += [load_phase.eq(0), run_phase.eq(1)]
-        with m.If(run_phase):
+                m.d.sync += load_phase.eq(0)
+        with m.If(running):
             m.d.comb += self.busy.eq(1)
             with m.If(all_done):
                 m.d.sync += [out_index.eq(0), issued_all.eq(0), running.eq(0)]
-                m.d.sync += [run_phase.eq(0), output_phase.eq(1)]
+                m.d.sync += output_phase.eq(1)
         with m.If(output_phase):
             m.d.comb += self.busy.eq(1)
             m.d.comb += issue.eq((~out_valid | self.output.ready) & ~issued_all)
