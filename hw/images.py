@@ -19,7 +19,8 @@ from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 from .options import HardwareOptions
 
 __all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
-           "pack_entries", "pack_pointers", "pack_rows", "row_fanout", "memory_bits"]
+           "pack_entries", "pack_pointers", "pack_rows", "row_fanout", "memory_bits",
+           "entry_bytes", "weight_image"]
 
 
 def _bits(n: int) -> int:
@@ -54,6 +55,7 @@ class Geometry:
     queue_depth: int
     input_queue_depth: int
     skip_zero_activations: bool
+    weights: str              # "bitstream" or "uploaded" (see hw.options)
 
     @property
     def shift_bits(self) -> int:
@@ -86,7 +88,7 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         acc_width=program.widths.accumulator, bias_width=program.widths.biased,
         queue_depth=queue_depth, input_queue_depth=max(2, program.model.in_features),
         skip_zero_activations=program.skip_zero_activations, memory=options.memory,
-        pipeline=options.pipeline)
+        pipeline=options.pipeline, weights=options.weights)
 
 
 def _layer_shift(layer) -> int:
@@ -134,6 +136,24 @@ def pack_entries(program: SparseProgram, lane: int, geo: Geometry) -> list:
     words = [layout.const({"value": int(v), "index": int(i)}).as_value().value
              for v, i in zip(img.entry_value, img.entry_index)]
     return words or [0]
+
+
+def entry_bytes(geo: Geometry) -> int:
+    """Bytes of one weight entry in an uploaded image (little-endian, zero-padded)."""
+    return (entry_layout(geo).size + 7) // 8
+
+
+def weight_image(program: SparseProgram, geo: Geometry | None = None) -> bytes:
+    """The weight entries of every PE, PE 0 first, each PE's memory from address 0, each entry
+    :func:`entry_bytes` bytes little-endian: what the host uploads into a design built with
+    ``weights="uploaded"``, in order (the gateware's loader writes it sequentially)."""
+    geo = geo or geometry(program)
+    size = entry_bytes(geo)
+    out = bytearray()
+    for lane in range(program.pes):
+        for word in pack_entries(program, lane, geo):
+            out += int(word).to_bytes(size, "little")
+    return bytes(out)
 
 
 def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:

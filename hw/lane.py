@@ -79,6 +79,11 @@ class SparsePE(wiring.Component):
     out_addr : In(range(row_slots[-1])), out_en : In(1), out_data : Out(signed(8))
         Read port (one cycle latency, holds while ``out_en`` is low) of this PE's final-layer
         outputs.
+    load_addr : In(start_bits), load_data : In(entry), load_en : In(1)
+        Uploaded weights only (``geo.weights == "uploaded"``): write ``load_data`` into the
+        weight memory at ``load_addr``. A register outside; never high while computing. The
+        memory has a single address (a write or the walker's read), so that Yosys can map it
+        to single-port RAM (iCE40 SPRAM).
     """
 
     def __init__(self, program: SparseProgram, lane: int, geo: Geometry):
@@ -90,8 +95,11 @@ class SparsePE(wiring.Component):
         sources = geo.pes + 1
         self._job = job_layout(geo)
         lookahead = {}
+        if geo.weights == "uploaded":
+            lookahead = {"load_addr": In(geo.start_bits),
+                         "load_data": In(entry_layout(geo).size), "load_en": In(1)}
         if geo.pipeline == "deep":
-            lookahead = {"src_next_valid": In(sources),
+            lookahead |= {"src_next_valid": In(sources),
                          "src_next_job": In(data.ArrayLayout(self._job, sources))}
         super().__init__({
             "run": In(1),
@@ -144,13 +152,24 @@ class SparsePE(wiring.Component):
 
         # ---- memories -------------------------------------------------------------------
         elay, play, rlay = entry_layout(geo), pointer_layout(geo), row_layout(geo)
-        m.submodules.entries = entries = memory.Memory(
-            shape=elay.size, depth=geo.entry_depth[k], init=pack_entries(prog, k, geo))
+        block = geo.memory == "block"
+        uploaded = geo.weights == "uploaded"
+        if uploaded:
+            # empty until the host uploads the weights (no initial contents: on iCE40 the flow
+            # drops the all-zero init Amaranth emits, and `ram_style` asks for SPRAM); no read
+            # shares a cycle with a write, so no read-during-write emulation either
+            attrs = {"no_rw_check": 1} if block else {}
+            if str(getattr(platform, "family", "")).lower() == "ice40":
+                attrs["ram_style"] = "huge"
+            m.submodules.uploaded_entries = entries = memory.Memory(
+                shape=elay.size, depth=geo.entry_depth[k], init=[], attrs=attrs or None)
+        else:
+            m.submodules.entries = entries = memory.Memory(
+                shape=elay.size, depth=geo.entry_depth[k], init=pack_entries(prog, k, geo))
         m.submodules.pointers = pointers = memory.Memory(
             shape=play.size, depth=geo.ptr_depth, init=pack_pointers(prog, k, geo))
         m.submodules.rowparams = rowparams = memory.Memory(
             shape=rlay.size, depth=max(1, sum(geo.row_slots)), init=pack_rows(prog, k, geo))
-        block = geo.memory == "block"
         deep = geo.pipeline == "deep"
         read_domain = "sync" if block else "comb"
         banks = []
@@ -311,7 +330,20 @@ class SparsePE(wiring.Component):
         # walker: one entry read per cycle
         entry_rp = entries.read_port(domain=read_domain)
         issue_valid = ~walker_free | take
-        m.d.comb += entry_rp.addr.eq(Mux(walker_free, b_ptr.start, walk_addr))
+        walker_addr = Mux(walker_free, b_ptr.start, walk_addr)
+        if uploaded:
+            # one address for the write and the read: a single-port RAM
+            entry_addr = Signal(geo.start_bits)
+            entry_wp = entries.write_port()
+            m.d.comb += [
+                entry_addr.eq(Mux(self.load_en, self.load_addr, walker_addr)),
+                entry_wp.addr.eq(entry_addr), entry_wp.data.eq(self.load_data),
+                entry_wp.en.eq(self.load_en), entry_rp.addr.eq(entry_addr),
+            ]
+            if block:
+                m.d.comb += entry_rp.en.eq(~self.load_en)
+        else:
+            m.d.comb += entry_rp.addr.eq(walker_addr)
         with m.If(take):
             m.d.sync += [
                 walk_addr.eq(b_ptr.start + 1),

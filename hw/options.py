@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "PIPELINES", "options_for"]
+__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "PIPELINES", "WEIGHT_STORES",
+           "options_for"]
 
 #: "block": synchronous-read RAMs (block RAM, iCE40 EBR), each read registered before use,
 #: accumulators read-modify-written over a pipeline with forwarding - any size, two more
@@ -21,17 +22,27 @@ DISTRIBUTED_MAX_DEPTH = 1024
 PIPELINES = ("short", "deep")
 
 
+#: "bitstream": the weight memories are initialised by the bitstream (block RAM, LUT RAM).
+#: "uploaded": they start empty and the host uploads the weights over the link before the
+#: first inference (boards/link.py, LOAD frames) - what iCE40 SPRAM needs, which no
+#: bitstream can initialise; inferences are refused until a whole, in-order image arrived.
+WEIGHT_STORES = ("bitstream", "uploaded")
+
+
 @dataclass(frozen=True)
 class HardwareOptions:
     queue_depth: int | None = None      # PE-to-PE job queues; None: never stalls, at most 16
     memory: str = "block"
     pipeline: str = "short"
+    weights: str = "bitstream"
 
     def __post_init__(self):
         if self.memory not in MEMORY_STYLES:
             raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        if self.weights not in WEIGHT_STORES:
+            raise ValueError(f"weights must be one of {WEIGHT_STORES}, not {self.weights!r}")
         if self.queue_depth is not None and (not isinstance(self.queue_depth, int)
                                              or self.queue_depth < 2):
             raise ValueError(f"queue_depth must be an integer >= 2, not {self.queue_depth!r}")
@@ -39,11 +50,12 @@ class HardwareOptions:
 
 @dataclass(frozen=True)
 class Choices:
-    """What the user asked for (``build --queue-depth/--memory/--pipeline``); None: let
-    :func:`options_for` decide."""
+    """What the user asked for (``build --queue-depth/--memory/--pipeline/--weights``); None:
+    let :func:`options_for` decide (weights: the fit check, boards/fit.py)."""
     queue_depth: int | None = None
     memory: str | None = None
     pipeline: str | None = None
+    weights: str | None = None
 
 
 def options_for(program, family: str | None, choices: Choices | None = None
@@ -69,4 +81,5 @@ def options_for(program, family: str | None, choices: Choices | None = None
     memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
     deep = family == "ice40" or (family == "ecp5" and 4 <= program.pes < 8)
     pipeline = choices.pipeline or ("deep" if deep else "short")
-    return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline)
+    return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline,
+                           weights=choices.weights or "bitstream")

@@ -13,7 +13,7 @@ from compiler.ir import SparseProgram
 
 from .top import SparseAccelerator
 
-__all__ = ["stream_put", "stream_get", "run_accelerator"]
+__all__ = ["stream_put", "stream_get", "upload_weights", "run_accelerator"]
 
 
 async def stream_put(ctx, stream, values, *, valid_probability=1.0, rng=None):
@@ -44,18 +44,41 @@ async def stream_get(ctx, stream, count, *, ready_probability=1.0, rng=None):
     return values
 
 
+async def upload_weights(ctx, dut, image: bytes, *, valid_probability=1.0, rng=None):
+    """Stream a weight image (:func:`hw.images.weight_image`) into ``dut.weights``."""
+    beats = [{"data": b, "first": n == 0} for n, b in enumerate(image)]
+    for beat in beats:
+        while rng is not None and rng.random() > valid_probability:
+            ctx.set(dut.weights.valid, 0)
+            await ctx.tick()
+        ctx.set(dut.weights.payload, beat)
+        ctx.set(dut.weights.valid, 1)
+        await ctx.tick().until(dut.weights.ready)
+    ctx.set(dut.weights.valid, 0)
+
+
 def run_accelerator(program: SparseProgram, xq: np.ndarray, options=None, *,
-                    ready_probability=1.0, valid_probability=1.0, seed=0, probe=None):
+                    ready_probability=1.0, valid_probability=1.0, seed=0, probe=None,
+                    image: bytes | None = None):
     """Run integer inputs ``xq`` [N, in] through :class:`SparseAccelerator` in Amaranth's
     simulator. Returns ``(outputs [N, out], cycles [N])``.
 
-    ``probe``: optional callable ``probe(ctx, dut)`` awaited alongside (for traces).
+    A design with uploaded weights gets ``image`` first (default: the program's own,
+    :func:`hw.images.weight_image`). ``probe``: optional callable ``probe(ctx, dut)`` awaited
+    alongside (for traces).
     """
+    from .images import weight_image
+
     dut = SparseAccelerator(program, options)
     rng = np.random.default_rng(seed)
     outputs, cycles = [], []
+    if dut.geo.weights == "uploaded" and image is None:
+        image = weight_image(program, dut.geo)
 
     async def bench(ctx):
+        if image is not None:
+            await upload_weights(ctx, dut, image, valid_probability=valid_probability,
+                                 rng=rng)
         for x in np.asarray(xq):
             await stream_put(ctx, dut.input, x, valid_probability=valid_probability, rng=rng)
             outputs.append(await stream_get(ctx, dut.output, program.model.out_features,

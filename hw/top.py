@@ -7,21 +7,28 @@ queue per PE, deep enough for a whole input vector. An inference is three phases
     LOAD   input stream -> nonzero inputs become jobs for the PEs that need them
     RUN    PEs compute all layers (counted in ``cycles``)
     OUTPUT final-layer values streamed out in the model's output order
+
+A design built with uploaded weights (``HardwareOptions.weights == "uploaded"``) starts with
+empty weight memories and takes them on its ``weights`` stream: the image of
+:func:`hw.images.weight_image`, bytes in order, the first one flagged ``first``.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from compiler.ir import SparseProgram
 
-from .images import geometry, job_layout
+from .images import entry_bytes, entry_layout, geometry, job_layout
 from .options import HardwareOptions
 from .queue import PrefetchQueue
 from .lane import SparsePE
 
-__all__ = ["SparseAccelerator"]
+__all__ = ["SparseAccelerator", "WEIGHT_BYTE"]
+
+#: One beat of an uploaded weight image.
+WEIGHT_BYTE = data.StructLayout({"data": 8, "first": 1})
 
 
 class SparseAccelerator(wiring.Component):
@@ -44,6 +51,10 @@ class SparseAccelerator(wiring.Component):
         Compute cycles of the last inference (valid once its first output is out).
     busy : Out(1)
         An inference is in progress (past its first input beat).
+    weights : In(stream.Signature(StructLayout({"data": 8, "first": 1})))
+        Uploaded weights only: the weight image (:func:`hw.images.weight_image`), one byte a
+        beat, ``first`` set on its first byte (which restarts the load). Only between
+        inferences; bytes past the image's end are dropped.
     """
 
     def __init__(self, program: SparseProgram, options: HardwareOptions | None = None):
@@ -54,11 +65,15 @@ class SparseAccelerator(wiring.Component):
         self.program = program
         self.options = options or HardwareOptions()
         self.geo = geometry(program, self.options)
+        upload = {}
+        if self.geo.weights == "uploaded":
+            upload = {"weights": In(stream.Signature(WEIGHT_BYTE))}
         super().__init__({
             "input": In(stream.Signature(signed(8))),
             "output": Out(stream.Signature(signed(8))),
             "cycles": Out(32),
             "busy": Out(1),
+            **upload,
         })
 
     def elaborate(self, platform):
@@ -107,6 +122,9 @@ class SparseAccelerator(wiring.Component):
                     queues[j][k].w_data.eq(lane.push.job),
                     queues[j][k].w_en.eq(lane.push_valid & lane.push.mask[k]),
                 ]
+
+        if geo.weights == "uploaded":
+            self._weight_loader(m, lanes)
 
         layers_done = Signal(range(L + 1))
         counts = [lane.wb_count for lane in lanes]
@@ -233,3 +251,62 @@ class SparseAccelerator(wiring.Component):
                 m.d.sync += [output_phase.eq(0), load_phase.eq(1)]
         return m
 
+    def _weight_loader(self, m, lanes):
+        """Bytes of the weight image -> words -> PE 0's memory from address 0, then PE 1's...
+        A word's write leaves from registers (address, data, one-hot enable) a cycle after its
+        last byte; no byte is taken in that cycle."""
+        geo, P = self.geo, self.geo.pes
+        size = entry_bytes(geo)
+        width = entry_layout(geo).size
+        beat = self.weights
+        word = Signal(8 * size)
+        count = Signal(range(size + 1))                # bytes of the word taken so far
+        byte_last = Signal(init=size == 1)             # the next byte completes a word
+        lane = Signal(range(P + 1))                    # P: the image is complete
+        lane_hot = Signal(P + 1, init=1 << P)          # one-hot `lane`; starts complete
+        addr = Signal(geo.start_bits)
+        left = Signal(geo.start_bits)                  # words of this PE after this one
+        at_end = Signal()                              # left == 0
+        depth_left = Array([Const(d - 1, geo.start_bits) for d in geo.entry_depth] + [Const(0)])
+        load_addr = Signal(geo.start_bits)
+        load_data = Signal(width)
+        load_en = Signal(P)
+        writing = Signal()                             # load_en.any(), as a register
+        for k, pe in enumerate(lanes):
+            m.d.comb += [pe.load_addr.eq(load_addr), pe.load_data.eq(load_data),
+                         pe.load_en.eq(load_en[k])]
+        m.d.comb += beat.ready.eq(~writing)
+        m.d.sync += [load_en.eq(0), writing.eq(0)]
+        take = beat.valid & ~writing
+        start = beat.payload.first
+        with m.If(take):
+            whole = Cat(word[8:], beat.payload.data)
+            m.d.sync += word.eq(whole)
+            complete = Mux(start, size == 1, byte_last)
+            with m.If(complete):
+                m.d.sync += [count.eq(0), byte_last.eq(size == 1)]
+                cur_hot = Mux(start, 1, lane_hot)
+                cur_lane = Mux(start, 0, lane)
+                cur_addr = Mux(start, 0, addr)
+                cur_left = Mux(start, geo.entry_depth[0] - 1, left)
+                cur_end = Mux(start, geo.entry_depth[0] == 1, at_end)
+                with m.If(~cur_hot[P]):                # not past the image's end
+                    m.d.sync += [load_en.eq(cur_hot[:P]), writing.eq(1),
+                                 load_addr.eq(cur_addr), load_data.eq(whole[:width])]
+                    with m.If(cur_end):
+                        nxt = depth_left[cur_lane + 1]
+                        m.d.sync += [lane.eq(cur_lane + 1), lane_hot.eq(cur_hot << 1),
+                                     addr.eq(0), left.eq(nxt), at_end.eq(nxt == 0)]
+                    with m.Else():
+                        m.d.sync += [lane.eq(cur_lane), lane_hot.eq(cur_hot),
+                                     addr.eq(cur_addr + 1), left.eq(cur_left - 1),
+                                     at_end.eq(cur_left == 1)]
+                with m.Else():
+                    m.d.sync += lane_hot.eq(cur_hot)
+            with m.Else():
+                got = Mux(start, 0, count) + 1        # bytes of this word so far
+                m.d.sync += [count.eq(got), byte_last.eq(got == size - 1)]
+                with m.If(start):
+                    m.d.sync += [lane.eq(0), lane_hot.eq(1), addr.eq(0),
+                                 left.eq(geo.entry_depth[0] - 1),
+                                 at_end.eq(geo.entry_depth[0] == 1)]

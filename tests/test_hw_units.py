@@ -146,3 +146,56 @@ def test_prefetch_queue_keeps_order_and_takes_a_write_whenever_level_allows(dept
     sim.add_testbench(bench)
     sim.run()
     assert len(got) > 250 and got == sent[:len(got)]
+
+
+@pytest.mark.parametrize("memory, pipeline, pes, index_bits", [
+    ("block", "deep", 1, None), ("block", "short", 3, None), ("distributed", "short", 2, None),
+    ("block", "deep", 2, 12),                 # 20-bit entries: three bytes each
+])
+def test_uploaded_weights_compute_what_the_bitstream_weights_do(memory, pipeline, pes,
+                                                                index_bits):
+    from hw.images import entry_bytes, geometry, weight_image
+
+    shapes = [12, 9, 5]
+    model = float_model(shapes, sparsity=0.6, seed=3)
+    program = compile_model(model, calibration(shapes[0]), pes, index_bits=index_bits)
+    options = HardwareOptions(memory=memory, pipeline=pipeline, weights="uploaded")
+    geo = geometry(program, options)
+    image = weight_image(program, geo)
+    assert len(image) == sum(geo.entry_depth) * entry_bytes(geo)
+    x = reference.quantize_input(calibration(shapes[0], n=3, seed=4), program.model.input_scale)
+    expected = reference.run(program, x).outputs
+    hw, _ = run_accelerator(program, x, options, valid_probability=0.6)
+    assert np.array_equal(hw, expected)
+    # the memories hold what was uploaded, not an initial image: other bytes, other outputs
+    wrong = bytes((b + 37) % 256 for b in image)
+    hw_wrong, _ = run_accelerator(program, x, options, image=wrong)
+    assert not np.array_equal(hw_wrong, expected)
+
+
+def test_a_new_upload_restarts_at_the_first_byte():
+    from amaranth.sim import Simulator
+
+    from hw.images import weight_image
+    from hw.simulation import stream_get, stream_put, upload_weights
+
+    shapes = [10, 8, 4]
+    program = compile_model(float_model(shapes, sparsity=0.5, seed=5), calibration(10), 2)
+    options = HardwareOptions(pipeline="deep", weights="uploaded")
+    dut = SparseAccelerator(program, options)
+    image = weight_image(program)
+    x = reference.quantize_input(calibration(10, n=2, seed=6), program.model.input_scale)
+    outputs = []
+
+    async def bench(ctx):
+        await upload_weights(ctx, dut, bytes(len(image) // 2))    # half an image of zeros
+        await upload_weights(ctx, dut, image + b"\x55" * 9)         # then all of it, and more
+        for row in x:
+            await stream_put(ctx, dut.input, row)
+            outputs.append(await stream_get(ctx, dut.output, 4))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert np.array_equal(np.array(outputs), reference.run(program, x).outputs)
