@@ -3,6 +3,9 @@
 
 A request's inputs are buffered and fed to the accelerator only after the frame's CRC checked
 out, so a corrupted or shortened frame can never produce a result: it produces an ERROR frame.
+A design with uploaded weights takes LOAD frames' bytes straight into its weight memories and
+counts them; it computes only once a whole image arrived in order through good frames (see
+:mod:`boards.protocol`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -10,6 +13,8 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.crc import catalog
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
+
+from hw.top import WEIGHT_BYTE
 
 from . import protocol as proto
 from .uart import UARTRx, UARTTx
@@ -34,6 +39,8 @@ class UartLink(wiring.Component):
         Clock cycles per UART bit.
     timeout_cycles : int
         Quiet line inside a frame for this long means a byte was lost.
+    weight_bytes : int
+        Size of the weight image the design takes over the link; 0: weights in the bitstream.
 
     Members
     -------
@@ -49,15 +56,24 @@ class UartLink(wiring.Component):
         A request is being received or answered.
     errors : Out(8)
         Count of ERROR frames sent (wraps).
+    weights : Out(stream.Signature(WEIGHT_BYTE))
+        Uploaded weights only: LOAD frames' image bytes, to the accelerator (a byte that finds
+        it not ready is an error).
     """
 
-    def __init__(self, info: proto.BoardInfo, *, divisor: int, timeout_cycles: int):
+    def __init__(self, info: proto.BoardInfo, *, divisor: int, timeout_cycles: int,
+                 weight_bytes: int = 0):
         if not isinstance(info, proto.BoardInfo):
             raise TypeError(f"info must be a protocol.BoardInfo, not {info!r}")
         if not isinstance(timeout_cycles, int) or timeout_cycles < 12 * divisor:
             raise ValueError(f"timeout_cycles must be an integer of at least 12 bit times "
                              f"({12 * divisor}), not {timeout_cycles!r}")
+        if not isinstance(weight_bytes, int) or not 0 <= weight_bytes < 2 ** 32:
+            raise ValueError(f"weight_bytes must be an integer in 0..2**32-1, not "
+                             f"{weight_bytes!r}")
         self.info, self.divisor, self.timeout_cycles = info, divisor, timeout_cycles
+        self.weight_bytes = weight_bytes
+        upload = {"weights": Out(stream.Signature(WEIGHT_BYTE))} if weight_bytes else {}
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -65,11 +81,14 @@ class UartLink(wiring.Component):
             "output": In(stream.Signature(8)),
             "busy": Out(1),
             "errors": Out(8),
+            **upload,
         })
 
     def elaborate(self, platform):
         m = Module()
         info = self.info
+        total = self.weight_bytes
+        uploaded = total > 0
         n_in, n_out = info.in_features, info.out_features
         m.submodules.uart_rx = urx = UARTRx(self.divisor)
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
@@ -107,8 +126,24 @@ class UartLink(wiring.Component):
         tx_idle = Signal()
         m.d.comb += [rx_crc.data.eq(byte)]
 
-        def fail(code, then):
+        # uploaded weights: image bytes the accelerator holds, whether they are a whole image
+        # (`loaded`), whether an error spoiled the image since its offset-0 chunk (`spoiled`)
+        count = Signal(range(total + 1))
+        loaded = Signal()
+        spoiled = Signal()
+        offset = Signal(32)
+        offset_bytes = Signal(range(proto.LOAD_OFFSET_BYTES))
+        first_byte = Signal()                  # the next image byte starts an image
+        data_left = Signal(16)
+        data_last = Signal()                   # data_left == 1, as a register
+        flags = Cat(Const(int(uploaded), 1), loaded, Const(0, 6))
+        is_load = kind == proto.LOAD
+
+        def fail(code, then, *, spoils=True):
             m.d.sync += tx_code.eq(code)
+            if uploaded and spoils:
+                with m.If(is_load):            # whatever it wrote is suspect now
+                    m.d.sync += [spoiled.eq(1), loaded.eq(0)]
             m.next = "ERROR_" + then
 
         in_frame = Signal()
@@ -123,6 +158,7 @@ class UartLink(wiring.Component):
             with m.State("HUNT"):
                 m.d.comb += rx_crc.start.eq(1)
                 with m.If(got & (byte == proto.SYNC_REQUEST)):
+                    m.d.sync += kind.eq(0)     # no stale type judges this frame's errors
                     m.next = "TYPE"
             for state, target, nxt in (("TYPE", kind, "SEQ"), ("SEQ", seq, "LEN0"),
                                        ("LEN0", length[:8], "LEN1")):
@@ -141,7 +177,17 @@ class UartLink(wiring.Component):
             with m.State("DECIDE"):             # the header is in registers: judge it
                 m.d.comb += [in_frame.eq(1)]
                 infer, ask = kind == proto.INFER, kind == proto.INFO
-                with m.If(infer & (length == n_in) & (n_in > 0)):
+                with m.If(infer & Const(uploaded) & ~loaded):
+                    fail(proto.ERR_NOT_LOADED, "DRAIN")
+                with m.Elif(is_load & Const(uploaded) & (length > proto.LOAD_OFFSET_BYTES)):
+                    if uploaded:                # (a design without uploads has no such state)
+                        m.d.sync += [offset_bytes.eq(0),
+                                     data_left.eq(length - proto.LOAD_OFFSET_BYTES),
+                                     data_last.eq(length == proto.LOAD_OFFSET_BYTES + 1)]
+                        m.next = "OFFSET"
+                with m.Elif(is_load & Const(uploaded)):
+                    fail(proto.ERR_LENGTH, "DRAIN")
+                with m.Elif(infer & (length == n_in) & (n_in > 0)):
                     m.next = "PAYLOAD"
                 with m.Elif((infer | ask) & (length == 0) & (ask | (n_in == 0))):
                     m.next = "CRC0"
@@ -157,6 +203,44 @@ class UartLink(wiring.Component):
                     with m.If(index_last):
                         m.next = "CRC0"
                 guard()
+            if uploaded:
+                with m.State("OFFSET"):
+                    m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
+                    with m.If(got):
+                        m.d.sync += [offset.eq(Cat(offset[8:], byte)),
+                                     offset_bytes.eq(offset_bytes + 1)]
+                        with m.If(offset_bytes == proto.LOAD_OFFSET_BYTES - 1):
+                            m.next = "PLACE"
+                    guard()
+                with m.State("PLACE"):              # offset 0 starts an image, others continue it
+                    m.d.comb += in_frame.eq(1)
+                    restart = offset == 0
+                    base = Mux(restart, 0, count)
+                    # refused before a byte is written: the image stays as it was
+                    with m.If(~restart & ((offset != count) | spoiled)):
+                        fail(proto.ERR_ORDER, "DRAIN", spoils=False)
+                    with m.Elif(base + data_left > total):
+                        fail(proto.ERR_LENGTH, "DRAIN", spoils=False)
+                    with m.Else():
+                        with m.If(restart):
+                            m.d.sync += [count.eq(0), spoiled.eq(0), loaded.eq(0),
+                                         first_byte.eq(1)]
+                        m.next = "LOAD_DATA"
+                with m.State("LOAD_DATA"):      # image bytes go straight to the accelerator
+                    m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got),
+                                 self.weights.valid.eq(got),
+                                 self.weights.payload.data.eq(byte),
+                                 self.weights.payload.first.eq(first_byte)]
+                    with m.If(got):
+                        with m.If(~self.weights.ready):
+                            fail(proto.ERR_OVERRUN, "DRAIN")
+                        with m.Else():
+                            m.d.sync += [count.eq(count + 1), first_byte.eq(0),
+                                         data_left.eq(data_left - 1),
+                                         data_last.eq(data_left == 2)]
+                            with m.If(data_last):
+                                m.next = "CRC0"
+                    guard()
             with m.State("CRC0"):
                 m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
                 with m.If(got):
@@ -176,12 +260,15 @@ class UartLink(wiring.Component):
                 with m.Elif(tx_idle):
                     m.d.comb += tx_start.eq(1)
                     m.d.sync += [tx_kind.eq(Mux(kind == proto.INFER, proto.RESULT,
-                                                proto.INFO_REPLY)), index.eq(0),
-                                 index_last.eq(n_in == 1)]
+                                                Mux(is_load, proto.LOADED,
+                                                    proto.INFO_REPLY))),
+                                 index.eq(0), index_last.eq(n_in == 1)]
                     m.next = "FEED" if n_in else "WAIT_TX"
-                    if n_in:
-                        with m.If(kind == proto.INFO):
-                            m.next = "WAIT_TX"
+                    with m.If(kind != proto.INFER):
+                        m.next = "WAIT_TX"
+                    if uploaded:
+                        with m.If(is_load):     # a whole image, every frame of it good
+                            m.d.sync += loaded.eq((count == total) & ~spoiled)
             with m.State("FEED"):               # buffered inputs -> accelerator
                 m.d.comb += [buf_rp.addr.eq(index), buf_rp.en.eq(1)]
                 m.next = "FEED_BEAT"
@@ -212,7 +299,7 @@ class UartLink(wiring.Component):
         # output stream: no multiplexer indexed by a counter, and a two-entry FIFO with a
         # registered output between all of it and the UART.
         info_payload = proto.info_payload(info)
-        widest = 8 * max(proto.HEADER_BYTES, len(info_payload), 4)
+        widest = 8 * max(proto.HEADER_BYTES, len(info_payload), 4, proto.LOADED_BYTES)
         line = Signal(widest)
         left = Signal(range(widest // 8 + 1))          # bytes left in `line`
         outs_left = Signal(range(n_out + 5))
@@ -240,7 +327,8 @@ class UartLink(wiring.Component):
             with m.State("START"):              # tx_kind was set with tx_start: now it holds
                 m.d.comb += tx_crc.start.eq(1)
                 length = Mux(tx_kind == proto.RESULT, n_out + 4,
-                             Mux(tx_kind == proto.INFO_REPLY, len(info_payload), 1))
+                             Mux(tx_kind == proto.INFO_REPLY, len(info_payload),
+                                 Mux(tx_kind == proto.LOADED, proto.LOADED_BYTES, 1)))
                 load(Const(proto.SYNC_REPLY, 8), tx_kind, seq, length[:8], length[8:16])
                 m.d.sync += first.eq(1)
                 m.next = "HEADER"
@@ -254,8 +342,12 @@ class UartLink(wiring.Component):
                             with m.Case(proto.RESULT):
                                 m.d.sync += outs_left.eq(n_out + 4)
                                 m.next = "OUTPUTS"
-                            with m.Case(proto.INFO_REPLY):
-                                load(*[Const(b, 8) for b in info_payload])
+                            with m.Case(proto.INFO_REPLY):     # the flags byte is live
+                                load(*[Const(b, 8) for b in info_payload[:-1]], flags)
+                                m.next = "BYTES"
+                            with m.Case(proto.LOADED):
+                                load(*[Cat(count, Const(0, 32))[8 * i:8 * i + 8]
+                                       for i in range(4)], flags)
                                 m.next = "BYTES"
                             with m.Default():
                                 load(tx_code)
@@ -290,12 +382,12 @@ class UartLink(wiring.Component):
         return m
 
 
-def _byte_register(m, name, i_valid, i_payload, o_ready):
+def _byte_register(m, name, i_valid, i_payload, o_ready, *, width=8):
     """A register between two byte streams that takes a byte only when it is empty: its
     ``valid`` and ``ready`` are registers (one byte every other cycle at most). Returns
     ``(o_valid, o_payload, i_ready)``."""
     full = Signal(name=f"{name}_full")
-    data = Signal(8, name=f"{name}_data")
+    data = Signal(width, name=f"{name}_data")
     with m.If(full):
         with m.If(o_ready):
             m.d.sync += full.eq(0)
@@ -369,8 +461,15 @@ class LinkedAccelerator(wiring.Component):
         self.divisor = uart_divisor(self.link_hz, baud)
         self.timeout_cycles = (timeout_cycles if timeout_cycles is not None
                                else max(12 * self.divisor, int(timeout_s * self.link_hz)))
+        from hw.images import geometry, weight_image
+        from hw.options import HardwareOptions
+
+        geo = geometry(program, options or HardwareOptions())
+        self.weight_bytes = (len(weight_image(program, geo)) if geo.weights == "uploaded"
+                             else 0)
         self.info = proto.BoardInfo(program.model.in_features, program.model.out_features,
-                                    program.pes, proto.design_id(program), self.clock_hz)
+                                    program.pes, proto.design_id(program), self.clock_hz,
+                                    proto.FLAG_UPLOADED if self.weight_bytes else 0)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1),
                           "errors": Out(8)})
 
@@ -383,7 +482,8 @@ class LinkedAccelerator(wiring.Component):
         m = Module()
         m.submodules.core = core = SparseAccelerator(self.program, self.options)
         m.submodules.link = link = DomainRenamer("link")(
-            UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles))
+            UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles,
+                     weight_bytes=self.weight_bytes))
         m.submodules.result = result = ResultBytes(self.program.model.out_features)
         # Bytes cross between the accelerator and the FIFOs through registers that take a
         # byte only when empty (a byte every other cycle, far above the UART's rate): every
@@ -396,7 +496,8 @@ class LinkedAccelerator(wiring.Component):
         m.d.comb += result.cycles.eq(core.cycles)
         # two entries each way: bytes pass every ~90 us at 115200 baud, and two-bit pointers
         # keep the core side's flag and address logic to a LUT level or two
-        m.submodules.to_core = to_core = AsyncFIFO(width=8, depth=2, r_domain="sync",
+        # to the core: a byte, whether it is a weight-image byte, and whether it starts one
+        m.submodules.to_core = to_core = AsyncFIFO(width=10, depth=2, r_domain="sync",
                                                    w_domain="link")
         m.submodules.to_link = to_link = AsyncFIFO(width=8, depth=2, r_domain="link",
                                                    w_domain="sync")
@@ -404,12 +505,29 @@ class LinkedAccelerator(wiring.Component):
             m, "to_link", result.o.valid, result.o.payload, to_link.w_rdy)
         m.d.comb += [to_link.w_data.eq(res_data), to_link.w_en.eq(res_valid),
                      result.o.ready.eq(res_ready)]
+        uploaded = self.weight_bytes > 0
+        taker_ready = Signal()
         in_valid, in_data, in_ready = _byte_register(
-            m, "to_core", to_core.r_rdy, to_core.r_data, core.input.ready)
-        m.d.comb += [core.input.valid.eq(in_valid), core.input.payload.eq(in_data),
-                     to_core.r_en.eq(in_ready)]
+            m, "to_core", to_core.r_rdy, to_core.r_data, taker_ready, width=10)
+        is_weight = in_data[8]
+        m.d.comb += [core.input.valid.eq(in_valid & ~is_weight),
+                     core.input.payload.eq(in_data[:8]), to_core.r_en.eq(in_ready),
+                     taker_ready.eq(core.input.ready)]
+        if uploaded:
+            m.d.comb += [core.weights.valid.eq(in_valid & is_weight),
+                         core.weights.payload.data.eq(in_data[:8]),
+                         core.weights.payload.first.eq(in_data[9]),
+                         taker_ready.eq(Mux(is_weight, core.weights.ready, core.input.ready)),
+                         to_core.w_data.eq(Mux(link.weights.valid,
+                                               Cat(link.weights.payload.data, 1,
+                                                   link.weights.payload.first),
+                                               link.input.payload)),
+                         to_core.w_en.eq(link.input.valid | link.weights.valid),
+                         link.weights.ready.eq(to_core.w_rdy)]
+        else:
+            m.d.comb += [to_core.w_data.eq(link.input.payload),
+                         to_core.w_en.eq(link.input.valid)]
         m.d.comb += [
-            to_core.w_data.eq(link.input.payload), to_core.w_en.eq(link.input.valid),
             link.input.ready.eq(to_core.w_rdy),
             link.output.payload.eq(to_link.r_data), link.output.valid.eq(to_link.r_rdy),
             to_link.r_en.eq(link.output.ready),

@@ -13,12 +13,23 @@ CRC-16/CCITT-FALSE) over ``type .. payload``; sent big-endian, so the CRC over
 host never takes a late reply to an earlier request for the current one.
 
 Requests (host -> board, ``sync`` = :data:`SYNC_REQUEST`): :data:`INFER` with the
-``in_features`` int8 inputs, :data:`INFO` with no payload.
+``in_features`` int8 inputs, :data:`INFO` with no payload, and - for a design built with
+uploaded weights - :data:`LOAD`: the byte offset (u32 LE) of a chunk of the weight image
+(:func:`hw.images.weight_image`), then the chunk.
 
 Replies (board -> host, ``sync`` = :data:`SYNC_REPLY`): :data:`RESULT` (``out_features``
 int8 outputs, then the compute cycles as u32 LE), :data:`INFO_REPLY` (in_features u16,
-out_features u16, PEs u8, design id u32, clock Hz u32, all LE) and :data:`ERROR` (one byte, an
-:data:`ERRORS` code). The board answers every request it could frame: a bad CRC, a wrong
+out_features u16, PEs u8, design id u32, clock Hz u32, flags u8, all LE; flags:
+:data:`FLAG_UPLOADED`, :data:`FLAG_LOADED`), :data:`LOADED` (image bytes the board holds,
+u32 LE, then the flags) and :data:`ERROR` (one byte, an :data:`ERRORS` code).
+
+Uploaded weights: a LOAD at offset 0 starts a new image; every other LOAD must continue
+exactly where the last one ended. The bytes are written as they arrive, so any error inside
+a LOAD frame (CRC, timeout, order) spoils the image until a new one starts at offset 0 (a
+chunk that would continue a spoiled image is refused as out of order; a chunk refused for
+its offset or for running past the image's end writes nothing and spoils nothing); the
+board sets :data:`FLAG_LOADED` only when a whole image arrived in order with every frame's
+CRC good, and answers INFER with an error until then. The board answers every request it could frame: a bad CRC, a wrong
 length, an unknown type, a UART framing error or a frame cut short (no byte for
 ``timeout`` while inside a frame: a dropped byte) each produce an :data:`ERROR` frame, never a
 result. After a bad length or type it ignores the line until it has been quiet for the timeout,
@@ -32,9 +43,10 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
-    "SYNC_REQUEST", "SYNC_REPLY", "INFER", "INFO", "RESULT", "INFO_REPLY", "ERROR", "ERRORS",
-    "HEADER_BYTES", "crc16", "encode_frame", "FrameDecoder", "Frame", "info_payload",
-    "parse_info", "result_payload", "parse_result", "design_id", "BoardInfo",
+    "SYNC_REQUEST", "SYNC_REPLY", "INFER", "INFO", "LOAD", "RESULT", "INFO_REPLY", "LOADED",
+    "ERROR", "ERRORS", "FLAG_UPLOADED", "FLAG_LOADED", "HEADER_BYTES", "crc16", "encode_frame",
+    "FrameDecoder", "Frame", "info_payload", "parse_info", "result_payload", "parse_result",
+    "load_payload", "loaded_payload", "parse_loaded", "design_id", "BoardInfo",
 ]
 
 SYNC_REQUEST = 0xA5
@@ -42,9 +54,15 @@ SYNC_REPLY = 0x5A
 
 INFER = 0x01
 INFO = 0x02
+LOAD = 0x03
 RESULT = 0x81
 INFO_REPLY = 0x82
+LOADED = 0x83
 ERROR = 0xEE
+
+#: INFO_REPLY / LOADED flags: the design takes its weights over the link; it holds them.
+FLAG_UPLOADED = 0x01
+FLAG_LOADED = 0x02
 
 #: Error codes in an :data:`ERROR` frame's payload.
 ERRORS = {
@@ -53,12 +71,19 @@ ERRORS = {
     3: "wrong length for this request type",
     4: "unknown request type",
     5: "UART framing error (wrong baud rate or noise)",
+    6: "weights not loaded (upload them first: `python -m compiler run` does)",
+    7: "weight chunk out of order (an image starts at offset 0 and continues where it ended)",
+    8: "weight byte lost (the accelerator was not ready)",
 }
 ERR_CRC, ERR_TIMEOUT, ERR_LENGTH, ERR_TYPE, ERR_FRAMING = 1, 2, 3, 4, 5
+ERR_NOT_LOADED, ERR_ORDER, ERR_OVERRUN = 6, 7, 8
 
 #: sync, type, seq, length (2)
 HEADER_BYTES = 5
-INFO_BYTES = 13
+INFO_BYTES = 14
+LOADED_BYTES = 5
+#: a LOAD's offset field
+LOAD_OFFSET_BYTES = 4
 
 
 def _crc_table():
@@ -155,17 +180,43 @@ class BoardInfo:
     pes: int
     design_id: int
     clock_hz: int
+    flags: int = 0
+
+    @property
+    def uploaded(self) -> bool:
+        return bool(self.flags & FLAG_UPLOADED)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self.flags & FLAG_LOADED)
 
 
 def info_payload(info: BoardInfo) -> bytes:
-    return struct.pack("<HHBII", info.in_features, info.out_features, info.pes,
-                       info.design_id, info.clock_hz)
+    return struct.pack("<HHBIIB", info.in_features, info.out_features, info.pes,
+                       info.design_id, info.clock_hz, info.flags)
 
 
 def parse_info(payload: bytes) -> BoardInfo:
     if len(payload) != INFO_BYTES:
         raise ValueError(f"an INFO reply has {INFO_BYTES} bytes, not {len(payload)}")
-    return BoardInfo(*struct.unpack("<HHBII", payload))
+    return BoardInfo(*struct.unpack("<HHBIIB", payload))
+
+
+def load_payload(offset: int, chunk: bytes) -> bytes:
+    if not chunk:
+        raise ValueError("a LOAD carries at least one byte")
+    return struct.pack("<I", offset) + bytes(chunk)
+
+
+def loaded_payload(count: int, flags: int) -> bytes:
+    return struct.pack("<IB", count, flags)
+
+
+def parse_loaded(payload: bytes) -> tuple[int, int]:
+    """(image bytes the board holds, flags)."""
+    if len(payload) != LOADED_BYTES:
+        raise ValueError(f"a LOADED reply has {LOADED_BYTES} bytes, not {len(payload)}")
+    return struct.unpack("<IB", payload)
 
 
 def result_payload(outputs, cycles: int) -> bytes:

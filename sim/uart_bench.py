@@ -4,7 +4,10 @@ A :class:`UartLinkBench` owns the clock, a cocotbext-uart source on ``rx`` and s
 and speaks :mod:`boards.protocol`. The cases: good frames (outputs bit-exact against the
 reference model), a corrupted CRC, a dropped byte, a wrong length, an unknown type, a UART
 framing error, garbage between frames, and the INFO request. After every fault the next good
-frame must be answered correctly, and no fault may ever produce a RESULT.
+frame must be answered correctly, and no fault may ever produce a RESULT. A design with uploaded
+weights (``image`` in the parameters) gets them first; ``uploaded_weights`` checks the upload
+itself: no result before a whole good image, a spoiled image (corrupted, dropped or
+out-of-order chunk) refused until a new one, then bit-exact results.
 
 ``SPARSEMAC_UART_BENCH`` names an .npz with ``inputs``, ``expected`` (int), ``info`` (the
 BoardInfo fields), ``baud``, ``period_ns`` (the accelerator's clock), ``link_period_ns`` (the
@@ -48,6 +51,7 @@ class UartLinkBench:
         self.source = UartSource(dut.rx, baud=self.baud, bits=8, stop_bits=1)
         self.sink = UartSink(dut.tx, baud=self.baud, bits=8, stop_bits=1)
         self.decoder = proto.FrameDecoder(proto.SYNC_REPLY)
+        self.image = bytes(params["image"].tobytes()) if "image" in params else b""
 
     async def reset(self):
         self.dut.rst.value = 1
@@ -91,6 +95,26 @@ class UartLinkBench:
         """``n`` link timeouts of quiet line: the board drops any half-received frame."""
         await Timer(int(n * self.timeout_cycles * self.period_ns), "ns")
 
+    def load_request(self, offset, chunk, seq) -> bytes:
+        return self.request(proto.LOAD, seq, proto.load_payload(offset, chunk))
+
+    async def load(self, offset, chunk, seq):
+        """One LOAD chunk; returns (bytes held, flags) from the LOADED reply."""
+        await self.send(self.load_request(offset, chunk, seq))
+        frame = await self.reply()
+        assert frame.kind == proto.LOADED, f"expected LOADED, got {frame}"
+        assert frame.seq == seq
+        return proto.parse_loaded(frame.payload)
+
+    async def upload(self, chunk=256, seq=100):
+        """The whole weight image, in order; the board must then say it holds it."""
+        held, flags = 0, 0
+        for n, offset in enumerate(range(0, len(self.image), chunk)):
+            held, flags = await self.load(offset, self.image[offset:offset + chunk],
+                                          (seq + n) % 256)
+            assert held == min(offset + chunk, len(self.image))
+        assert flags == proto.FLAG_UPLOADED | proto.FLAG_LOADED, f"flags {flags:#x} after upload"
+
     async def infer(self, x, seq):
         await self.send(self.infer_request(x, seq))
         frame = await self.reply()
@@ -116,9 +140,11 @@ class UartLinkBench:
         return cycles
 
 
-async def _bench(dut):
+async def _bench(dut, *, upload=True):
     bench = UartLinkBench(dut, _params())
     await bench.reset()
+    if bench.image and upload:
+        await bench.upload()
     return bench
 
 
@@ -207,3 +233,59 @@ async def garbage_between_frames(dut):
     bench = await _bench(dut)
     await bench.send(b"\x00\xff\x13\x37")
     await bench.check_good(2, seq=51)
+
+
+@cocotb.test()
+async def uploaded_weights(dut):
+    """Uploaded weights: refused before, spoiled by any bad chunk, right after a good image."""
+    bench = await _bench(dut, upload=False)
+    assert bench.image, "this bench's design takes its weights in the bitstream"
+    # the fault cases work on the image's first bytes (a full upload takes long to simulate)
+    image, half = bench.image, min(16, len(bench.image) // 2)
+
+    async def flags():
+        await bench.send(bench.request(proto.INFO, 1))
+        frame = await bench.reply()
+        return proto.parse_info(frame.payload).flags
+
+    assert await flags() == proto.FLAG_UPLOADED
+    await bench.send(bench.infer_request(bench.p["inputs"][0], 2))
+    await bench.expect_error(proto.ERR_NOT_LOADED, seq=2)
+    await bench.wait_timeouts(2)
+
+    # a corrupted byte in the middle chunk: an error; the image cannot be continued, and
+    # gives no result
+    await bench.load(0, image[:half], 3)
+    bad = bytearray(bench.load_request(half, image[half:half + 8], 4))
+    bad[proto.HEADER_BYTES + 6] ^= 0x04
+    await bench.send(bytes(bad))
+    await bench.expect_error(proto.ERR_CRC, seq=4)
+    for offset in (half, half + 8):
+        await bench.send(bench.load_request(offset, image[offset:offset + 8], 5))
+        await bench.expect_error(proto.ERR_ORDER, seq=5)
+        await bench.wait_timeouts(2)
+    await bench.send(bench.infer_request(bench.p["inputs"][0], 6))
+    await bench.expect_error(proto.ERR_NOT_LOADED, seq=6)
+    await bench.wait_timeouts(2)
+
+    # a byte dropped inside a chunk: a timeout, and the image stays spoiled
+    await bench.load(0, image[:half], 11)
+    short = bytearray(bench.load_request(half, image[half:half + 12], 12))
+    del short[proto.HEADER_BYTES + 7]
+    await bench.send(bytes(short))
+    await bench.expect_error(proto.ERR_TIMEOUT, seq=12)
+    assert await flags() == proto.FLAG_UPLOADED
+
+    # a good image; then a chunk that does not continue it and one past its end are refused
+    # before they write anything, so the image stays; results bit-exact against the reference
+    await bench.upload()
+    assert await flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
+    await bench.send(bench.load_request(half + 2, image[half + 2:half + 9], 8))
+    await bench.expect_error(proto.ERR_ORDER, seq=8)
+    await bench.wait_timeouts(2)
+    await bench.send(bench.load_request(len(image), b"\x00", 10))
+    await bench.expect_error(proto.ERR_LENGTH, seq=10)
+    await bench.wait_timeouts(2)
+    assert await flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
+    for n in range(len(bench.p["inputs"])):
+        await bench.check_good(n, seq=(60 + n) % 256)
