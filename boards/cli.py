@@ -66,9 +66,11 @@ def cmd_run(args) -> int:
     from compiler.runtime import run
 
     result = run(args.dir, port=args.port, inputs=args.inputs, baud=args.baud,
-                 outputs=args.outputs, retries=args.retries)
+                 outputs=args.outputs, retries=args.retries, reload=args.reload_weights)
     n = len(result.hw)
     info = result.info
+    if result.uploaded_bytes:
+        print(f"weights uploaded: {result.uploaded_bytes} bytes in {result.upload_seconds:.1f} s")
     cycles = float(result.cycles.mean()) if n else 0.0
     print(f"{n} inferences on the board ({info.pes} PEs at {info.clock_hz / 1e6:g} MHz, design "
           f"{info.design_id:08x}): {n - result.mismatches} equal the reference model"
@@ -93,6 +95,9 @@ def add_commands(sub) -> None:
     p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
                                      "cycles)")
     p.add_argument("--retries", type=int, default=3, help="tries after a bad reply (default 3)")
+    p.add_argument("--reload-weights", action="store_true",
+                   help="upload the weights even if the board holds them (designs built with "
+                        "uploaded weights, e.g. iCE40 SPRAM)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("flash", help="program the board with openFPGALoader")

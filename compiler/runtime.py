@@ -6,6 +6,10 @@ cycle counts back (``python -m compiler run DIR --port /dev/ttyUSB1 --inputs X.n
 counts only if its CRC checks, its type is right and its sequence number is the request's;
 anything else is thrown away and the request retried, so a corrupted or lost byte costs time,
 never a wrong answer.
+
+A bitstream built with uploaded weights (iCE40 SPRAM) starts without them: :func:`run` uploads
+the build's weight image (:func:`hw.images.weight_image`) in LOAD chunks when the board says it
+does not hold it, starting over from the first chunk after any error.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class RunResult:
     seconds: float
     outputs_path: Path | None
     info: proto.BoardInfo
+    uploaded_bytes: int = 0   # weight image bytes sent (0: none needed)
+    upload_seconds: float = 0.0
 
 
 class BoardLink:
@@ -72,10 +78,12 @@ class BoardLink:
     def _byte_s(self) -> float:
         return 10.0 / self.baud
 
-    def request(self, kind: int, payload: bytes, expect: int, reply_bytes: int) -> bytes:
-        """Send one request until a good ``expect`` reply with its seq arrives; its payload."""
+    def request(self, kind: int, payload: bytes, expect: int, reply_bytes: int, *,
+                retry: bool = True) -> bytes:
+        """Send one request until a good ``expect`` reply with its seq arrives; its payload.
+        ``retry=False``: one try only."""
         failures = []
-        for attempt in range(self.retries + 1):
+        for attempt in range(self.retries + 1 if retry else 1):
             if attempt:
                 self.retried += 1
                 time.sleep(2 * self.board_timeout_s)      # the board drains after an error
@@ -92,7 +100,7 @@ class BoardLink:
             if isinstance(outcome, bytes):
                 return outcome
             failures.append(outcome)
-        raise LinkError(f"no good reply after {self.retries + 1} tries ({'; '.join(failures)}); "
+        raise LinkError(f"no good reply after {len(failures)} tries ({'; '.join(failures)}); "
                         f"check the port, the baud rate and that the board runs this build "
                         f"(`python -m compiler flash DIR`)")
 
@@ -116,6 +124,39 @@ class BoardLink:
         self.info = proto.parse_info(self.request(proto.INFO, b"", proto.INFO_REPLY,
                                                   proto.INFO_BYTES + 7))
         return self.info
+
+    def upload(self, image: bytes, *, chunk: int = 1024) -> int:
+        """Upload a weight image in LOAD chunks; after any error (a chunk is written as it
+        arrives, so the board cannot take it again) start over from offset 0, up to
+        ``retries`` more times. Returns the bytes sent."""
+        if not image:
+            raise ValueError("an empty weight image")
+        sent, failures = 0, []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried += 1
+                time.sleep(2 * self.board_timeout_s)
+            try:
+                for offset in range(0, len(image), chunk):
+                    part = image[offset:offset + chunk]
+                    held, flags = proto.parse_loaded(self.request(
+                        proto.LOAD, proto.load_payload(offset, part), proto.LOADED,
+                        proto.LOADED_BYTES + 7, retry=False))
+                    sent += len(part)
+                    if held != offset + len(part):
+                        raise LinkError(f"the board holds {held} image bytes, not "
+                                        f"{offset + len(part)}")
+            except (LinkError, ValueError) as e:
+                failures.append(str(e))
+                continue
+            if not flags & proto.FLAG_LOADED:
+                raise LinkError(f"the board took all {len(image)} bytes of the weight image "
+                                f"but does not hold it (flags {flags:#04x}): the bitstream on "
+                                f"it was built from another program; flash this build")
+            if self.info is not None:
+                self.info = proto.BoardInfo(*[*self.info.__dict__.values()][:-1], flags)
+            return sent
+        raise LinkError(f"weight upload failed {len(failures)} times (last: {failures[-1]})")
 
     def infer(self, x) -> tuple[list[int], int]:
         """One inference: int8 inputs -> (int8 outputs, compute cycles)."""
@@ -164,9 +205,11 @@ def _build_folder(out_dir) -> tuple[Path, dict]:
 
 
 def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=None,
-        link: BoardLink | None = None, retries: int = 3) -> RunResult:
+        link: BoardLink | None = None, retries: int = 3, reload: bool = False) -> RunResult:
     """Run ``inputs`` (.npy float [N, in] or an array) on the board behind ``port`` (a device
-    path, or an open serial-like object) and compare every output with the reference model."""
+    path, or an open serial-like object) and compare every output with the reference model.
+    A design with uploaded weights gets them first when it does not hold them (or always,
+    ``reload``)."""
     from . import reference
     from .arrays import load_features
     from .serialize import load_program
@@ -196,6 +239,12 @@ def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=Non
         raise InputError(f"the board runs another design (id {info.design_id:08x}, "
                          f"{info.in_features} -> {info.out_features}); this build is "
                          f"{want:08x}: `python -m compiler flash {out_dir}` first")
+    uploaded, upload_s = 0, 0.0
+    if info.uploaded and (reload or not info.loaded):
+        from hw.images import weight_image
+        t = time.monotonic()
+        uploaded = link.upload(weight_image(program))
+        upload_s = time.monotonic() - t
     hw, cycles = link.infer_many(xq)
     seconds = time.monotonic() - started
     dequantized = reference.dequantize(hw, program.model.output_scale)
@@ -204,4 +253,5 @@ def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=Non
     np.savez(outputs_path, hw=hw, reference=expected, dequantized=dequantized, cycles=cycles)
     return RunResult(hw=hw, reference=expected, dequantized=dequantized, cycles=cycles,
                      mismatches=mismatches, retries=link.retried, seconds=seconds,
-                     outputs_path=outputs_path, info=info)
+                     outputs_path=outputs_path, info=info, uploaded_bytes=uploaded,
+                     upload_seconds=upload_s)

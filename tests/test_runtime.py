@@ -33,10 +33,16 @@ def program(build_dir):
 class FakeBoard:
     """What the gateware does, in Python: parse requests, answer with the reference model.
     ``faults`` is a list consumed one per reply: None (good), "corrupt", "drop", "stale",
-    "error", "truncate"."""
+    "error", "truncate". ``uploaded``: the design takes its weights in LOAD frames, as
+    boards/link.py does (an ERROR to a LOAD spoils the image); ``loaded``: it holds them."""
 
-    def __init__(self, program, faults=(), design_id=None):
+    def __init__(self, program, faults=(), design_id=None, uploaded=False, loaded=False):
+        from hw.images import weight_image
+
         self.program = program
+        self.uploaded, self.loaded, self.spoiled = uploaded, loaded, False
+        self.expected_image = weight_image(program)
+        self.image = bytearray(self.expected_image if loaded else b"")
         self.faults = list(faults)
         self.decoder = proto.FrameDecoder(proto.SYNC_REQUEST)
         self.outbox = bytearray()
@@ -45,12 +51,34 @@ class FakeBoard:
                                     else proto.design_id(program), 60_000_000)
         self.requests = 0
 
+    def flags(self):
+        return (proto.FLAG_UPLOADED if self.uploaded else 0) | \
+            (proto.FLAG_LOADED if self.loaded else 0)
+
+    def _error(self, seq, code):
+        return proto.encode_frame(proto.SYNC_REPLY, proto.ERROR, seq, bytes([code]))
+
     def reply_to(self, frame):
         if frame.kind == proto.INFO:
+            info = proto.BoardInfo(*[*self.info.__dict__.values()][:-1], self.flags())
             return proto.encode_frame(proto.SYNC_REPLY, proto.INFO_REPLY, frame.seq,
-                                      proto.info_payload(self.info))
+                                      proto.info_payload(info))
+        if frame.kind == proto.LOAD:
+            offset = int.from_bytes(frame.payload[:4], "little")
+            if offset == 0:
+                self.image, self.spoiled, self.loaded = bytearray(), False, False
+            elif offset != len(self.image) or self.spoiled:
+                return self._error(frame.seq, proto.ERR_ORDER)
+            self.image += frame.payload[4:]
+            self.loaded = len(self.image) == len(self.expected_image) and not self.spoiled
+            return proto.encode_frame(proto.SYNC_REPLY, proto.LOADED, frame.seq,
+                                      proto.loaded_payload(len(self.image), self.flags()))
+        if self.uploaded and not self.loaded:
+            return self._error(frame.seq, proto.ERR_NOT_LOADED)
         x = np.array([b - 256 if b > 127 else b for b in frame.payload])[None]
         out = reference.run(self.program, x)
+        if self.uploaded and bytes(self.image) != self.expected_image:
+            out.outputs[:] += 1               # wrong weights compute something else
         return proto.encode_frame(proto.SYNC_REPLY, proto.RESULT, frame.seq,
                                   proto.result_payload(out.outputs[0], out.ideal_cycles[0] + 7))
 
@@ -67,8 +95,9 @@ class FakeBoard:
             elif fault == "truncate":
                 reply = reply[:-3]
             elif fault == "error":
-                reply = bytearray(proto.encode_frame(proto.SYNC_REPLY, proto.ERROR, frame.seq,
-                                                     bytes([proto.ERR_CRC])))
+                reply = bytearray(self._error(frame.seq, proto.ERR_CRC))
+                if frame.kind == proto.LOAD:       # the chunk's bytes went in, unchecked
+                    self.spoiled, self.loaded = True, False
             elif fault == "stale":     # a late reply to an earlier request comes first
                 stale = proto.encode_frame(proto.SYNC_REPLY, proto.RESULT, (frame.seq - 1) % 256,
                                            b"\x7f" * (len(reply) - 7))
@@ -163,3 +192,38 @@ def test_cli_run_needs_a_port(build_dir, capsys):
     assert main(["run", str(build_dir), "--port", "/dev/nonexistent-tty",
                  "--inputs", "examples/digits_test_x.npy"]) == 2
     assert "cannot open serial port /dev/nonexistent-tty" in capsys.readouterr().err
+
+
+def test_uploads_the_weights_when_the_board_lacks_them(build_dir, program):
+    from hw.images import weight_image
+
+    board = FakeBoard(program, uploaded=True)
+    result = run(build_dir, inputs=_inputs(3), link=_link(board))
+    assert result.uploaded_bytes == len(weight_image(program)) == len(board.image)
+    assert bytes(board.image) == weight_image(program)
+    assert result.mismatches == 0 and np.array_equal(result.hw, result.reference)
+    # a board that holds them gets none, unless asked
+    board = FakeBoard(program, uploaded=True, loaded=True)
+    assert run(build_dir, inputs=_inputs(1), link=_link(board)).uploaded_bytes == 0
+    result = run(build_dir, inputs=_inputs(1), link=_link(board), reload=True)
+    assert result.uploaded_bytes == len(board.image)
+
+
+@pytest.mark.parametrize("fault", ["error", "corrupt", "drop"])
+def test_a_failed_chunk_restarts_the_upload(build_dir, program, fault):
+    from hw.images import weight_image
+
+    board = FakeBoard(program, uploaded=True, faults=[None, None, fault])
+    link = _link(board)
+    result = run(build_dir, inputs=_inputs(2), link=link)
+    chunks = -(-len(weight_image(program)) // 1024)
+    assert chunks >= 2
+    assert result.retries == 1 and result.mismatches == 0
+    assert result.uploaded_bytes > len(board.image)      # the first chunks went twice
+    assert bytes(board.image) == weight_image(program)
+
+
+def test_upload_gives_up_with_a_clear_error(build_dir, program):
+    board = FakeBoard(program, uploaded=True, faults=[None] + ["error"] * 10)
+    with pytest.raises(LinkError, match="weight upload failed 3 times"):
+        run(build_dir, inputs=_inputs(1), link=_link(board, retries=2))
