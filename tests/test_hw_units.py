@@ -31,6 +31,13 @@ def test_requantizer_matches_the_reference(deep):
     acc[40:200] = rng.integers(-3000, 3000, 160)
     bias[40:200] = rng.integers(-500, 500, 160)
     select[40:200] = 3
+    # saturation edges: multiplier 1, shift 1, so the pre-rounding value is acc + bias itself
+    edges = np.array([-2**19, -1025, -1024, -513, -512, -511, -259, -258, -257, -256, -255,
+                      -3, -2, -1, 0, 1, 253, 254, 255, 256, 257, 510, 511, 512, 513, 1023, 1024,
+                      2**19 - 1])
+    for k, rl in enumerate((0, 1)):
+        at = slice(200 + k * len(edges), 200 + (k + 1) * len(edges))
+        acc[at], bias[at], mult[at], select[at], relu[at] = edges, 0, 1, 0, rl
     shift = np.array(shifts)[select]
     want = np.where(relu == 1, reference.requantize(acc + bias, mult, shift, True),
                     reference.requantize(acc + bias, mult, shift, False))
