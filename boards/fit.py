@@ -2,8 +2,11 @@
 board, made in well under a second before any synthesis runs.
 
 Memories are read from the elaborated accelerator (Amaranth's simulator-free elaboration,
-a fraction of a second), then mapped the way Yosys maps them on each family: block RAM in whole blocks of the best aspect
-ratio, small or asynchronous-read memories in LUT RAM (ECP5, 7-series) or flip-flops (iCE40).
+a fraction of a second), then mapped the way Yosys maps them on each family: block RAM in whole
+blocks of the best aspect ratio, small or asynchronous-read memories in LUT RAM (ECP5,
+7-series) or flip-flops (iCE40), and on iCE40 UltraPlus the weight memories of a design with
+uploaded weights in SPRAM (16384 x 16 bits a block). Where the user left the weights' home
+open, a board with SPRAM gets uploaded weights when the bitstream's block RAM cannot hold them.
 Multipliers are split into DSP tiles as Yosys's ``mul2dsp`` splits them. LUTs and flip-flops
 come from a linear model whose coefficients were fitted to real ``yosys synth_*`` runs of the
 board top (``benchmarks/board_builds.py`` prints the measurements; ``docs/benchmarks.md``, section 4).
@@ -50,6 +53,9 @@ class FitEstimate:
     ffs: int
     ffs_available: int
     logic_memory_bits: int       # bits in LUT RAM / flip-flops
+    weights: str = "bitstream"   # where the weights live (hw.options.WEIGHT_STORES)
+    spram_blocks: int = 0
+    spram_blocks_available: int = 0
     problems: list = field(default_factory=list)
 
     @property
@@ -60,7 +66,10 @@ class FitEstimate:
         return {
             "source": "estimate before synthesis (boards/fit.py)",
             "pes": self.pes,
+            "weights": self.weights,
             "bram_blocks": {"used": self.bram_blocks, "available": self.bram_blocks_available},
+            "spram_blocks": {"used": self.spram_blocks,
+                             "available": self.spram_blocks_available},
             "dsps": {"used": self.dsps, "available": self.dsps_available},
             "luts": {"used": self.luts, "available": self.luts_available},
             "ffs": {"used": self.ffs, "available": self.ffs_available},
@@ -192,17 +201,52 @@ def _split(width: int, maximum: int, minimum: int) -> list:
     return parts or [width]
 
 
+#: one iCE40 UltraPlus SPRAM: 16384 words of 16 bits
+_SPRAM_DEPTH, _SPRAM_WIDTH = 16384, 16
+_SPRAM_BITS = _SPRAM_DEPTH * _SPRAM_WIDTH
+
+
+def _spram_blocks(spec: MemorySpec) -> int:
+    return (math.ceil(spec.width / _SPRAM_WIDTH) * math.ceil(spec.depth / _SPRAM_DEPTH)
+            * spec.count)
+
+
 def estimate(program, board, *, choices=None, link: bool = True) -> FitEstimate:
-    """Resources of the board top for ``program`` on ``board`` (before synthesis)."""
+    """Resources of the board top for ``program`` on ``board`` (before synthesis). With the
+    weights' home left open (``choices.weights`` None) on a board with SPRAM: uploaded
+    weights when the bitstream's block RAM would not hold them and SPRAM does."""
+    from dataclasses import replace
+
+    from hw.options import Choices
+
+    choices = choices or Choices()
+    if choices.weights is not None or not board.spram_bits:
+        return _estimate(program, board, replace(choices, weights=choices.weights
+                                                  or "bitstream"), link)
+    in_bitstream = _estimate(program, board, replace(choices, weights="bitstream"), link)
+    if in_bitstream.bram_blocks <= in_bitstream.bram_blocks_available:
+        return in_bitstream
+    uploaded = _estimate(program, board, replace(choices, weights="uploaded"), link)
+    if uploaded.fits:
+        return uploaded
+    in_bitstream.problems.append(f"with the weights uploaded into SPRAM instead: "
+                                 f"{', '.join(uploaded.problems)}")
+    return in_bitstream
+
+
+def _estimate(program, board, choices, link) -> FitEstimate:
     from hw.images import geometry
 
     family = board.family
     geo = geometry(program, options_for(program, board.family, choices))
     P = geo.pes
     mems = design_memories(program, choices=choices, link=link, family=board.family)
-    bram_blocks = bram_bits = logic_bits = queue_bits = 0
+    bram_blocks = bram_bits = logic_bits = queue_bits = spram_blocks = 0
+    to_spram = geo.weights == "uploaded" and family == "ice40" and board.spram_bits > 0
     for spec in mems:
-        if _in_logic(spec, family):
+        if to_spram and spec.name.endswith("uploaded_entries"):
+            spram_blocks += _spram_blocks(spec)      # `ram_style = "huge"` (hw/lane.py)
+        elif _in_logic(spec, family):
             if spec.async_read:                         # the PE-to-PE job queues
                 queue_bits += spec.bits
             else:
@@ -230,12 +274,18 @@ def estimate(program, board, *, choices=None, link: bool = True) -> FitEstimate:
                       bram_blocks_available=available_blocks, bram_bits=bram_bits,
                       dsps=dsps, dsps_available=board.dsps, luts=luts,
                       luts_available=board.luts, ffs=ffs, ffs_available=board.ffs,
-                      logic_memory_bits=logic_bits + queue_bits)
+                      logic_memory_bits=logic_bits + queue_bits, weights=geo.weights,
+                      spram_blocks=spram_blocks,
+                      spram_blocks_available=board.spram_bits // _SPRAM_BITS)
     unit = {"ice40": "4 kbit EBR", "ecp5": "18 kbit DP16KD", "xc7": "36 kbit RAMB36"}[family]
     if bram_blocks > available_blocks:
         est.problems.append(
             f"block RAM: {bram_blocks} x {unit} needed ({bram_bits} bits of memory images, "
             f"queues and buffers), {available_blocks} available")
+    if spram_blocks > est.spram_blocks_available:
+        est.problems.append(
+            f"SPRAM: {spram_blocks} x 256 kbit needed (each PE's weights take whole blocks), "
+            f"{est.spram_blocks_available} available")
     if dsps > board.dsps and board.dsps:
         est.problems.append(f"DSPs: {dsps} needed ({per_pe} per PE), {board.dsps} "
                             f"available")
@@ -270,14 +320,27 @@ def _dsps(program, board) -> tuple[int, int]:
 def largest_fitting_pes(compile_for, board, *, candidates=(32, 16, 8, 4, 2, 1),
                         choices=None):
     """The largest P in ``candidates`` whose program (``compile_for(P)``) fits ``board``, and
-    its estimate; ``(None, None)`` when none does."""
-    for pes in sorted(candidates, reverse=True):
-        program = compile_for(pes)
-        if _dsps(program, board)[1] > board.dsps > 0:
-            continue        # no need to elaborate the design to know
-        est = estimate(program, board, choices=choices)
-        if est.fits:
-            return pes, est
+    its estimate; ``(None, None)`` when none does. With the weights' home left open, weights
+    in the bitstream first (no upload at run time), uploaded ones only if no P fits so."""
+    from dataclasses import replace
+
+    from hw.options import Choices
+
+    choices = choices or Choices()
+    tries = [choices]
+    if choices.weights is None:
+        tries = [replace(choices, weights="bitstream")]
+        if board.spram_bits:
+            tries.append(choices)
+    programs = {}
+    for attempt in tries:
+        for pes in sorted(candidates, reverse=True):
+            program = programs.setdefault(pes, compile_for(pes))
+            if _dsps(program, board)[1] > board.dsps > 0:
+                continue        # no need to elaborate the design to know
+            est = estimate(program, board, choices=attempt)
+            if est.fits:
+                return pes, est
     return None, None
 
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compiler.errors import FitError, ToolError
+from hw.options import options_for
 
 from .toolchain import find_tool, flow_environment, which
 from .top import DEFAULT_BAUD, BoardTop
@@ -153,17 +154,25 @@ def _prepare(board, program, *, baud: int, choices, overrides: dict, toolchain_e
     return top, plan
 
 
-def synth_options(board) -> str:
+def synth_options(board, options=None) -> str:
     """Options for ``synth_<family>``. iCE40: SB_MAC16 multipliers (about 2x the Fmax of
     LUTs); ABC's delay model of the actual device family (Yosys assumes HX; the UltraPlus is
     slower, and LUT mapping trades differently); and flip-flops passed through ABC (``-dff``),
     which maps across them. On the iCEBreaker's example build the last two took Fmax from
-    49-55 to 55-59 MHz over nextpnr seeds 1-3 (docs/benchmarks.md)."""
+    49-55 to 55-59 MHz over nextpnr seeds 1-3 (docs/benchmarks.md). Uploaded weights: SPRAM
+    (``-spram``)."""
     if board.family != "ice40":
         return ""
     device = board.device.upper()
     speed = "u" if device.startswith("ICE40UP") else "lp" if device.startswith("ICE40LP") else "hx"
-    return f"-dsp -device {speed} -dff"
+    spram = " -spram" if options is not None and options.weights == "uploaded" else ""
+    return f"-dsp -device {speed} -dff{spram}"
+
+
+#: Yosys commands after reading the design, for uploaded weights: Amaranth gives every memory
+#: an initial image (all zeros for these), and SPRAM, which has none, is only inferred for
+#: memories without one.
+DROP_UPLOADED_INIT = "delete r:MEMID=*uploaded_entries* t:$meminit_v2 %i"
 
 
 def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
@@ -182,9 +191,12 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
     overrides = {
         "nextpnr_opts": f"--report {NAME}.report.json --timing-allow-fail --seed {seed}",
     }
-    synth_opts = synth_options(board)
+    options = options_for(program, family, choices)
+    synth_opts = synth_options(board, options)
     if synth_opts:
         overrides["synth_opts"] = synth_opts
+    if options.weights == "uploaded":
+        overrides["script_after_read"] = DROP_UPLOADED_INIT
     started = time.perf_counter()
     top, plan = _prepare(board, program, baud=baud, choices=choices,
                          overrides=overrides, toolchain_env=env)
@@ -209,6 +221,8 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
         "nextpnr_report": str(gateware / f"{NAME}.report.json"),
         "seconds": round(elapsed, 1),
         "design_id": f"{top.linked.info.design_id:08x}",
+        "weights": options.weights,
+        "weight_image_bytes": top.linked.weight_bytes,
     })
     return results
 

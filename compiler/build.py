@@ -63,6 +63,7 @@ class BuildConfig:
     dense: bool = False                  # store every weight, skip nothing (baseline)
     memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
     pipeline: str | None = None          # "short" / "deep"; None: by board
+    weights: str | None = None           # "bitstream" / "uploaded"; None: by the fit check
     # boards (boards/): the clock target (None: the board's), UART rate, timing policy
     clock_mhz: float | None = None
     baud: int = 115200
@@ -90,13 +91,18 @@ class BuildConfig:
         if self.pipeline not in (None, *PIPELINES):
             raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, not "
                              f"{self.pipeline!r}")
+        from hw.options import WEIGHT_STORES
+        if self.weights not in (None, *WEIGHT_STORES):
+            raise InputError(f"--weights must be one of {', '.join(WEIGHT_STORES)}, not "
+                             f"{self.weights!r}")
         get_board(self.board)
         return self
 
     @property
     def choices(self):
         from hw.options import Choices
-        return Choices(queue_depth=self.queue_depth, memory=self.memory, pipeline=self.pipeline)
+        return Choices(queue_depth=self.queue_depth, memory=self.memory, pipeline=self.pipeline,
+                       weights=self.weights)
 
     @property
     def out_dir(self) -> Path:
@@ -204,10 +210,12 @@ def step_fit(s: BuildState):
         if pes is None:
             check_fit(compile_for(1), s.board, choices=s.config.choices)
         s.config.pes = pes
-        (s.out_dir / "build_config.json").write_text(s.config.to_json())
     else:
         est = check_fit(compile_for(s.config.pes), s.board, choices=s.config.choices,
                         compile_for=compile_for)
+    # the weights' home, when left open, is the fit check's answer (SPRAM: uploaded)
+    s.config.weights = est.weights
+    (s.out_dir / "build_config.json").write_text(s.config.to_json())
     s.board_results["fit"] = est.as_dict()
 
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from hw.options import MEMORY_STYLES, PIPELINES
+from hw.options import MEMORY_STYLES, PIPELINES, WEIGHT_STORES
 
 from .argtypes import whole_number
 from .errors import InputError, SparsemacError
@@ -48,7 +48,7 @@ def cmd_build(args) -> int:
                          queue_depth=args.queue_depth, dense=args.dense,
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
-                         memory=args.memory, pipeline=args.pipeline,
+                         memory=args.memory, pipeline=args.pipeline, weights=args.weights,
                          bitstream=not args.no_bitstream)
     console = _console()
     with console.status("building") as status:
@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="memory style (default: by board; see hw/options.py)")
     p.add_argument("--pipeline", choices=PIPELINES,
                    help="pipeline depth (default: deep on iCE40, short elsewhere)")
+    p.add_argument("--weights", choices=WEIGHT_STORES,
+                   help="bitstream: weights in the bitstream's memories; uploaded: empty "
+                        "memories (iCE40: SPRAM) that `run` fills over the UART (default: "
+                        "bitstream, uploaded when only that fits)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="fit check and Verilog only; skip synthesis and place and route")
     p.set_defaults(func=cmd_build)

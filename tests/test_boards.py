@@ -103,8 +103,12 @@ def test_fit_numbers(digits):
     ice = get_board("icebreaker")
     # the iCE40 default (deep pipeline) keeps its job FIFOs in EBRs: P = 2 needs 35 of 30
     # (measured: nextpnr "ICESTORM_RAM: 35/30"); the short pipeline's FIFOs live in logic
-    est = estimate(digits(2), ice)
+    est = estimate(digits(2), ice, choices=Choices(weights="bitstream"))
     assert not est.fits and "block RAM" in est.problems[0] and est.bram_blocks > 30
+    # left open, the weights move to SPRAM (one 256 kbit block per PE), freeing EBRs
+    est = estimate(digits(2), ice)
+    assert est.weights == "uploaded" and est.spram_blocks == 2 and est.bram_blocks <= 30
+    assert estimate(digits(1), ice).weights == "bitstream"    # fits EBR: no upload needed
     est = estimate(digits(2), ice, choices=Choices(pipeline="short"))
     assert est.fits, est.problems
     assert est.dsps == 6 and est.bram_blocks <= 30          # measured: 6 DSP, 27 EBR
@@ -116,13 +120,9 @@ def test_fit_numbers(digits):
     assert estimate(digits(8), get_board("ulx3s")).fits
 
 
-def test_too_large_model_fails_fit_in_seconds(tmp_path):
-    """LeNet-300-100 at 92 % sparsity has ~21k nonzero weights: no P fits an iCE40UP5K."""
-    import time
-
+def _lenet(tmp_path, sparsity):
+    """A LeNet-300-100-shaped model pruned to ``sparsity``, and calibration data."""
     import torch
-
-    from compiler.build import BuildConfig, build
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(784, 300), torch.nn.ReLU(),
@@ -131,17 +131,51 @@ def test_too_large_model_fails_fit_in_seconds(tmp_path):
     with torch.no_grad():
         for layer in model[::2]:
             w = layer.weight
-            w.mul_((w.abs() > w.abs().flatten().kthvalue(int(0.92 * w.numel())).values).float())
+            cut = w.abs().flatten().kthvalue(int(sparsity * w.numel())).values
+            w.mul_((w.abs() > cut).float())
     torch.save(model, tmp_path / "lenet.pt")
     np.save(tmp_path / "cal.npy", np.random.default_rng(0).random((64, 784), dtype=np.float32))
+    return str(tmp_path / "lenet.pt"), str(tmp_path / "cal.npy")
+
+
+def test_too_large_model_fails_fit_in_seconds(tmp_path):
+    """LeNet-300-100 at 50 % sparsity has ~133k nonzero weights: more than the iCE40UP5K's
+    block RAM and SPRAM together hold, at any P."""
+    import time
+
+    from compiler.build import BuildConfig, build
+
+    model, cal = _lenet(tmp_path, 0.5)
     started = time.perf_counter()
     with pytest.raises(FitError) as e:
-        build(BuildConfig(model=str(tmp_path / "lenet.pt"), board="icebreaker", pes=1,
-                          calibration=str(tmp_path / "cal.npy"), out=str(tmp_path / "out")))
+        build(BuildConfig(model=model, board="icebreaker", pes=1, calibration=cal,
+                          out=str(tmp_path / "out")))
     assert time.perf_counter() - started < 60
     msg = str(e.value)
-    assert "block RAM:" in msg and "30 available" in msg and "sparse" in msg
+    assert "SPRAM: 9 x 256 kbit needed" in msg and "4 available" in msg and "sparse" in msg
     assert "bigger board" in msg
+    with pytest.raises(FitError, match=r"block RAM: \d+ x 4 kbit EBR needed .* 30 available"):
+        build(BuildConfig(model=model, board="icebreaker", pes=1, calibration=cal,
+                          weights="bitstream", out=str(tmp_path / "out")))
+
+
+def test_lenet_fits_the_icebreaker_with_weights_in_spram(tmp_path):
+    """At 92 % sparsity (~21k nonzero weights) LeNet-300-100's weights outgrow the 30 EBRs but
+    fit two SPRAMs: the fit check picks uploaded weights; the bitstream option is refused."""
+    from compiler.build import BuildConfig, build
+
+    model, cal = _lenet(tmp_path, 0.92)
+    result = build(BuildConfig(model=model, board="icebreaker", pes=1, calibration=cal,
+                               bitstream=False, out=str(tmp_path / "out")))
+    fit = result.report["fit"]
+    assert fit["weights"] == "uploaded" and fit["spram_blocks"]["used"] == 2
+    assert fit["bram_blocks"]["used"] <= 30
+    config = json.loads((tmp_path / "out" / "build_config.json").read_text())
+    assert config["weights"] == "uploaded"
+    assert "uploaded_entries" in (tmp_path / "out" / "sparsemac_top.v").read_text()
+    with pytest.raises(FitError, match="block RAM"):
+        build(BuildConfig(model=model, board="icebreaker", pes=1, calibration=cal,
+                          weights="bitstream", bitstream=False, out=str(tmp_path / "o2")))
 
 
 def test_nextpnr_report_and_timing_verdict(tmp_path):

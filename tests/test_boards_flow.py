@@ -36,6 +36,26 @@ def test_example_bitstream(board, target, suffix, tmp_path):
 
 
 @pytest.mark.slow
+def test_icebreaker_uploaded_weights_live_in_spram(tmp_path):
+    """--weights uploaded: the weight memory becomes an SB_SPRAM256KA (no initial image), the
+    report says how many bytes the host must upload, and EBRs are freed for the rest."""
+    from compiler.serialize import load_program
+    from hw.images import weight_image
+
+    out = tmp_path / "spram"
+    args = ["build", EXAMPLE, "--board", "icebreaker", "--pes", "1", "--weights", "uploaded",
+            "--allow-timing-failure", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["resources"]["ICESTORM_SPRAM"]["used"] == 1
+    flow = report["board_flow"]
+    assert flow["weights"] == "uploaded" and "-spram" in flow["flow"]
+    assert flow["weight_image_bytes"] == len(weight_image(load_program(out / "program.npz")))
+    assert report["fit"]["spram_blocks"]["used"] == 1
+    print(f"iCEBreaker, uploaded weights in SPRAM: {report['fmax_mhz']} MHz")
+
+
+@pytest.mark.slow
 def test_arty_plans_and_estimate(tmp_path):
     out = tmp_path / "arty"
     assert main(["build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", str(out)]) == 0
