@@ -75,9 +75,13 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
 
     work = out_dir / f"sim_{simulator}"
     outputs_path = Path(outputs) if outputs else work / "outputs.npz"
+    image = None
+    if json.loads((out_dir / "build_config.json").read_text()).get("weights") == "uploaded":
+        from hw.images import weight_image
+        image = weight_image(program)
     try:
         hw, cycles = run_rtl(out_dir / "sparsemac_top.v", xq, expected.outputs,
-                             simulator=simulator, work_dir=work, waves=waves)
+                             simulator=simulator, work_dir=work, waves=waves, image=image)
         failure = None
     except RTLMismatch as e:
         hw, cycles, failure = e.hw, e.cycles, e
@@ -103,10 +107,11 @@ class RTLMismatch(SparsemacError):
 
 
 def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, work_dir,
-            waves: bool = False) -> tuple[np.ndarray, np.ndarray]:
+            waves: bool = False, image: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stream integer inputs ``xq`` [N, in] through ``verilog`` in cocotb and return the RTL's
     ``(outputs [N, out], cycles [N])``. Raises :class:`RTLMismatch` unless the outputs equal
-    ``expected`` exactly (checked in the bench and again here)."""
+    ``expected`` exactly (checked in the bench and again here). A design built with uploaded
+    weights gets ``image`` (:func:`hw.images.weight_image`) on its weights stream first."""
     from hw.verilog import TOPLEVEL
     from sim.runner import SimulationFailed, run_cocotb
 
@@ -115,8 +120,9 @@ def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, wo
     bench = work / "bench.npz"
     results = work / "results.npz"
     results.unlink(missing_ok=True)
+    extra = {"image": np.frombuffer(image, np.uint8)} if image else {}
     np.savez(bench, inputs=np.asarray(xq, dtype=np.int64),
-             expected=np.asarray(expected, dtype=np.int64))
+             expected=np.asarray(expected, dtype=np.int64), **extra)
     failure = None
     try:
         run_cocotb(verilog=Path(verilog), toplevel=TOPLEVEL, simulator=simulator,

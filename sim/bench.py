@@ -1,7 +1,8 @@
 """cocotb bench for a generated accelerator (``sparsemac_top``).
 
 Driven by :func:`compiler.simulate.simulate` through :mod:`sim.runner`: the inputs and the
-reference model's expected outputs arrive in the ``.npz`` named by ``SPARSEMAC_BENCH``; every
+reference model's expected outputs (and, for a design with uploaded weights, the weight
+``image``) arrive in the ``.npz`` named by ``SPARSEMAC_BENCH``; every
 inference is streamed in, its outputs streamed out and compared with ``np.array_equal``; what
 the RTL produced (and its cycle counts) goes to ``SPARSEMAC_RESULTS``.
 """
@@ -31,6 +32,8 @@ class AcceleratorBench:
         dut.input__valid.value = 0
         dut.input__payload.value = 0
         dut.output__ready.value = 0
+        if hasattr(dut, "weights__valid"):
+            dut.weights__valid.value = 0
         await ClockCycles(self.clk, 3)
         dut.rst.value = 0
         await RisingEdge(self.clk)
@@ -73,6 +76,20 @@ class AcceleratorBench:
         dut.output__ready.value = 0
         return values
 
+    async def upload(self, image: bytes):
+        """The weight image on the ``weights`` stream (data in bits 0-7, ``first`` in bit 8)."""
+        dut = self.dut
+        for n, byte in enumerate(image):
+            dut.weights__payload.value = int(byte) | (256 if n == 0 else 0)
+            dut.weights__valid.value = 1
+            while True:
+                await ReadOnly()
+                accepted = bool(dut.weights__ready.value)
+                await RisingEdge(self.clk)
+                if accepted:
+                    break
+        dut.weights__valid.value = 0
+
     async def infer(self, x, out_features):
         await self.stream_put(x)
         outputs = await self.stream_get(out_features)
@@ -84,8 +101,11 @@ async def run_inferences(dut):
     """Every input through the RTL, bit-exact against the reference model."""
     with np.load(os.environ["SPARSEMAC_BENCH"], allow_pickle=False) as f:
         inputs, expected = f["inputs"], f["expected"]
+        image = bytes(f["image"].tobytes()) if "image" in f.files else b""
     bench = AcceleratorBench(dut)
     await bench.reset()
+    if image:
+        await bench.upload(image)
     hw = np.zeros_like(expected)
     cycles = np.zeros(len(inputs), dtype=np.int64)
     first_mismatch = None

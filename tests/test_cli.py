@@ -64,6 +64,24 @@ def test_build_and_simulate_the_example(tmp_path, simulator):
     assert report["cycles"]["measured"] > report["cycles"]["simulation"]["ideal_mean"]
 
 
+@pytest.mark.slow
+def test_simulate_a_build_with_uploaded_weights(tmp_path):
+    """`simulate` on a build whose weights are uploaded (iCE40 SPRAM) streams the weight image
+    in first, as the board's runtime does over the UART."""
+    out = tmp_path / "build"
+    result = cli("build", EXAMPLE, "--board", "icebreaker", "--pes", "1", "--weights",
+                 "uploaded", "--out", out, "--no-bitstream")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "build_config.json").read_text())["weights"] == "uploaded"
+    assert "uploaded_entries" in (out / "sparsemac_top.v").read_text()
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, np.load(ROOT / "examples" / "digits_test_x.npy")[:4])
+    result = cli("simulate", out, "--inputs", inputs, "--outputs", tmp_path / "o.npz")
+    assert result.returncode == 0, result.stderr
+    with np.load(tmp_path / "o.npz") as f:
+        assert np.array_equal(f["hw"], f["reference"]) and f["hw"].shape == (4, 10)
+
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

@@ -14,6 +14,7 @@ from compiler import reference
 from compiler.build import compile_model
 from compiler.frontend import to_ir
 from compiler.simulate import run_rtl
+from hw.images import weight_image
 from hw.options import HardwareOptions
 from hw.verilog import generate_verilog
 
@@ -35,6 +36,9 @@ CASES = {
     # the iCE40 style: block RAM, prefetch queues, registered control (hw/options.py)
     "deep-pipeline-p1": ([32, 24, 10], 0.8, 1, {}, {"pipeline": "deep"}),
     "deep-pipeline-p3": ([20, 16, 12, 5], 0.5, 3, {}, {"pipeline": "deep"}),
+    # weights uploaded over the weights stream first (iCE40 SPRAM), three-byte entries
+    "uploaded-weights-p2": ([24, 16, 6], 0.6, 2, {},
+                            {"pipeline": "deep", "weights": "uploaded", "index_bits": 12}),
 }
 
 
@@ -63,13 +67,15 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
             dataclasses.replace(layer, relu=False) for layer in model.layers))
     options = HardwareOptions(queue_depth=compile_args.pop("queue_depth", None),
                               memory=compile_args.pop("memory", "block"),
-                              pipeline=compile_args.pop("pipeline", "short"))
+                              pipeline=compile_args.pop("pipeline", "short"),
+                              weights=compile_args.pop("weights", "bitstream"))
     program = compile_model(model, calibration(shapes[0], seed=3), pes, **compile_args)
     verilog = generate_verilog(program, tmp_path / "top.v", options)
     x = adversarial_inputs(shapes[0], 6, seed=len(case))
     expected = reference.run(program, x)
+    image = weight_image(program) if options.weights == "uploaded" else None
     hw, cycles = run_rtl(verilog, x, expected.outputs, simulator=simulator,
-                         work_dir=tmp_path / simulator)
+                         work_dir=tmp_path / simulator, image=image)
     assert np.array_equal(hw, expected.outputs)
     assert (cycles >= expected.ideal_cycles).all()
     # the adversarial vectors must drive some layer into saturation
