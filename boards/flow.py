@@ -202,7 +202,25 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
                          overrides=overrides, toolchain_env=env)
     plan.extract(gateware)
     log = gateware / "flow.log"
-    _run(["sh", f"build_{NAME}.sh"], gateware, env, log)
+    note = None
+    try:
+        _run(["sh", f"build_{NAME}.sh"], gateware, env, log)
+    except ToolError:
+        # ABC's recursion through flip-flops (`-dff`) can overflow the WebAssembly Yosys's
+        # fixed call stack on some netlists (LeNet-300-100 on the iCEBreaker): the same
+        # synthesis without it, rather than no bitstream
+        if " -dff" not in synth_opts or "call stack exhausted" not in log.read_text(
+                errors="replace"):
+            raise
+        synth_opts = synth_opts.replace(" -dff", "")
+        overrides["synth_opts"] = synth_opts
+        shutil.rmtree(gateware)
+        top, plan = _prepare(board, program, baud=baud, choices=choices,
+                             overrides=overrides, toolchain_env=env)
+        plan.extract(gateware)
+        note = ("yosys synth_ice40 -dff overflowed the WebAssembly call stack in ABC; "
+                "synthesised again without -dff")
+        _run(["sh", f"build_{NAME}.sh"], gateware, env, log)
     elapsed = time.perf_counter() - started
     results = parse_nextpnr_report(gateware / f"{NAME}.report.json", family, board.clock_mhz)
     suffix = ".bin" if family == "ice40" else ".bit"
@@ -222,6 +240,7 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
         "seconds": round(elapsed, 1),
         "design_id": f"{top.linked.info.design_id:08x}",
         "weights": options.weights,
+        "note": note,
         "weight_image_bytes": top.linked.weight_bytes,
     })
     return results

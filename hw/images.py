@@ -114,8 +114,12 @@ def entry_layout(geo: Geometry) -> data.StructLayout:
 
 
 def pointer_layout(geo: Geometry) -> data.StructLayout:
+    """A column's entries in one PE: where they start, how many; and whether that is one or two
+    (stored, so that no comparison follows the block RAM's output: on iCE40 a deep pointer
+    memory is several EBRs behind a multiplexer already)."""
     return data.StructLayout({"start": unsigned(geo.start_bits),
-                              "count": unsigned(geo.count_bits)})
+                              "count": unsigned(geo.count_bits),
+                              "single": unsigned(1), "double": unsigned(1)})
 
 
 def row_layout(geo: Geometry) -> data.StructLayout:
@@ -159,7 +163,8 @@ def weight_image(program: SparseProgram, geo: Geometry | None = None) -> bytes:
 def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
     img = program.lanes[lane]
     layout = pointer_layout(geo)
-    return [layout.const({"start": int(s), "count": int(c)}).as_value().value
+    return [layout.const({"start": int(s), "count": int(c), "single": int(c) == 1,
+                          "double": int(c) == 2}).as_value().value
             for s, c in zip(img.ptr_start, img.ptr_count)]
 
 
@@ -189,7 +194,7 @@ def memory_bits(geo: Geometry) -> dict:
     job_bits = job_layout(geo).size
     return {
         "weights": sum(geo.entry_depth) * (8 + geo.index_bits),
-        "pointers": geo.pes * geo.ptr_depth * (geo.start_bits + geo.count_bits),
+        "pointers": geo.pes * geo.ptr_depth * pointer_layout(geo).size,
         "row_parameters": geo.pes * sum(geo.row_slots) * row_layout(geo).size,
         "accumulators": geo.pes * 2 * geo.max_row_slots * geo.acc_width,
         "job_queues": geo.pes * geo.pes * geo.queue_depth * job_bits,

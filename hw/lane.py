@@ -266,9 +266,8 @@ class SparsePE(wiring.Component):
         # in it (the block RAM read `a`, the grant), with room for one more.
         slots = 4 if deep else 3
         a_valid, a_value, a_bank = Signal(), Signal(signed(8)), Signal()
-        # `single`/`double`: the column has one / two entries here (decoded on arrival)
-        job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1,
-                                       "single": 1, "double": 1})
+        # `ptr.single`/`ptr.double`: the column has one / two entries here (stored flags)
+        job_shape = data.StructLayout({"ptr": play, "value": signed(8), "bank": 1})
         s_valid = [Signal(name=f"s{i}_valid") for i in range(slots)]
         s_job = [Signal(job_shape, name=f"s{i}_job") for i in range(slots)]
         b_valid, b_ptr = s_valid[0], s_job[0].ptr
@@ -322,8 +321,6 @@ class SparsePE(wiring.Component):
         else:
             m.d.comb += [arrives.eq(pop), arriving.ptr.eq(ptr_rp.data),
                          arriving.value.eq(job.value), arriving.bank.eq(parity)]
-        m.d.comb += [arriving.single.eq(arriving.ptr.count == 1),
-                     arriving.double.eq(arriving.ptr.count == 2)]
         # shift down when the head is taken; an arriving job lands in the first free slot
         shift_in(m, take, arrives, arriving, s_valid, s_job)
 
@@ -348,8 +345,8 @@ class SparsePE(wiring.Component):
             m.d.sync += [
                 walk_addr.eq(b_ptr.start + 1),
                 walk_left.eq(b_ptr.count - 1),
-                walker_free.eq(s_job[0].single),
-                walk_one.eq(s_job[0].double),
+                walker_free.eq(b_ptr.single),
+                walk_one.eq(b_ptr.double),
                 walk_value.eq(b_value),
                 walk_bank.eq(b_bank),
             ]

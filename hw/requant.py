@@ -18,8 +18,9 @@ __all__ = ["Requantizer"]
 
 
 class Requantizer(wiring.Component):
-    """Three-stage requantization pipeline with a pass-through tag. It never stalls: every
-    cycle it takes a value if one is offered and delivers one three cycles later.
+    """Three-stage requantization pipeline (six when ``deep``) with a pass-through tag. It never
+    stalls: every cycle it takes a value if one is offered and delivers one ``latency`` cycles
+    later.
 
     Parameters
     ----------
@@ -32,9 +33,9 @@ class Requantizer(wiring.Component):
     tag_shape : ShapeLike
         Shape of a payload carried alongside, unchanged (row number, fan-out mask ...).
     deep : bool
-        Five stages instead of three, for slow fabric: the product in two halves, each
+        Six stages instead of three, for slow fabric: the product in two halves, each
         registered, summed a stage later; the shifted product registered before rounding and
-        saturation.
+        saturation; the saturation flags registered before the choice.
 
     Members
     -------
@@ -58,7 +59,7 @@ class Requantizer(wiring.Component):
             raise ValueError(f"shifts must be integers in 1..{SHIFT_MAX}, not {shifts!r}")
         self.acc_width, self.bias_width, self.shifts = acc_width, bias_width, shifts
         self.deep = deep
-        self.latency = 5 if deep else 3
+        self.latency = 6 if deep else 3
         self.product_width = bias_width + MULTIPLIER_BITS + 1
         in_layout = data.StructLayout({
             "acc": signed(acc_width),
@@ -130,9 +131,15 @@ class Requantizer(wiring.Component):
         else:
             above = halved >= 2 * ACT_MAX + 1
             below = Mux(relu, halved <= -2, halved <= 2 * ACT_MIN - 2)
-        low = Mux(relu, 0, ACT_MIN)
         small = Signal(signed(10))
         m.d.comb += small.eq((halved.as_signed()[:10].as_signed() + 1) >> 1)
+        if self.deep:
+            # deep: the saturation flags into registers, the choice a stage later
+            s4 = register(valid=last["valid"], above=above, below=below, small=small,
+                          relu=relu, tag=last["tag"])
+            above, below, small, relu, last = (s4["above"], s4["below"], s4["small"],
+                                               s4["relu"], s4)
+        low = Mux(relu, 0, ACT_MIN)
         out = register(valid=last["valid"],
                        value=Mux(above, ACT_MAX, Mux(below, low, small)).as_signed()[:8].as_signed(),
                        tag=last["tag"])
