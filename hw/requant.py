@@ -8,7 +8,7 @@ every channel of a layer one shift), so the shift is a small multiplexer of fixe
 not a barrel shifter.
 """
 
-from amaranth.hdl import Array, Mux, Signal, signed, unsigned, Module
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -117,22 +117,25 @@ class Requantizer(wiring.Component):
             halved, relu, last = shifted, s2["relu"], s2
         # rounded = (halved + 1) >> 1; decide saturation on `halved` itself:
         # rounded > 127 <=> halved >= 255; rounded < 0 <=> halved <= -2; rounded < -128 <=>
-        # halved <= -258. Not as comparisons of the whole width (a carry chain as long as the
-        # product, LeNet-300-100's 30 bits: 31 MHz on iCE40), but on the low 10 bits when the
-        # bits above them only repeat the sign, and on the sign alone when they do not.
+        # halved <= -258. Not as comparisons (carry chains; over the whole width, as long as
+        # the product, LeNet-300-100's 30 bits: 31 MHz on iCE40) but as bit tests: the bits
+        # above the low ten either repeat the sign (`fits`: halved is its low ten bits) or the
+        # value saturates by its sign; within ten bits, halved >= 255 (non-negative) and
+        # halved >= -257 (negative) both say "bit 8, or bits 0-7 all ones".
         halved = halved.as_signed()
+        sign = halved[-1]
         if len(halved) > 10:
-            sign, low10 = halved[-1], halved[:10].as_signed()
+            low = halved[:10]
             rest = halved[9:-1]
-            fits = Mux(sign, rest.all(), ~rest.any())                # halved == low10
-            above = ~sign & (~fits | (low10 >= 2 * ACT_MAX + 1))
-            below = sign & Mux(relu, ~(fits & (low10 == -1)),
-                               ~fits | (low10 <= 2 * ACT_MIN - 2))
+            fits = Mux(sign, rest.all(), ~rest.any())
         else:
-            above = halved >= 2 * ACT_MAX + 1
-            below = Mux(relu, halved <= -2, halved <= 2 * ACT_MIN - 2)
+            low = Cat(halved, sign.replicate(10 - len(halved)))
+            fits = Const(1)
+        high_half = low[8] | low[:8].all()
+        above = ~sign & (~fits | high_half)
+        below = sign & Mux(relu, ~(fits & low.all()), ~fits | ~high_half)
         small = Signal(signed(10))
-        m.d.comb += small.eq((halved.as_signed()[:10].as_signed() + 1) >> 1)
+        m.d.comb += small.eq((low.as_signed() + 1) >> 1)
         if self.deep:
             # deep: the saturation flags into registers, the choice a stage later
             s4 = register(valid=last["valid"], above=above, below=below, small=small,

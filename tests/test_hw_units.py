@@ -65,6 +65,44 @@ def test_requantizer_matches_the_reference(deep):
     assert len(set(got)) > 30, "the test values must exercise more than saturation"
 
 
+@pytest.mark.parametrize("deep", [False, True])
+def test_narrow_requantizer_saturates_like_the_reference(deep):
+    """Shifts so large that the shifted product has ten bits or fewer: every acc, bias and
+    a spread of multipliers, against the reference."""
+    shifts = (12, 15)                     # shifted products of 10 and 7 bits
+    dut = Requantizer(acc_width=4, bias_width=5, shifts=shifts, deep=deep)
+    assert dut.product_width - (min(shifts) - 1) <= 10
+    acc, bias, mult, select, relu = (a.ravel() for a in np.meshgrid(
+        np.arange(-8, 8), np.arange(-8, 8), [1, 4095, 20000, 32767], [0, 1], [0, 1]))
+    bias = bias * 2
+    want = np.array([reference.requantize(np.array([a + b]), np.array([mm]),
+                                          np.array([shifts[sel]]), bool(r))[0]
+                     for a, b, mm, sel, r in zip(acc, bias, mult, select, relu)])
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(acc)):
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload, {"acc": int(acc[i]), "bias": int(bias[i]),
+                                    "multiplier": int(mult[i]), "shift": int(select[i]),
+                                    "relu": int(relu[i]), "tag": 0})
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                got.append(payload.value)
+        ctx.set(dut.i.valid, 0)
+        while len(got) < len(acc):
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                got.append(payload.value)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert np.array_equal(got, want)
+    assert {127, -128, 0} <= set(got) and len(set(got)) > 20
+
+
 def test_requantizer_checks_its_arguments():
     with pytest.raises(TypeError, match="acc_width"):
         Requantizer(acc_width="20", bias_width=22, shifts=(3,))
