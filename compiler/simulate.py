@@ -12,6 +12,7 @@ import numpy as np
 from . import reference
 from .arrays import load_features
 from .errors import InputError, SparsemacError
+from .reference import dense_cycles
 from .report import read_report, record_simulation
 from .serialize import load_program
 
@@ -81,7 +82,9 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         image = weight_image(program)
     try:
         hw, cycles = run_rtl(out_dir / "sparsemac_top.v", xq, expected.outputs,
-                             simulator=simulator, work_dir=work, waves=waves, image=image)
+                             simulator=simulator, work_dir=work, waves=waves, image=image,
+                             timeout_cycles=20_000 + 2 * dense_cycles(program.model,
+                                                                      program.pes))
         failure = None
     except RTLMismatch as e:
         hw, cycles, failure = e.hw, e.cycles, e
@@ -107,11 +110,13 @@ class RTLMismatch(SparsemacError):
 
 
 def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, work_dir,
-            waves: bool = False, image: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+            waves: bool = False, image: bytes | None = None,
+            timeout_cycles: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
     """Stream integer inputs ``xq`` [N, in] through ``verilog`` in cocotb and return the RTL's
     ``(outputs [N, out], cycles [N])``. Raises :class:`RTLMismatch` unless the outputs equal
     ``expected`` exactly (checked in the bench and again here). A design built with uploaded
-    weights gets ``image`` (:func:`hw.images.weight_image`) on its weights stream first."""
+    weights gets ``image`` (:func:`hw.images.weight_image`) on its weights stream first. No
+    output for ``timeout_cycles`` fails the run as a hang."""
     from hw.verilog import TOPLEVEL
     from sim.runner import SimulationFailed, run_cocotb
 
@@ -122,7 +127,8 @@ def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, wo
     results.unlink(missing_ok=True)
     extra = {"image": np.frombuffer(image, np.uint8)} if image else {}
     np.savez(bench, inputs=np.asarray(xq, dtype=np.int64),
-             expected=np.asarray(expected, dtype=np.int64), **extra)
+             expected=np.asarray(expected, dtype=np.int64), timeout_cycles=timeout_cycles,
+             **extra)
     failure = None
     try:
         run_cocotb(verilog=Path(verilog), toplevel=TOPLEVEL, simulator=simulator,

@@ -90,9 +90,9 @@ class AcceleratorBench:
                     break
         dut.weights__valid.value = 0
 
-    async def infer(self, x, out_features):
+    async def infer(self, x, out_features, timeout_cycles=20_000):
         await self.stream_put(x)
-        outputs = await self.stream_get(out_features)
+        outputs = await self.stream_get(out_features, timeout_cycles=timeout_cycles)
         return outputs, int(self.dut.cycles.value)
 
 
@@ -102,6 +102,8 @@ async def run_inferences(dut):
     with np.load(os.environ["SPARSEMAC_BENCH"], allow_pickle=False) as f:
         inputs, expected = f["inputs"], f["expected"]
         image = bytes(f["image"].tobytes()) if "image" in f.files else b""
+        # no output for this long is a hang (the default suits small models)
+        timeout = int(f["timeout_cycles"]) if "timeout_cycles" in f.files else 20_000
     bench = AcceleratorBench(dut)
     await bench.reset()
     if image:
@@ -110,7 +112,7 @@ async def run_inferences(dut):
     cycles = np.zeros(len(inputs), dtype=np.int64)
     first_mismatch = None
     for n, x in enumerate(inputs):
-        outputs, cycles[n] = await bench.infer(x, expected.shape[1])
+        outputs, cycles[n] = await bench.infer(x, expected.shape[1], timeout)
         hw[n] = outputs
         if first_mismatch is None and not np.array_equal(hw[n], expected[n]):
             first_mismatch = n
