@@ -244,7 +244,7 @@ def _estimate(program, board, choices, link) -> FitEstimate:
     bram_blocks = bram_bits = logic_bits = queue_bits = spram_blocks = 0
     to_spram = geo.weights == "uploaded" and family == "ice40" and board.spram_bits > 0
     for spec in mems:
-        if to_spram and spec.name.endswith("uploaded_entries"):
+        if to_spram and spec.name.rsplit(".", 1)[-1].startswith("uploaded_entries"):
             spram_blocks += _spram_blocks(spec)      # `ram_style = "huge"` (hw/lane.py)
         elif _in_logic(spec, family):
             if spec.async_read:                         # the PE-to-PE job queues

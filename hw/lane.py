@@ -47,6 +47,30 @@ class _RegisteredRead:
         m.d.sync += self.data.eq(port.data)
 
 
+#: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
+#: chunks this deep.
+SPRAM_DEPTH = 16384
+
+
+class _ChunkedRead:
+    """One read port over several memories stacked in depth: ``select`` picks the memory
+    (with ``read_domain`` "sync", as registered when the read was issued), ``data`` is its
+    word. ``ports``: the memories' own read ports (address them)."""
+
+    def __init__(self, m, chunks, width, read_domain):
+        self.ports = [chunk.read_port(domain=read_domain) for chunk in chunks]
+        self.select = Signal(range(max(2, len(chunks))), name="entry_select")
+        self.data = Signal(width, name="entry_data")
+        if len(chunks) == 1:
+            m.d.comb += self.data.eq(self.ports[0].data)
+            return
+        chosen = self.select
+        if read_domain == "sync":
+            chosen = Signal.like(self.select, name="entry_select_q")
+            m.d.sync += chosen.eq(self.select)
+        m.d.comb += self.data.eq(Array(p.data for p in self.ports)[chosen])
+
+
 class SparsePE(wiring.Component):
     """Processing element ``lane`` of ``program``.
 
@@ -157,12 +181,21 @@ class SparsePE(wiring.Component):
         if uploaded:
             # empty until the host uploads the weights (no initial contents: on iCE40 the flow
             # drops the all-zero init Amaranth emits, and `ram_style` asks for SPRAM); no read
-            # shares a cycle with a write, so no read-during-write emulation either
+            # shares a cycle with a write, so no read-during-write emulation either. In chunks
+            # of one SPRAM's depth, each written on its own enable: Yosys's own split would
+            # decode each block's write enable from the shared address, the walker's included
+            # (on the iCEBreaker's LeNet build a path from the job queue across the chip to
+            # the SPRAMs' WREN, 54 MHz).
             attrs = {"no_rw_check": 1} if block else {}
             if str(getattr(platform, "family", "")).lower() == "ice40":
                 attrs["ram_style"] = "huge"
-            m.submodules.uploaded_entries = entries = memory.Memory(
-                shape=elay.size, depth=geo.entry_depth[k], init=[], attrs=attrs or None)
+            depth = geo.entry_depth[k]
+            chunks = []
+            for c, base in enumerate(range(0, depth, SPRAM_DEPTH)):
+                chunk = memory.Memory(shape=elay.size, depth=min(SPRAM_DEPTH, depth - base),
+                                      init=[], attrs=attrs or None)
+                m.submodules[f"uploaded_entries_{c}"] = chunk
+                chunks.append(chunk)
         else:
             m.submodules.entries = entries = memory.Memory(
                 shape=elay.size, depth=geo.entry_depth[k], init=pack_entries(prog, k, geo))
@@ -325,21 +358,25 @@ class SparsePE(wiring.Component):
         shift_in(m, take, arrives, arriving, s_valid, s_job)
 
         # walker: one entry read per cycle
-        entry_rp = entries.read_port(domain=read_domain)
         issue_valid = ~walker_free | take
         walker_addr = Mux(walker_free, b_ptr.start, walk_addr)
         if uploaded:
-            # one address for the write and the read: a single-port RAM
+            entry_rp = _ChunkedRead(m, chunks, elay.size, read_domain)
+            # one address for the write and the read: single-port RAMs
             entry_addr = Signal(geo.start_bits)
-            entry_wp = entries.write_port()
-            m.d.comb += [
-                entry_addr.eq(Mux(self.load_en, self.load_addr, walker_addr)),
-                entry_wp.addr.eq(entry_addr), entry_wp.data.eq(self.load_data),
-                entry_wp.en.eq(self.load_en), entry_rp.addr.eq(entry_addr),
-            ]
-            if block:
-                m.d.comb += entry_rp.en.eq(~self.load_en)
+            m.d.comb += entry_addr.eq(Mux(self.load_en, self.load_addr, walker_addr))
+            low = entry_addr[:min(len(entry_addr), SPRAM_DEPTH.bit_length() - 1)]
+            for c, (chunk, rp) in enumerate(zip(chunks, entry_rp.ports)):
+                wp = chunk.write_port()
+                # the write enable from the loader's registers alone
+                hit = (self.load_addr >> len(low)) == c if len(chunks) > 1 else 1
+                m.d.comb += [wp.addr.eq(low), wp.data.eq(self.load_data),
+                             wp.en.eq(self.load_en & hit), rp.addr.eq(low)]
+                if block:
+                    m.d.comb += rp.en.eq(~self.load_en)
+            m.d.comb += entry_rp.select.eq(entry_addr >> len(low))
         else:
+            entry_rp = entries.read_port(domain=read_domain)
             m.d.comb += entry_rp.addr.eq(walker_addr)
         with m.If(take):
             m.d.sync += [

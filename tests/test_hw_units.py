@@ -193,13 +193,22 @@ def test_prefetch_queue_keeps_order_and_takes_a_write_whenever_level_allows(dept
     assert len(got) > 250 and got == sent[:len(got)]
 
 
-@pytest.mark.parametrize("memory, pipeline, pes, index_bits", [
-    ("block", "deep", 1, None), ("block", "short", 3, None), ("distributed", "short", 2, None),
-    ("block", "deep", 2, 12),                 # 20-bit entries: three bytes each
+@pytest.mark.parametrize("memory, pipeline, pes, index_bits, chunk", [
+    ("block", "deep", 1, None, None), ("block", "short", 3, None, None),
+    ("distributed", "short", 2, None, None),
+    ("block", "deep", 2, 12, None),           # 20-bit entries: three bytes each
+    # weight memories deeper than one SPRAM come in chunks (here 8 words, not 16384)
+    ("block", "deep", 1, None, 8), ("block", "short", 2, None, 4),
+    ("distributed", "short", 1, None, 8),
 ])
 def test_uploaded_weights_compute_what_the_bitstream_weights_do(memory, pipeline, pes,
-                                                                index_bits):
+                                                                index_bits, chunk,
+                                                                monkeypatch):
+    import hw.lane
     from hw.images import entry_bytes, geometry, weight_image
+
+    if chunk:
+        monkeypatch.setattr(hw.lane, "SPRAM_DEPTH", chunk)
 
     shapes = [12, 9, 5]
     model = float_model(shapes, sparsity=0.6, seed=3)
@@ -212,6 +221,8 @@ def test_uploaded_weights_compute_what_the_bitstream_weights_do(memory, pipeline
     expected = reference.run(program, x).outputs
     hw, _ = run_accelerator(program, x, options, valid_probability=0.6)
     assert np.array_equal(hw, expected)
+    if chunk:
+        assert max(geo.entry_depth) > 2 * chunk           # three chunks or more
     # the memories hold what was uploaded, not an initial image: other bytes, other outputs
     wrong = bytes((b + 37) % 256 for b in image)
     hw_wrong, _ = run_accelerator(program, x, options, image=wrong)
