@@ -108,7 +108,9 @@ def parse_nextpnr_report(path: Path, family: str, target_mhz: float) -> dict:
 def _critical_path(report: dict, clock: str) -> dict | None:
     """The worst path within the design clock: its ends and the delay by kind."""
     for path in report.get("critical_paths", []):
-        if clock not in path.get("from", "") or clock not in path.get("to", ""):
+        # "posedge clk": the clock's own name, not a name containing it ("link_clk")
+        if (path.get("from", "").split()[-1:] != [clock]
+                or path.get("to", "").split()[-1:] != [clock]):
             continue
         steps = path.get("path", [])
         if not steps:

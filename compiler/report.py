@@ -192,6 +192,13 @@ def _board_markdown(r: dict) -> list:
         lines.append(f"- clock {flow['clock_mhz']} MHz"
                      + (f" from a PLL {flow['pll']}" if flow.get("pll") else "")
                      + f", UART {flow.get('baud')} baud, design id {flow.get('design_id')}")
+    if flow.get("note"):
+        lines.append(f"- note: {flow['note']}")
+    if fit and fit.get("weights") == "uploaded":
+        size = flow.get("weight_image_bytes")
+        lines.append(f"- weights: uploaded at run time ({f'{size} bytes, ' if size else ''}"
+                     f"SPRAM on iCE40); `python -m compiler run` sends them when the board "
+                     f"does not hold them")
     path = flow.get("critical_path")
     if path:
         lines.append(f"- critical path: {path['from']} -> {path['to']}, {path['delay_ns']} ns "
@@ -211,8 +218,9 @@ def _board_markdown(r: dict) -> list:
     if fit:
         lines += ["", "Estimate before synthesis (fit check):", "",
                   "| resource | estimated | available |", "|---|---|---|"]
-        for kind in ("bram_blocks", "dsps", "luts", "ffs"):
-            lines.append(f"| {kind} | {fit[kind]['used']} | {fit[kind]['available']} |")
+        for kind in ("bram_blocks", "spram_blocks", "dsps", "luts", "ffs"):
+            if kind in fit and (kind != "spram_blocks" or fit[kind]["available"]):
+                lines.append(f"| {kind} | {fit[kind]['used']} | {fit[kind]['available']} |")
     if len(lines) == 3:
         lines.append("- no board flow run")
     return lines

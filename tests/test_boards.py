@@ -191,7 +191,9 @@ def test_nextpnr_report_and_timing_verdict(tmp_path):
                         "ICESTORM_RAM": {"used": 20, "available": 30},
                         "ICESTORM_DSP": {"used": 6, "available": 8},
                         "ICESTORM_SPRAM": {"used": 0, "available": 4}},
-        "critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+        "critical_paths": [{"from": "posedge link_clk", "to": "posedge link_clk", "path": [
+            {"type": "logic", "delay": 30.0, "from": {"cell": "x"}, "to": {"cell": "y"}}]},
+                           {"from": "posedge clk", "to": "posedge clk", "path": [
             {"type": "clk-to-q", "delay": 1.0, "from": {"cell": "a"}, "to": {"cell": "a"}},
             {"type": "routing", "delay": 5.0, "from": {"cell": "a"}, "to": {"cell": "b"}},
             {"type": "logic", "delay": 2.0, "from": {"cell": "b"}, "to": {"cell": "z"}}]}],
