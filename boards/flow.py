@@ -69,11 +69,20 @@ def _run(cmd, cwd: Path, env: dict, log: Path) -> None:
 def _raise_tool_failure(log: Path):
     text = log.read_text(errors="replace")
     # nextpnr running out of a resource is a fit problem, not a tool problem
-    m = re.search(r"(?:ERROR|Error): (.*(?:Unable to place|too many|not enough|exceeds|"
-                  r"Failed to expand region).*)", text)
+    m = re.search(r"(?:ERROR|Error): (.*(?:Unable to place|Unable to find legal placement|"
+                  r"too many|not enough|exceeds|Failed to expand region).*)", text)
     if m:
-        raise FitError(f"place and route failed: {m.group(1).strip()} (the estimate before "
-                       f"synthesis was too optimistic; try fewer --pes); log: {log}")
+        # nextpnr's utilisation table (in its log, NAME.tim) says what overflowed:
+        # "Info:          TRELLIS_COMB:  104092/  83640   124%"
+        tim = log.parent / f"{NAME}.tim"
+        table = tim.read_text(errors="replace") if tim.is_file() else text
+        over = [f"{kind} {used}/{avail}" for kind, used, avail in
+                re.findall(r"(?m)^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", table)
+                if int(used) > int(avail)]
+        what = f"{', '.join(over)} after synthesis; " if over else ""
+        raise FitError(f"place and route failed: {what}{m.group(1).strip()[:200]} (the "
+                       f"estimate before synthesis was too optimistic; try fewer --pes); "
+                       f"log: {log}")
     errors = [line for line in text.splitlines() if "ERROR" in line or "Error" in line]
     last = (errors or text.strip().splitlines() or ["no output"])[-1].strip()
     raise ToolError(f"the FPGA flow failed: {last[:300]}; full log: {log}")

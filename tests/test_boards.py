@@ -306,3 +306,17 @@ def test_toolchain_choice(monkeypatch, tmp_path):
     assert find_tool("vivado", required=False) is None
     with pytest.raises(ToolError, match="not found"):
         find_tool("nextpnr-xilinx")
+
+
+def test_placement_overflow_is_a_fit_error_with_the_numbers(tmp_path):
+    """nextpnr failing to place (the estimate said yes) names what overflowed, as a FitError."""
+    from boards.flow import NAME, _raise_tool_failure
+
+    log = tmp_path / "flow.log"
+    log.write_text("ERROR: Unable to find legal placement for cell 'x' of type 'TRELLIS_COMB' "
+                   "after 1000 attempts, check constraints and utilisation.\n1 error\n")
+    (tmp_path / f"{NAME}.tim").write_text(
+        "Info: Device utilisation:\nInfo: \t          TRELLIS_FF:   23877/  83640    28%\n"
+        "Info: \t        TRELLIS_COMB:  104092/  83640   124%\n")
+    with pytest.raises(FitError, match=r"TRELLIS_COMB 104092/83640 after synthesis.*fewer --pes"):
+        _raise_tool_failure(log)
