@@ -17,12 +17,13 @@ __all__ = ["stream_put", "stream_get", "upload_weights", "run_accelerator"]
 
 
 async def stream_put(ctx, stream, values, *, valid_probability=1.0, rng=None):
-    """Send ``values`` on ``stream`` (a stream interface whose payload the testbench drives)."""
+    """Send ``values`` on ``stream`` (a stream interface whose payload the testbench drives):
+    integers, or dicts for a payload with a layout."""
     for value in values:
         while rng is not None and rng.random() > valid_probability:
             ctx.set(stream.valid, 0)
             await ctx.tick()
-        ctx.set(stream.payload, int(value))
+        ctx.set(stream.payload, value if isinstance(value, dict) else int(value))
         ctx.set(stream.valid, 1)
         await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
@@ -46,15 +47,8 @@ async def stream_get(ctx, stream, count, *, ready_probability=1.0, rng=None):
 
 async def upload_weights(ctx, dut, image: bytes, *, valid_probability=1.0, rng=None):
     """Stream a weight image (:func:`hw.images.weight_image`) into ``dut.weights``."""
-    beats = [{"data": b, "first": n == 0} for n, b in enumerate(image)]
-    for beat in beats:
-        while rng is not None and rng.random() > valid_probability:
-            ctx.set(dut.weights.valid, 0)
-            await ctx.tick()
-        ctx.set(dut.weights.payload, beat)
-        ctx.set(dut.weights.valid, 1)
-        await ctx.tick().until(dut.weights.ready)
-    ctx.set(dut.weights.valid, 0)
+    await stream_put(ctx, dut.weights, [{"data": b, "first": n == 0} for n, b in enumerate(image)],
+                     valid_probability=valid_probability, rng=rng)
 
 
 def run_accelerator(program: SparseProgram, xq: np.ndarray, options=None, *,

@@ -38,19 +38,22 @@ class AcceleratorBench:
         dut.rst.value = 0
         await RisingEdge(self.clk)
 
-    async def stream_put(self, values):
-        """Send ``values`` on the input stream, one beat per accepted handshake."""
-        dut = self.dut
+    async def stream_put(self, values, stream="input"):
+        """Send ``values`` on the stream named ``stream`` (its ``<stream>__valid``,
+        ``__ready``, ``__payload`` ports), one beat per accepted handshake."""
+        valid = getattr(self.dut, f"{stream}__valid")
+        ready = getattr(self.dut, f"{stream}__ready")
+        payload = getattr(self.dut, f"{stream}__payload")
         for value in values:
-            dut.input__payload.value = int(value)
-            dut.input__valid.value = 1
+            payload.value = int(value)
+            valid.value = 1
             while True:
                 await ReadOnly()
-                accepted = bool(dut.input__ready.value)
+                accepted = bool(ready.value)
                 await RisingEdge(self.clk)
                 if accepted:
                     break
-        dut.input__valid.value = 0
+        valid.value = 0
 
     async def stream_get(self, count, *, timeout_cycles=20_000):
         """Receive ``count`` beats from the output stream (signed 8-bit)."""
@@ -78,17 +81,8 @@ class AcceleratorBench:
 
     async def upload(self, image: bytes):
         """The weight image on the ``weights`` stream (data in bits 0-7, ``first`` in bit 8)."""
-        dut = self.dut
-        for n, byte in enumerate(image):
-            dut.weights__payload.value = int(byte) | (256 if n == 0 else 0)
-            dut.weights__valid.value = 1
-            while True:
-                await ReadOnly()
-                accepted = bool(dut.weights__ready.value)
-                await RisingEdge(self.clk)
-                if accepted:
-                    break
-        dut.weights__valid.value = 0
+        await self.stream_put([byte | (256 if n == 0 else 0) for n, byte in enumerate(image)],
+                              "weights")
 
     async def infer(self, x, out_features, timeout_cycles=20_000):
         await self.stream_put(x)
