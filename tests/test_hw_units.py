@@ -15,6 +15,33 @@ from hw.options import HardwareOptions
 from hw.top import SparseAccelerator
 
 
+def _requantize_on(dut, acc, bias, mult, select, relu, *, offer_probability=1.0, rng=None):
+    """Feed every row through ``dut`` (with random gaps when ``rng`` is given) and return the
+    outputs in order."""
+    n = len(acc)
+    got = []
+
+    async def bench(ctx):
+        i = 0
+        while len(got) < n:
+            offer = i < n and (rng is None or rng.random() < offer_probability)
+            ctx.set(dut.i.valid, offer)
+            if offer:
+                ctx.set(dut.i.payload, {"acc": int(acc[i]), "bias": int(bias[i]),
+                                        "multiplier": int(mult[i]), "shift": int(select[i]),
+                                        "relu": int(relu[i]), "tag": i & 1})
+                i += 1
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                got.append(payload.value)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
 @pytest.mark.parametrize("deep", [False, True])
 def test_requantizer_matches_the_reference(deep):
     shifts = (1, 5, 14, 22, 37, 62)
@@ -41,26 +68,8 @@ def test_requantizer_matches_the_reference(deep):
     shift = np.array(shifts)[select]
     want = np.where(relu == 1, reference.requantize(acc + bias, mult, shift, True),
                     reference.requantize(acc + bias, mult, shift, False))
-    got = []
-
-    async def bench(ctx):
-        i = 0
-        while len(got) < n:
-            offer = i < n and rng.random() < 0.7          # gaps between values
-            ctx.set(dut.i.valid, offer)
-            if offer:
-                ctx.set(dut.i.payload, {"acc": int(acc[i]), "bias": int(bias[i]),
-                                        "multiplier": int(mult[i]), "shift": int(select[i]),
-                                        "relu": int(relu[i]), "tag": i & 1})
-                i += 1
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid:
-                got.append(payload.value)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    # gaps between values
+    got = _requantize_on(dut, acc, bias, mult, select, relu, offer_probability=0.7, rng=rng)
     assert np.array_equal(got, want)
     assert len(set(got)) > 30, "the test values must exercise more than saturation"
 
@@ -78,27 +87,7 @@ def test_narrow_requantizer_saturates_like_the_reference(deep):
     want = np.array([reference.requantize(np.array([a + b]), np.array([mm]),
                                           np.array([shifts[sel]]), bool(r))[0]
                      for a, b, mm, sel, r in zip(acc, bias, mult, select, relu)])
-    got = []
-
-    async def bench(ctx):
-        for i in range(len(acc)):
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, {"acc": int(acc[i]), "bias": int(bias[i]),
-                                    "multiplier": int(mult[i]), "shift": int(select[i]),
-                                    "relu": int(relu[i]), "tag": 0})
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid:
-                got.append(payload.value)
-        ctx.set(dut.i.valid, 0)
-        while len(got) < len(acc):
-            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid:
-                got.append(payload.value)
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    got = _requantize_on(dut, acc, bias, mult, select, relu)
     assert np.array_equal(got, want)
     assert {127, -128, 0} <= set(got) and len(set(got)) > 20
 
