@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 from compiler.errors import FitError
+from hw.lane import SPRAM_DEPTH
 from hw.options import options_for
 
 __all__ = ["MemorySpec", "FitEstimate", "design_memories", "estimate", "check_fit",
@@ -204,13 +205,13 @@ def _split(width: int, maximum: int, minimum: int) -> list:
     return parts or [width]
 
 
-#: one iCE40 UltraPlus SPRAM: 16384 words of 16 bits
-_SPRAM_DEPTH, _SPRAM_WIDTH = 16384, 16
-_SPRAM_BITS = _SPRAM_DEPTH * _SPRAM_WIDTH
+#: one iCE40 UltraPlus SPRAM: 16384 words (the depth hw/lane.py chunks weights to) of 16 bits
+_SPRAM_WIDTH = 16
+_SPRAM_BITS = SPRAM_DEPTH * _SPRAM_WIDTH
 
 
 def _spram_blocks(spec: MemorySpec) -> int:
-    return (math.ceil(spec.width / _SPRAM_WIDTH) * math.ceil(spec.depth / _SPRAM_DEPTH)
+    return (math.ceil(spec.width / _SPRAM_WIDTH) * math.ceil(spec.depth / SPRAM_DEPTH)
             * spec.count)
 
 

@@ -383,12 +383,12 @@ class UartLink(wiring.Component):
         return m
 
 
-def _byte_register(m, name, i_valid, i_payload, o_ready, *, width=8):
+def _byte_register(m, name, i_valid, i_payload, o_ready):
     """A register between two byte streams that takes a byte only when it is empty: its
     ``valid`` and ``ready`` are registers (one byte every other cycle at most). Returns
     ``(o_valid, o_payload, i_ready)``."""
     full = Signal(name=f"{name}_full")
-    data = Signal(width, name=f"{name}_data")
+    data = Signal(8, name=f"{name}_data")
     with m.If(full):
         with m.If(o_ready):
             m.d.sync += full.eq(0)

@@ -14,6 +14,7 @@ does not hold it, starting over from the first chunk after any error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ class BoardLink:
                                 f"but does not hold it (flags {flags:#04x}): the bitstream on "
                                 f"it was built from another program; flash this build")
             if self.info is not None:
-                self.info = proto.BoardInfo(*[*self.info.__dict__.values()][:-1], flags)
+                self.info = dataclasses.replace(self.info, flags=flags)
             return sent
         raise LinkError(f"weight upload failed {len(failures)} times (last: {failures[-1]})")
 

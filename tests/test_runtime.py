@@ -1,6 +1,7 @@
 """The host runtime against a simulated board: a fake serial port that answers with the
 reference model, with faults injected; and the same through a real pty with pyserial."""
 
+import dataclasses
 import os
 import threading
 
@@ -60,7 +61,7 @@ class FakeBoard:
 
     def reply_to(self, frame):
         if frame.kind == proto.INFO:
-            info = proto.BoardInfo(*[*self.info.__dict__.values()][:-1], self.flags())
+            info = dataclasses.replace(self.info, flags=self.flags())
             return proto.encode_frame(proto.SYNC_REPLY, proto.INFO_REPLY, frame.seq,
                                       proto.info_payload(info))
         if frame.kind == proto.LOAD:
