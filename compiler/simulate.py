@@ -55,10 +55,10 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     out_dir = _build_dir(out_dir)
     program = load_program(out_dir / "program.npz")
     report = read_report(out_dir)
+    config = json.loads((out_dir / "build_config.json").read_text())
     shape = program.model.input_shape
     shape = shape if len(shape) > 1 else program.model.in_features
     if inputs is None:
-        config = json.loads((out_dir / "build_config.json").read_text())
         if config.get("calibration"):
             x = load_features(config["calibration"], shape, "calibration")
         else:
@@ -77,7 +77,7 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     work = out_dir / f"sim_{simulator}"
     outputs_path = Path(outputs) if outputs else work / "outputs.npz"
     image = None
-    if json.loads((out_dir / "build_config.json").read_text()).get("weights") == "uploaded":
+    if config.get("weights") == "uploaded":
         from hw.images import weight_image
         image = weight_image(program)
     try:
