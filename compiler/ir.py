@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "LayerKind", "Conv2dShape", "Pool", "Quantization", "Layer", "Model", "Widths", "LaneImage",
-    "SparseProgram",
+    "LayerKind", "Conv2dShape", "Pool", "Quantization", "Layer", "Model", "Widths", "Grid",
+    "PEImage", "ReducerImage", "SparseProgram", "column_sources",
     "IRError", "ACT_MIN", "ACT_MAX", "WEIGHT_MAX", "MULTIPLIER_BITS", "SHIFT_MAX",
 ]
 
@@ -290,33 +290,123 @@ def _verify_layer(layer: Layer):
 @dataclass(frozen=True)
 class Widths:
     """Datapath widths proven from the memory images (worst case over all int8 inputs)."""
-    accumulator: int   # signed bits of the running sum of products
+    partial: int       # signed bits of one PE's partial sum (its column group only)
+    accumulator: int   # signed bits of a whole row's sum (the reducer's adder tree)
     biased: int        # signed bits of accumulator + bias
     product: int       # signed bits of (accumulator + bias) * multiplier + rounding term
 
 
-@dataclass(frozen=True, eq=False)
-class LaneImage:
-    """Everything one processing element stores, for all layers.
+@dataclass(frozen=True)
+class Grid:
+    """The PEs on an ``rows`` x ``cols`` grid (R x C, R >= C).
 
-    Layer ``m``'s accumulator rows owned by this lane are ``rows[m]`` (row numbers of the
-    layer's matrix, in local order; the rows of one pooled output are consecutive). Column ``c``
-    of layer ``m`` (see :attr:`SparseProgram.column_count`) has its entries at
-    ``entry_value/entry_index[ptr_start[p] : ptr_start[p] + ptr_count[p]]`` with
-    ``p = ptr_base[m] + c``. ``entry_index`` is EIE's relative row index: the number of local
-    rows skipped since the previous entry of the column (or since row 0); an entry whose value
-    is 0 is padding, inserted where a gap does not fit the index field.
+    PE ``(r, c)`` holds the weights of row group ``r`` and column group ``c`` of every layer.
+    Grid column ``c`` shares one activation bus; grid row ``r`` shares one reducer, which adds
+    the C partial sums of each of its rows and drives bus ``r % C`` with the next layer's
+    activations (so row group ``r`` of layer ``m`` is part of column group ``r % C`` of layer
+    ``m + 1``: no crossbar anywhere).
     """
-    rows: tuple[np.ndarray, ...]
+    rows: int
+    cols: int
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise IRError(f"grid {name} must be a whole number >= 1, not {value!r}")
+        if self.rows < self.cols:
+            raise IRError(f"grid {self.rows}x{self.cols}: needs at least as many rows as "
+                          f"columns (every bus is driven by one reducer or more)")
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+    def pe(self, r: int, c: int) -> int:
+        """PE number of grid position (r, c): row-major."""
+        return r * self.cols + c
+
+    def bus_of(self, r: int) -> int:
+        """The bus reducer ``r`` drives."""
+        return r % self.cols
+
+    def rank(self, r: int) -> int:
+        """Position of reducer ``r`` among the reducers of its bus."""
+        return r // self.cols
+
+    def reducers_on(self, c: int) -> list[int]:
+        return list(range(c, self.rows, self.cols))
+
+    @property
+    def bus_reducers(self) -> int:
+        """The most reducers any bus has."""
+        return -(-self.rows // self.cols)
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.cols}"
+
+    @staticmethod
+    def parse(text: str) -> "Grid":
+        rows, sep, cols = str(text).lower().partition("x")
+        if not sep or not rows.isdigit() or not cols.isdigit():
+            raise IRError(f"a grid is written RxC, e.g. 8x8, not {text!r}")
+        return Grid(int(rows), int(cols))
+
+    @staticmethod
+    def shapes(pes: int) -> list["Grid"]:
+        """Every R x C = ``pes`` with R >= C, squarest first."""
+        if not isinstance(pes, int) or pes < 1:
+            raise IRError(f"pes must be a whole number >= 1, not {pes!r}")
+        cols = [c for c in range(1, int(pes ** 0.5) + 1) if pes % c == 0]
+        return [Grid(pes // c, c) for c in reversed(cols)]
+
+
+def column_sources(grid: "Grid", c: int, slots: int, in_features: int, prev_outputs=None,
+                   prev_out_slots: int = 0) -> np.ndarray:
+    """The input feature (model order) of each of the ``slots`` local columns of group ``c``
+    (-1: an unused slot). Layer 0 (``prev_outputs`` None): input ``t * C + c`` is local
+    column ``t``. Later layers: ``prev_outputs[r]``, the outputs of reducer ``r`` in the layer
+    before in local order, fill the columns ``rank(r) * prev_out_slots`` on of bus ``r % C``."""
+    src = np.full(slots, -1, dtype=np.int64)
+    if prev_outputs is None:
+        features = np.arange(c, in_features, grid.cols)
+        src[:len(features)] = features
+        return src
+    for r in grid.reducers_on(c):
+        outs = prev_outputs[r]
+        q = grid.rank(r) * prev_out_slots
+        src[q:q + len(outs)] = outs
+    return src
+
+
+@dataclass(frozen=True, eq=False)
+class PEImage:
+    """Everything one processing element stores: its nonzero weights, column by column, for
+    all layers (CSC).
+
+    Column ``t`` (local to the PE's column group, see :meth:`SparseProgram.column_sources`) of
+    layer ``m`` has its entries at ``entry_value/entry_index[ptr[p] : ptr[p + 1]]`` with
+    ``p = ptr_base[m] + t``. ``entry_index`` is EIE's relative row index: the number of the
+    row group's local rows skipped since the previous entry of the column (or since row 0); an
+    entry whose value is 0 is padding, inserted where a gap does not fit the index field.
+    """
     entry_value: np.ndarray   # int8
     entry_index: np.ndarray   # uint, < 2**index_bits
-    ptr_start: np.ndarray     # int64
-    ptr_count: np.ndarray     # int64
-    bias: np.ndarray          # int64, indexed by row_base[m] + local row
+    ptr: np.ndarray           # int64, sum(col_slots) + 1 column starts
+
+
+@dataclass(frozen=True, eq=False)
+class ReducerImage:
+    """What the reducer of one grid row stores: which rows of every layer are its own, and
+    their requantization parameters.
+
+    Layer ``m``'s accumulator rows of this row group are ``rows[m]`` (row numbers of the
+    layer's matrix, in local order; the rows of one pooled output are consecutive);
+    ``bias``/``multiplier`` of local row ``i`` sit at ``row_base[m] + i``.
+    """
+    rows: tuple[np.ndarray, ...]
+    bias: np.ndarray          # int64
     multiplier: np.ndarray    # int64
-    shift: np.ndarray         # int64
-    fanout: np.ndarray        # int64 bit masks, by out_base[m] + local output (bit j: lane j
-                              # has entries in the column this output feeds)
 
     def row_count(self, layer: int) -> int:
         return len(self.rows[layer])
@@ -325,19 +415,23 @@ class LaneImage:
 @dataclass(frozen=True, eq=False)
 class SparseProgram:
     """The memory images of the whole accelerator: the contract between compiler, reference
-    model and hardware. Built by :func:`compiler.passes.encode.encode`."""
+    model and hardware. Built by :func:`compiler.passes.encode.encode`.
+
+    Columns of layer 0 in group ``c`` are the model inputs ``t * C + c`` (local column ``t``):
+    the input arrives C values a beat, one per bus. Columns of layer ``m + 1`` in group ``c``
+    are the outputs of the reducers on bus ``c``: local output ``k`` of reducer ``r`` is local
+    column ``grid.rank(r) * out_slots[m] + k``.
+    """
     model: Model
-    pes: int
+    grid: Grid
     index_bits: int
-    row_slots: tuple[int, ...]     # per layer: max accumulator rows any lane owns
-    row_base: tuple[int, ...]      # per layer: offset into the per-lane row tables
-    out_slots: tuple[int, ...]     # per layer: max outputs any lane produces
-    out_base: tuple[int, ...]      # per layer: offset into the per-lane output tables
-    ptr_base: tuple[int, ...]      # per layer: offset into the per-lane pointer memory
-    lanes: tuple[LaneImage, ...]
-    input_fanout: np.ndarray       # int64 [in_features]: lanes with entries in each input column
-    output_lane: np.ndarray        # int64 [out_features]
-    output_row: np.ndarray         # int64 [out_features]: local output index in that lane
+    row_slots: tuple[int, ...]     # per layer: max accumulator rows any row group holds
+    row_base: tuple[int, ...]      # per layer: offset into the reducers' row tables
+    out_slots: tuple[int, ...]     # per layer: max outputs any row group produces
+    col_slots: tuple[int, ...]     # per layer: local columns of a column group
+    ptr_base: tuple[int, ...]      # per layer: offset into every PE's pointer table
+    pe_images: tuple[PEImage, ...]            # PE (r, c) at r * C + c
+    reducers: tuple[ReducerImage, ...]        # one per grid row
     widths: "Widths"
     skip_zero_activations: bool = True
 
@@ -345,42 +439,65 @@ class SparseProgram:
     def layers(self) -> tuple[Layer, ...]:
         return self.model.layers
 
-    def lane_outputs(self, lane: int, layer: int) -> np.ndarray:
-        """Output indices (model order) ``lane`` produces in ``layer``, in local order."""
+    @property
+    def pes(self) -> int:
+        return self.grid.pes
+
+    def outputs_of(self, r: int, layer: int) -> np.ndarray:
+        """Output indices (model order) reducer ``r`` produces in ``layer``, in local order."""
         group = self.layers[layer].group
-        return self.lanes[lane].rows[layer][::group] // group
+        return self.reducers[r].rows[layer][::group] // group
 
-    def column_count(self, layer: int) -> int:
-        """Size of layer ``layer``'s column address space."""
-        if layer == 0:
-            return self.model.in_features
-        return self.pes * self.out_slots[layer - 1]
+    def column_sources(self, layer: int, c: int) -> np.ndarray:
+        """For each local column of group ``c`` in ``layer``: the input feature (model order) it
+        carries, -1 for an unused slot."""
+        prev = None
+        if layer:
+            prev = [self.outputs_of(r, layer - 1) for r in range(self.grid.rows)]
+        return column_sources(self.grid, c, self.col_slots[layer], self.model.in_features,
+                              prev, self.out_slots[layer - 1] if layer else 0)
 
-    def column_of(self, layer: int, lane: int, local_output: int) -> int:
-        """Column address, in layer ``layer``, of output ``local_output`` of ``lane`` in the
-        layer before it."""
-        return lane * self.out_slots[layer - 1] + local_output
+    def output_place(self) -> tuple[np.ndarray, np.ndarray]:
+        """For each model output: (reducer, local index) of the last layer."""
+        last = len(self.layers) - 1
+        group = np.zeros(self.model.out_features, dtype=np.int64)
+        local = np.zeros(self.model.out_features, dtype=np.int64)
+        for r in range(self.grid.rows):
+            outs = self.outputs_of(r, last)
+            group[outs] = r
+            local[outs] = np.arange(len(outs))
+        return group, local
 
     def verify(self) -> "SparseProgram":
         self.model.verify()
         if not self.model.quantized:
             raise IRError("sparse program needs a quantized model")
-        if len(self.lanes) != self.pes:
-            raise IRError("one lane image per PE expected")
+        if len(self.pe_images) != self.pes or len(self.reducers) != self.grid.rows:
+            raise IRError("one image per PE and one per reducer expected")
+        if self.col_slots[0] != -(-self.model.in_features // self.grid.cols):
+            raise IRError("layer 0 must have ceil(in_features / C) columns per group")
         for m, layer in enumerate(self.layers):
-            owned = np.concatenate([lane.rows[m] for lane in self.lanes])
+            owned = np.concatenate([red.rows[m] for red in self.reducers])
             if sorted(owned.tolist()) != list(range(layer.rows)):
-                raise IRError(f"layer {layer.name!r}: rows not partitioned over the PEs")
-            for k, lane in enumerate(self.lanes):
-                rows = lane.rows[m]
+                raise IRError(f"layer {layer.name!r}: rows not partitioned over the row groups")
+            for r, red in enumerate(self.reducers):
+                rows = red.rows[m]
                 firsts = rows[::layer.group]
                 if len(rows) % layer.group or (firsts % layer.group).any() or not np.array_equal(
                         rows, np.repeat(firsts, layer.group)
                         + np.tile(np.arange(layer.group), len(firsts))):
-                    raise IRError(f"layer {layer.name!r}: lane {k} splits a pooling window")
+                    raise IRError(f"layer {layer.name!r}: row group {r} splits a pooling window")
                 if len(rows) > self.row_slots[m] or len(rows) // layer.group > self.out_slots[m]:
-                    raise IRError(f"layer {layer.name!r}: a PE owns more rows than its slots")
-        for lane in self.lanes:
-            if (lane.entry_index >= 2 ** self.index_bits).any():
+                    raise IRError(f"layer {layer.name!r}: a row group owns more rows than its "
+                                  f"slots")
+            if m and self.col_slots[m] != self.grid.bus_reducers * self.out_slots[m - 1]:
+                raise IRError(f"layer {layer.name!r}: column slots do not match the layer "
+                              f"before")
+        depth = sum(self.col_slots) + 1
+        for pe in self.pe_images:
+            if (pe.entry_index >= 2 ** self.index_bits).any():
                 raise IRError("relative index overflows the index field")
+            if len(pe.ptr) != depth or pe.ptr[0] != 0 or (np.diff(pe.ptr) < 0).any() \
+                    or pe.ptr[-1] != len(pe.entry_value):
+                raise IRError("a PE's column pointers are not a CSC pointer table")
         return self

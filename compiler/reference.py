@@ -26,7 +26,7 @@ import numpy as np
 from .ir import ACT_MAX, ACT_MIN, Layer, Model, SparseProgram
 
 __all__ = [
-    "quantize_input", "dequantize", "requantize", "pool", "run_dense", "run", "decode_lanes",
+    "quantize_input", "dequantize", "requantize", "pool", "run_dense", "run", "decode_pes",
     "RunResult", "ideal_cycles", "dense_cycles",
 ]
 
@@ -81,11 +81,12 @@ def run_dense(model: Model, x: np.ndarray, *, return_activations: bool = False):
     return (out, activations) if return_activations else out
 
 
-def decode_lanes(program: SparseProgram) -> tuple[tuple[np.ndarray, ...], ...]:
-    """Walk every lane's pointers and relative indices back into per-lane dense matrices.
+def decode_pes(program: SparseProgram) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Walk every PE's column pointers and relative indices back into dense blocks.
 
-    Returns ``mats[m][k]``: int64 [row_slots[m], column_count(m)] for lane ``k`` and layer ``m``.
-    Raises ``ValueError`` on a malformed image (an entry past the lane's rows).
+    Returns ``mats[m][k]``: int64 [row_slots[m], col_slots[m]] for PE ``k`` (grid position
+    ``(k // C, k % C)``) and layer ``m``. Raises ``ValueError`` on a malformed image (an entry
+    past its row group's rows).
     """
     return _decode_cached(program)
 
@@ -93,23 +94,24 @@ def decode_lanes(program: SparseProgram) -> tuple[tuple[np.ndarray, ...], ...]:
 @lru_cache(maxsize=8)
 def _decode_cached(program: SparseProgram):
     mats = []
+    C = program.grid.cols
     for m in range(len(program.layers)):
-        cols = program.column_count(m)
-        per_lane = []
-        for lane in program.lanes:
+        cols = program.col_slots[m]
+        per_pe = []
+        for k, pe in enumerate(program.pe_images):
+            rows = program.reducers[k // C].row_count(m)
             mat = np.zeros((program.row_slots[m], cols), dtype=np.int64)
             for c in range(cols):
                 p = program.ptr_base[m] + c
-                start, count = int(lane.ptr_start[p]), int(lane.ptr_count[p])
                 row = -1
-                for e in range(start, start + count):
-                    row += int(lane.entry_index[e]) + 1
-                    if row >= lane.row_count(m):
-                        raise ValueError(f"lane image decodes to row {row} beyond the lane's "
-                                         f"{lane.row_count(m)} rows (layer {m}, column {c})")
-                    mat[row, c] += int(lane.entry_value[e])
-            per_lane.append(mat)
-        mats.append(tuple(per_lane))
+                for e in range(int(pe.ptr[p]), int(pe.ptr[p + 1])):
+                    row += int(pe.entry_index[e]) + 1
+                    if row >= rows:
+                        raise ValueError(f"PE {k}'s image decodes to row {row} beyond its row "
+                                         f"group's {rows} rows (layer {m}, column {c})")
+                    mat[row, c] += int(pe.entry_value[e])
+            per_pe.append(mat)
+        mats.append(tuple(per_pe))
     return tuple(mats)
 
 
@@ -117,14 +119,25 @@ def _decode_cached(program: SparseProgram):
 class RunResult:
     outputs: np.ndarray        # int64 [N, out]: what the hardware streams out
     activations: list          # per layer input (model order), int64 [N, features]; last = outputs
-    lane_entries: np.ndarray   # int64 [N, layers, P]: entries (with padding) each PE walks
-    lane_jobs: np.ndarray      # int64 [N, layers, P]: columns each PE receives
+    pe_entries: np.ndarray     # int64 [N, layers, P]: entries (with padding) each PE walks
+    pe_lookups: np.ndarray     # int64 [N, layers, P]: activations each PE's bus brings it
     nnz_active: np.ndarray     # int64 [N, layers]: nonzero weights in columns of nonzero inputs
 
     @property
     def ideal_cycles(self) -> np.ndarray:
-        pes = self.lane_entries.shape[2]
+        pes = self.pe_entries.shape[2]
         return np.ceil(self.nnz_active / pes).astype(np.int64).sum(axis=1)
+
+    @property
+    def pe_bound(self) -> np.ndarray:
+        """Cycles per inference of the busiest PE, all layers together: what a pipelined array
+        needs at least, inference after inference, with this assignment."""
+        return self.pe_entries.sum(axis=1).max(axis=1)
+
+    @property
+    def layer_bound(self) -> np.ndarray:
+        """Sum over layers of the busiest PE's work: a layer-by-layer array's least."""
+        return self.pe_entries.max(axis=2).sum(axis=1)
 
 
 def run(program: SparseProgram, x: np.ndarray) -> RunResult:
@@ -135,37 +148,45 @@ def run(program: SparseProgram, x: np.ndarray) -> RunResult:
                          f"{program.model.in_features}")
     if ((x < ACT_MIN) | (x > ACT_MAX)).any():
         raise ValueError("integer inputs must lie in [-128, 127]")
-    mats = decode_lanes(program)
-    n, pes, layers = len(x), program.pes, program.layers
-    lane_entries = np.zeros((n, len(layers), pes), dtype=np.int64)
-    lane_jobs = np.zeros_like(lane_entries)
+    mats = decode_pes(program)
+    grid, layers = program.grid, program.layers
+    n, C = len(x), grid.cols
+    pe_entries = np.zeros((n, len(layers), grid.pes), dtype=np.int64)
+    pe_lookups = np.zeros_like(pe_entries)
     nnz_active = np.zeros((n, len(layers)), dtype=np.int64)
+    act = x
     activations = [x]
-    cols = x                                   # layer input in the program's column order
     for m, layer in enumerate(layers):
-        active = (cols != 0 if program.skip_zero_activations
-                  else np.ones_like(cols, dtype=bool)).astype(np.int64)
         col_nnz = np.count_nonzero(layer.matrix(quantized=True), axis=0)
-        nnz_active[:, m] = (activations[-1] != 0) @ col_nnz
-        ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.column_count(m))
-        out_model = np.zeros((n, layer.out_features), dtype=np.int64)
-        slots = program.out_slots[m]
-        next_cols = np.zeros((n, pes * slots), dtype=np.int64)
-        for k, lane in enumerate(program.lanes):
-            counts = lane.ptr_count[ptr]
-            lane_entries[:, m, k] = active @ counts
-            lane_jobs[:, m, k] = active @ (counts > 0).astype(np.int64)
-            rows = lane.rows[m]
-            base = program.row_base[m]
-            acc = cols @ mats[m][k][: len(rows)].T
-            local = slice(base, base + len(rows))
-            y = pool(layer, requantize(acc + lane.bias[local], lane.multiplier[local],
-                                       lane.shift[local], layer.relu))
-            out_model[:, program.lane_outputs(k, m)] = y
-            next_cols[:, k * slots: k * slots + y.shape[1]] = y
-        activations.append(out_model)
-        cols = next_cols
-    return RunResult(activations[-1], activations, lane_entries, lane_jobs, nnz_active)
+        nnz_active[:, m] = (act != 0) @ col_nnz
+        ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.col_slots[m] + 1)
+        # each column group's inputs, in its local order (0 in unused slots)
+        groups = []
+        for c in range(C):
+            src = program.column_sources(m, c)
+            cols = np.where(src >= 0, act[:, np.maximum(src, 0)], 0)
+            real = src >= 0
+            sent = (cols != 0) & real if program.skip_zero_activations else np.broadcast_to(
+                real, cols.shape)
+            groups.append((cols, sent.astype(np.int64)))
+        out = np.zeros((n, layer.out_features), dtype=np.int64)
+        for r, red in enumerate(program.reducers):
+            rows = red.row_count(m)
+            acc = np.zeros((n, rows), dtype=np.int64)
+            for c in range(C):
+                k = grid.pe(r, c)
+                cols, sent = groups[c]
+                acc += cols @ mats[m][k][:rows].T
+                counts = np.diff(program.pe_images[k].ptr[ptr])
+                pe_entries[:, m, k] = sent @ counts
+                pe_lookups[:, m, k] = sent.sum(axis=1)
+            local = slice(program.row_base[m], program.row_base[m] + rows)
+            y = pool(layer, requantize(acc + red.bias[local], red.multiplier[local],
+                                       layer.quant.shift[0], layer.relu))
+            out[:, program.outputs_of(r, m)] = y
+        activations.append(out)
+        act = out
+    return RunResult(act, activations, pe_entries, pe_lookups, nnz_active)
 
 
 def ideal_cycles(nnz_active: np.ndarray, pes: int) -> np.ndarray:

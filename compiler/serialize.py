@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .ir import (Conv2dShape, LaneImage, Layer, LayerKind, Model, Pool, Quantization,
-                 SparseProgram, Widths)
+from .ir import (Conv2dShape, Grid, Layer, LayerKind, Model, PEImage, Pool, Quantization,
+                 ReducerImage, SparseProgram, Widths)
 
 __all__ = ["save_program", "load_program"]
 
-_FORMAT = "sparsemac-program/2"
+_FORMAT = "sparsemac-program/3"
 _QUANT_ARRAYS = ("weight", "bias", "multiplier", "shift", "weight_scale")
-_LANE_ARRAYS = ("entry_value", "entry_index", "ptr_start", "ptr_count", "bias", "multiplier",
-                "shift", "fanout")
+_PE_ARRAYS = ("entry_value", "entry_index", "ptr")
+_REDUCER_ARRAYS = ("bias", "multiplier")
 
 
 def save_program(program: SparseProgram, path) -> None:
@@ -41,20 +41,21 @@ def save_program(program: SparseProgram, path) -> None:
                        "pool_multiplier": q.pool_multiplier, "pool_shift": q.pool_shift,
                        "conv": dataclasses.asdict(layer.conv) if layer.conv else None,
                        "pool": dataclasses.asdict(layer.pool) if layer.pool else None})
-    for k, lane in enumerate(program.lanes):
-        for name in _LANE_ARRAYS:
-            arrays[f"lane{k}.{name}"] = getattr(lane, name)
-        for m, rows in enumerate(lane.rows):
-            arrays[f"lane{k}.rows{m}"] = rows
-    arrays["input_fanout"] = program.input_fanout
-    arrays["output_lane"] = program.output_lane
-    arrays["output_row"] = program.output_row
+    for k, pe in enumerate(program.pe_images):
+        for name in _PE_ARRAYS:
+            arrays[f"pe{k}.{name}"] = getattr(pe, name)
+    for r, red in enumerate(program.reducers):
+        for name in _REDUCER_ARRAYS:
+            arrays[f"reducer{r}.{name}"] = getattr(red, name)
+        for m, rows in enumerate(red.rows):
+            arrays[f"reducer{r}.rows{m}"] = rows
     header = {
-        "format": _FORMAT, "name": program.model.name, "layers": layers, "pes": program.pes,
+        "format": _FORMAT, "name": program.model.name, "layers": layers,
+        "grid": [program.grid.rows, program.grid.cols],
         "input_shape": list(program.model.input_shape),
         "index_bits": program.index_bits, "row_slots": list(program.row_slots),
         "row_base": list(program.row_base), "out_slots": list(program.out_slots),
-        "out_base": list(program.out_base), "ptr_base": list(program.ptr_base),
+        "col_slots": list(program.col_slots), "ptr_base": list(program.ptr_base),
         "widths": dataclasses.asdict(program.widths),
         "skip_zero_activations": program.skip_zero_activations,
     }
@@ -86,20 +87,20 @@ def load_program(path) -> SparseProgram:
                                 weight=arrays[f"layer{m}.weight"],
                                 bias=arrays[f"layer{m}.bias"], relu=info["relu"], quant=q,
                                 conv=conv or None, pool=pool or None))
-        lanes = []
-        for k in range(header["pes"]):
-            lanes.append(LaneImage(
-                rows=tuple(arrays[f"lane{k}.rows{m}"] for m in range(len(layers))),
-                **{name: arrays[f"lane{k}.{name}"] for name in _LANE_ARRAYS}))
+        grid = Grid(*header["grid"])
+        pe_images = tuple(PEImage(**{name: arrays[f"pe{k}.{name}"] for name in _PE_ARRAYS})
+                          for k in range(grid.pes))
+        reducers = tuple(ReducerImage(
+            rows=tuple(arrays[f"reducer{r}.rows{m}"] for m in range(len(layers))),
+            **{name: arrays[f"reducer{r}.{name}"] for name in _REDUCER_ARRAYS})
+            for r in range(grid.rows))
         return SparseProgram(
             model=Model(name=header["name"], layers=tuple(layers),
-                        input_shape=tuple(header["input_shape"])), pes=header["pes"],
+                        input_shape=tuple(header["input_shape"])), grid=grid,
             index_bits=header["index_bits"], row_slots=tuple(header["row_slots"]),
             row_base=tuple(header["row_base"]), out_slots=tuple(header["out_slots"]),
-            out_base=tuple(header["out_base"]), ptr_base=tuple(header["ptr_base"]),
-            lanes=tuple(lanes), input_fanout=arrays["input_fanout"],
-            output_lane=arrays["output_lane"], output_row=arrays["output_row"],
-            widths=Widths(**header["widths"]),
+            col_slots=tuple(header["col_slots"]), ptr_base=tuple(header["ptr_base"]),
+            pe_images=pe_images, reducers=reducers, widths=Widths(**header["widths"]),
             skip_zero_activations=header["skip_zero_activations"]).verify()
     except FileNotFoundError:
         raise InputError(f"{path}: no compiled program here; run `python -m compiler build` "

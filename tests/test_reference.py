@@ -45,18 +45,19 @@ def test_quantize_input_rounds_half_to_even_and_saturates():
     assert q.tolist() == [0, 2, 2, 0, 127, -128]
 
 
-@pytest.mark.parametrize("pes", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("pes, grid", [(1, None), (2, None), (3, None), (5, None), (8, None),
+                                       (8, "8x1"), (9, "3x3"), (16, "4x4"), (64, None)])
 @pytest.mark.parametrize("index_bits", [None, 1, 2])
-def test_sparse_images_compute_the_dense_model(pes, index_bits):
+def test_sparse_images_compute_the_dense_model(pes, grid, index_bits):
     model = float_model([20, 17, 9, 5], sparsity=0.7, seed=pes,
                         zero_rows=[(0, 3), (1, 0)], zero_cols=[(0, 5), (2, 1)])
     cal = calibration(20, seed=pes)
-    program = compile_model(model, cal, pes, index_bits=index_bits)
+    program = compile_model(model, cal, pes, grid=grid, index_bits=index_bits)
     x = reference.quantize_input(calibration(20, n=40, seed=99), program.model.input_scale)
     got = reference.run(program, x)
     assert np.array_equal(got.outputs, reference.run_dense(program.model, x))
     if index_bits == 1:
-        padding = sum(int((lane.entry_value == 0).sum()) for lane in program.lanes)
+        padding = sum(int((pe.entry_value == 0).sum()) for pe in program.pe_images)
         assert padding > 0, "a 1-bit index must need padding entries here"
 
 
@@ -66,7 +67,7 @@ def test_zero_sparsity_and_all_zero_layer_input():
     x = np.zeros((1, 6), dtype=np.int64)            # every input zero: bias-only outputs
     result = reference.run(program, x)
     assert np.array_equal(result.outputs, reference.run_dense(program.model, x))
-    assert result.nnz_active[0, 0] == 0 and result.lane_entries[0, 0].sum() == 0
+    assert result.nnz_active[0, 0] == 0 and result.pe_entries[0, 0].sum() == 0
 
 
 def test_ideal_cycles_by_hand():
@@ -87,10 +88,20 @@ def test_ideal_cycles_by_hand():
 def test_accumulator_widths_hold_adversarial_inputs():
     model = float_model([16, 12, 6], sparsity=0.3, seed=5)
     program = compile_model(model, calibration(16), 3)
-    limit = 2 ** (program.widths.accumulator - 1)
-    mats = reference.decode_lanes(program)
+    limit = 2 ** (program.widths.partial - 1)
+    mats = reference.decode_pes(program)
     for m in range(len(program.layers)):
         for mat in mats[m]:
-            # the largest |sum| any int8 input vector can produce, per row
+            # the largest |sum| any int8 input vector can produce in one PE, per row
             worst = np.abs(mat).sum(axis=1) * 128
             assert (worst < limit).all()
+
+
+def test_the_pe_bound_counts_every_layer_of_the_busiest_pe():
+    model = float_model([12, 10, 4], sparsity=0.5, seed=8)
+    program = compile_model(model, calibration(12), 4)
+    x = reference.quantize_input(calibration(12, n=7, seed=2), program.model.input_scale)
+    result = reference.run(program, x)
+    assert np.array_equal(result.pe_bound, result.pe_entries.sum(axis=1).max(axis=1))
+    assert (result.pe_bound <= result.layer_bound).all()
+    assert (result.ideal_cycles <= result.pe_bound + len(program.layers)).all()

@@ -1,109 +1,152 @@
-"""PE assignment: which processing element owns which output rows of each layer.
+"""PE assignment: which row group owns which outputs of each layer.
 
-EIE interleaves rows over PEs and balances nothing; balancing total nonzero counts (ESE) still
-leaves PEs idle whenever the *active* columns (those whose input is nonzero) fall unevenly.
-This pass balances the work each PE does for the activation patterns it will actually see:
-it minimises the mean, over calibration inputs, of the largest per-PE count of nonzero weights
-in active columns, by greedy placement followed by a seeded local search over row swaps.
+The PEs sit on an R x C grid (:class:`~compiler.ir.Grid`): PE ``(r, c)`` works on the weights of
+row group ``r`` in the columns of group ``c``, so the work of a row group is spread over C PEs
+by the columns it touches. EIE interleaves rows and balances nothing; balancing total nonzero
+counts (ESE) still leaves PEs idle whenever the *active* columns (those whose input is nonzero)
+fall unevenly. This pass balances the work each PE does for the activation patterns it will
+actually see: it minimises the mean, over calibration inputs, of the largest per-PE count of
+nonzero weights in active columns, by greedy placement followed by a seeded local search over
+moves and swaps of outputs between row groups.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["assign_rows", "lane_work"]
+__all__ = ["assign_rows", "pe_work"]
 
 
-def lane_work(mask: np.ndarray, owner: np.ndarray, pes: int, active: np.ndarray) -> np.ndarray:
-    """Entries each PE walks for each activity pattern: int [S, pes]."""
-    per_row = active.astype(np.int64) @ mask.T.astype(np.int64)
-    onehot = np.zeros((mask.shape[0], pes), dtype=np.int64)
-    onehot[np.arange(mask.shape[0]), owner] = 1
-    return per_row @ onehot
+def pe_work(mask: np.ndarray, col_group: np.ndarray, owner: np.ndarray, grid_rows: int,
+            grid_cols: int, active: np.ndarray) -> np.ndarray:
+    """Entries each PE walks for each activity pattern: int [S, R, C]. ``mask``: [rows, cols]
+    nonzero counts, ``col_group``: the column group of every column, ``owner``: the row group
+    of every row."""
+    per = _per_group_work(mask, col_group, grid_cols, active)       # [rows, S, C]
+    out = np.zeros((grid_rows, per.shape[1], grid_cols), dtype=np.int64)
+    np.add.at(out, owner, per)
+    return out.transpose(1, 0, 2)
 
 
-def assign_rows(mask: np.ndarray, pes: int, active: np.ndarray | None = None, *,
+def _per_group_work(mask, col_group, grid_cols, active) -> np.ndarray:
+    """[rows, S, C]: the work a row adds to the PE of each column group, per pattern."""
+    rows = mask.shape[0]
+    work = np.zeros((rows, len(active), grid_cols), dtype=np.int64)
+    m = mask.astype(np.int64)
+    a = active.astype(np.int64)
+    for c in range(grid_cols):
+        cols = col_group == c
+        if cols.any():
+            work[:, :, c] = (a[:, cols] @ m[:, cols].T).T
+    return work
+
+
+def assign_rows(mask: np.ndarray, grid_rows: int, col_group: np.ndarray | None = None,
+                grid_cols: int = 1, active: np.ndarray | None = None, *,
+                prior: np.ndarray | None = None, onward: np.ndarray | None = None,
                 iterations: int = 4000, seed: int = 0) -> list[np.ndarray]:
-    """Partition the rows of ``mask`` over ``pes`` PEs. ``mask``: [rows, cols], the nonzero
-    weights (bool) or, for rows that stand for several accumulators (a pooling window), how
-    many nonzero weights each holds per column.
+    """Partition the rows of ``mask`` over ``grid_rows`` row groups. ``mask``: [rows, cols],
+    the nonzero weights (bool) or, for rows that stand for several accumulators (a pooling
+    window), how many nonzero weights each holds per column. ``col_group``: the column group
+    (0..grid_cols-1) of every column (default: all in group 0).
 
     ``active``: bool [S, cols], which columns are nonzero for each calibration input (all ones
-    when unknown). Every PE gets at most ``ceil(rows / pes)`` rows. Returns each PE's rows,
-    sorted.
+    when unknown). Every group gets at most ``ceil(rows / grid_rows)`` rows. Returns each
+    group's rows, sorted.
+
+    A pipelined array is as fast as its busiest PE over all layers, so the search balances
+    ``prior`` (float [S, R, C], the work the layers before already give each PE) plus this
+    layer's work plus ``onward`` (float [rows, S]: the work each row's output brings the
+    next layer, shared by the R PEs of the bus its row group drives).
     """
-    if pes < 1:
-        raise ValueError(f"pes must be at least 1, not {pes}")
+    if grid_rows < 1:
+        raise ValueError(f"grid_rows must be at least 1, not {grid_rows}")
     rows, cols = mask.shape
+    if col_group is None:
+        col_group = np.zeros(cols, dtype=np.int64)
     if active is None or len(active) == 0:
         active = np.ones((1, cols), dtype=bool)
-    active = active[:256]
-    capacity = -(-rows // pes)
-    per_row = active.astype(np.int64) @ mask.T.astype(np.int64)       # [S, rows]
-    # Column-balance term: PEs that share a column's entries evenly stay balanced for any
-    # activity pattern, including ones the calibration set never showed.
-    col_weight = active.mean(axis=0) + 1.0 / max(len(active), 1)
+    active = np.asarray(active, dtype=bool)[:256]
+    R, C = grid_rows, grid_cols
+    capacity = -(-rows // R)
+    work = _per_group_work(mask, np.asarray(col_group), C, active).astype(np.float64)
+    S = len(active)
+    base = np.zeros((R, S, C)) if prior is None else np.asarray(prior, float)[:S].transpose(1, 0, 2)
+    ahead = np.zeros((rows, S)) if onward is None else np.asarray(onward, float)[:, :S] / R
+    bus = np.arange(R) % C
+    # Column-balance term: row groups that share a column's entries evenly stay balanced for
+    # any activity pattern, including ones the calibration set never showed.
+    col_weight = active.mean(axis=0) + 1.0 / max(S, 1)
     m = mask.astype(np.float64)
 
-    owner = np.empty(rows, dtype=np.int64)
-    load = np.zeros((len(active), pes), dtype=np.int64)
-    counts = np.zeros(pes, dtype=np.int64)
-    for r in np.argsort(-per_row.sum(axis=0), kind="stable"):
-        candidates = np.flatnonzero(counts < capacity)
-        k = candidates[int(np.argmin(load[:, candidates].mean(axis=0)))]
-        owner[r] = k
-        load[:, k] += per_row[:, r]
-        counts[k] += 1
-    if pes == 1 or rows <= 1:
-        return [np.flatnonzero(owner == k) for k in range(pes)]
+    def total(load, onto):
+        """[R, S, C]: every PE's work (``onto``: [C, S], the next layer's per bus)."""
+        return base + load + onto.T[None, :, :]
 
-    col_load = np.zeros((pes, cols))
+    owner = np.empty(rows, dtype=np.int64)
+    load = np.zeros((R, S, C))
+    onto = np.zeros((C, S))
+    counts = np.zeros(R, dtype=np.int64)
+    for r in np.argsort(-(work.sum(axis=(1, 2)) + ahead.sum(axis=1)), kind="stable"):
+        candidates = np.flatnonzero(counts < capacity)
+        now = total(load, onto)
+        after = []
+        for k in candidates:
+            trial = now.copy()
+            trial[k] += work[r]
+            trial[:, :, bus[k]] += ahead[r][None, :]
+            after.append(trial.max(axis=(0, 2)).mean())
+        k = candidates[int(np.argmin(after))]
+        owner[r] = k
+        load[k] += work[r]
+        onto[bus[k]] += ahead[r]
+        counts[k] += 1
+    if R == 1 or rows <= 1:
+        return [np.flatnonzero(owner == k) for k in range(R)]
+
+    col_load = np.zeros((R, cols))
     np.add.at(col_load, owner, m)
 
-    def cost_of(load, col_load):
-        return load.max(axis=1).mean() + 1e-3 * float(((col_load ** 2) @ col_weight).sum())
+    def cost_of():
+        return (total(load, onto).max(axis=(0, 2)).mean()
+                + 1e-3 * float(((col_load ** 2) @ col_weight).sum()))
 
-    best = cost_of(load, col_load)
+    best = cost_of()
     rng = np.random.default_rng(seed)
     for _ in range(iterations):
         a = int(rng.integers(rows))
+        i = owner[a]
         if rng.random() < 0.5 or counts.min() >= capacity:
             b = int(rng.integers(rows))
-            i, j = owner[a], owner[b]
+            j = owner[b]
             if i == j:
                 continue
-            delta = per_row[:, b] - per_row[:, a]
-            load[:, i] += delta
-            load[:, j] -= delta
-            col_load[i] += m[b] - m[a]
-            col_load[j] += m[a] - m[b]
-            new = cost_of(load, col_load)
-            if new <= best:
-                best = new
-                owner[a], owner[b] = j, i
-            else:
-                load[:, i] -= delta
-                load[:, j] += delta
-                col_load[i] -= m[b] - m[a]
-                col_load[j] -= m[a] - m[b]
+            moves = [(a, i, j), (b, j, i)]
         else:
-            i = owner[a]
             j = int(rng.choice(np.flatnonzero(counts < capacity)))
             if i == j:
                 continue
-            load[:, i] -= per_row[:, a]
-            load[:, j] += per_row[:, a]
-            col_load[i] -= m[a]
-            col_load[j] += m[a]
-            new = cost_of(load, col_load)
-            if new <= best:
-                best = new
-                owner[a] = j
-                counts[i] -= 1
-                counts[j] += 1
-            else:
-                load[:, i] += per_row[:, a]
-                load[:, j] -= per_row[:, a]
-                col_load[i] += m[a]
-                col_load[j] -= m[a]
-    return [np.flatnonzero(owner == k) for k in range(pes)]
+            b = None
+            moves = [(a, i, j)]
+        for row, src, dst in moves:
+            _move(load, onto, col_load, work, ahead, m, bus, row, src, dst)
+        new = cost_of()
+        if new <= best:
+            best = new
+            for row, src, dst in moves:
+                owner[row] = dst
+                counts[src] -= 1
+                counts[dst] += 1
+        else:
+            for row, src, dst in reversed(moves):
+                _move(load, onto, col_load, work, ahead, m, bus, row, dst, src)
+    return [np.flatnonzero(owner == k) for k in range(R)]
+
+
+def _move(load, onto, col_load, work, ahead, m, bus, row, src, dst):
+    load[src] -= work[row]
+    load[dst] += work[row]
+    onto[bus[src]] -= ahead[row]
+    onto[bus[dst]] += ahead[row]
+    col_load[src] -= m[row]
+    col_load[dst] += m[row]
