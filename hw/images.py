@@ -1,8 +1,10 @@
 """Host side of the memory images: packs a :class:`~compiler.ir.SparseProgram` into the words
 the gateware memories are initialised with, and derives every width and depth from it.
 
-The reference model reads the same :class:`~compiler.ir.LaneImage` arrays, so the two cannot
-drift: this module only fixes bit positions.
+The reference model reads the same :class:`~compiler.ir.PEImage` arrays, so the two cannot
+drift: this module only fixes bit positions. :func:`memories` lists every memory the design
+holds (what the fit check weighs against a board); the components build theirs from the same
+:class:`Geometry`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 
 from .options import HardwareOptions
 
-__all__ = ["Geometry", "geometry", "job_layout", "entry_layout", "pointer_layout", "row_layout",
-           "pack_entries", "pack_pointers", "pack_rows", "row_fanout", "memory_bits",
-           "entry_bytes", "weight_image"]
+__all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "row_layout",
+           "drain_layout", "result_layout", "pack_entries", "pack_rows", "memory_bits",
+           "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH"]
+
+#: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
+#: chunks this deep.
+SPRAM_DEPTH = 16384
 
 
 def _bits(n: int) -> int:
@@ -28,67 +34,152 @@ def _bits(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
+def _stages(fanout: int, per_stage: int = 8) -> int:
+    """Register levels of a tree that reaches ``fanout`` ends, ``per_stage`` per level."""
+    levels, reach = 1, per_stage
+    while reach < fanout:
+        levels += 1
+        reach *= per_stage
+    return levels
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """Every width and depth of the gateware, derived from one program."""
-    pes: int
+    """Every width, depth and latency of the gateware, derived from one program."""
+    rows: int                 # grid rows R (reducers)
+    cols: int                 # grid columns C (buses, input lanes)
     layers: int
+    banks: tuple              # accumulator banks, per layer (inferences in flight per layer)
     in_features: int
     out_features: int
     index_bits: int
-    row_slots: tuple          # accumulator rows per PE, per layer
-    max_row_slots: int
-    out_slots: tuple          # outputs per PE, per layer (rows / pooling window)
+    row_slots: tuple          # accumulator rows per row group, per layer
+    row_base: tuple           # per layer: offset into the reducers' row tables
+    out_slots: tuple          # outputs per row group, per layer (rows / pooling window)
+    col_slots: tuple          # local columns per column group, per layer
+    ptr_base: tuple           # per layer: offset into every PE's pointer table
     groups: tuple             # accumulator rows per output, per layer
     pool_sum_width: int       # signed bits of a pooling window's sum of int8 values
     shifts: tuple             # requantization shift, per layer
+    expected_ends: tuple      # per bus, per layer: end-of-layer tokens a PE waits for
     memory: str               # "block" or "distributed" (see hw.options)
-    pipeline: str             # "short" or "deep" (see hw.options)
-    ptr_depth: int
-    ptr_width: int            # bits of a pointer-memory address (a job's column)
-    entry_depth: tuple        # per lane
-    start_bits: int
-    count_bits: int
-    row_bits: int
-    acc_width: int
+    pipeline: str             # "short" or "deep"
+    weights: str              # "bitstream" or "uploaded"
+    entry_depth: tuple        # per PE
+    ptr_width: int            # bits of a column pointer (an entry address)
+    partial_width: int        # a PE's partial sums
+    acc_width: int            # a row's whole sum
     bias_width: int
-    queue_depth: int
-    input_queue_depth: int
+    fifo_depth: int           # each PE's activation FIFO
+    reducer_fifo_depth: int   # each reducer's output FIFO
     skip_zero_activations: bool
-    weights: str              # "bitstream" or "uploaded" (see hw.options)
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def slots(self) -> int:
+        """Accumulator banks of a PE, all layers: bank ``b`` of layer ``m`` is slot
+        :meth:`slot` ``(m, b)``."""
+        return sum(self.banks)
+
+    def slot(self, layer: int, bank: int) -> int:
+        return sum(self.banks[:layer]) + bank
+
+    def layer_of(self, slot: int) -> int:
+        """The layer whose bank ``slot`` is."""
+        for m in range(self.layers):
+            if slot < sum(self.banks[:m + 1]):
+                return m
+        raise ValueError(f"slot {slot} is past the last layer's banks")
+
+    @property
+    def beats(self) -> int:
+        """Input beats per inference (``cols`` values each)."""
+        return self.col_slots[0]
+
+    @property
+    def ptr_depth(self) -> int:
+        return sum(self.col_slots) + 1
+
+    @property
+    def col_bits(self) -> int:
+        return _bits(max(self.col_slots) - 1)
+
+    @property
+    def row_bits(self) -> int:
+        return _bits(max(self.row_slots) - 1)
+
+    @property
+    def start_bits(self) -> int:
+        """Bits of an entry address."""
+        return _bits(max(self.entry_depth) - 1)
 
     @property
     def shift_bits(self) -> int:
         return SHIFT_MAX.bit_length()
 
+    @property
+    def out_depth(self) -> int:
+        """Words of each reducer's output memory: two inferences of the last layer."""
+        return 2 * self.out_slots[-1]
+
+    @property
+    def bus_stages(self) -> int:
+        """Register levels from a bus's root to its PEs' FIFOs."""
+        return _stages(self.rows)
+
+    @property
+    def stall_stages(self) -> int:
+        """Register levels of a bus's almost-full OR, after each PE's own register."""
+        return _stages(self.rows)
+
+    @property
+    def fifo_threshold(self) -> int:
+        """A PE's FIFO says almost full at this level: what may still be on its way when the
+        bus's root sees it (fan-out, the OR tree, the PE's own register) still fits."""
+        return self.fifo_depth - (self.bus_stages + self.stall_stages + 3)
+
+    @property
+    def drain_stages(self) -> int:
+        """Register levels from a reducer to its PEs' drain ports (the reducer's own register
+        reaches eight; more need a level each)."""
+        return _stages(self.cols) - 1
+
+    @property
+    def in_flight(self) -> int:
+        """Inferences the array can hold at once (timestamps kept for each): every bank, the
+        two output buffers, one being loaded."""
+        return self.slots + 3
+
 
 def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> Geometry:
     options = options or HardwareOptions()
-    queue_depth = options.queue_depth
-    ptr_depth = program.ptr_base[-1] + program.column_count(len(program.layers) - 1)
-    entries = [max(1, len(lane.entry_value)) for lane in program.lanes]
-    max_count = max(int(lane.ptr_count.max(initial=0)) for lane in program.lanes)
-    slots = max(program.row_slots)
+    grid = program.grid
+    entries = [max(1, len(pe.entry_value)) for pe in program.pe_images]
     groups = tuple(layer.group for layer in program.layers)
-    if queue_depth is None:
-        # A queue never holds more than one layer's outputs of one PE: this depth never stalls.
-        queue_depth = max(2, min(max(program.out_slots), 16))
-    if options.pipeline == "deep":
-        queue_depth = max(queue_depth, 3)     # two head registers and a FIFO (hw/queue.py)
+    ends = tuple(tuple([1] + [len(grid.reducers_on(c))] * (len(program.layers) - 1))
+                 for c in range(grid.cols))
+    fifo_depth = options.fifo_depth
+    minimum = 2 * (_stages(grid.rows) + 2) + 2
+    if fifo_depth < minimum:
+        raise ValueError(f"fifo_depth {fifo_depth} is too shallow for a {grid} grid: its buses "
+                         f"need at least {minimum}")
     return Geometry(
-        pes=program.pes, layers=len(program.layers),
+        rows=grid.rows, cols=grid.cols, layers=len(program.layers),
+        banks=options.banks_for(len(program.layers)),
         in_features=program.model.in_features, out_features=program.model.out_features,
-        index_bits=program.index_bits, row_slots=tuple(program.row_slots), max_row_slots=slots,
-        out_slots=tuple(program.out_slots), groups=groups,
+        index_bits=program.index_bits, row_slots=tuple(program.row_slots),
+        row_base=tuple(program.row_base), out_slots=tuple(program.out_slots),
+        col_slots=tuple(program.col_slots), ptr_base=tuple(program.ptr_base), groups=groups,
         pool_sum_width=max(9, (128 * max(groups)).bit_length() + 1),
-        shifts=tuple(_layer_shift(layer) for layer in program.layers),
-        ptr_depth=ptr_depth, ptr_width=_bits(ptr_depth - 1),
-        entry_depth=tuple(entries), start_bits=_bits(max(entries)),
-        count_bits=_bits(max(1, max_count)), row_bits=_bits(slots),
-        acc_width=program.widths.accumulator, bias_width=program.widths.biased,
-        queue_depth=queue_depth, input_queue_depth=max(2, program.model.in_features),
-        skip_zero_activations=program.skip_zero_activations, memory=options.memory,
-        pipeline=options.pipeline, weights=options.weights)
+        shifts=tuple(_layer_shift(layer) for layer in program.layers), expected_ends=ends,
+        memory=options.memory, pipeline=options.pipeline, weights=options.weights,
+        entry_depth=tuple(entries), ptr_width=_bits(max(entries)),
+        partial_width=program.widths.partial, acc_width=program.widths.accumulator,
+        bias_width=program.widths.biased, fifo_depth=fifo_depth, reducer_fifo_depth=16,
+        skip_zero_activations=program.skip_zero_activations)
 
 
 def _layer_shift(layer) -> int:
@@ -99,13 +190,14 @@ def _layer_shift(layer) -> int:
     return shifts.pop()
 
 
-def job_layout(geo: Geometry) -> data.StructLayout:
-    """A job: one nonzero activation sent to one PE - which column, its value, and the parity
-    of the layer that consumes it."""
+def bus_layout(geo: Geometry) -> data.StructLayout:
+    """What a bus carries: one nonzero activation (its local column, its value) for the bank
+    ``slot``, or (``end``) the token that closes one source's part of that bank's layer."""
     return data.StructLayout({
-        "column": unsigned(geo.ptr_width),
+        "column": unsigned(geo.col_bits),
         "value": signed(8),
-        "tag": unsigned(1),
+        "slot": unsigned(_bits(geo.slots - 1)),
+        "end": unsigned(1),
     })
 
 
@@ -113,33 +205,48 @@ def entry_layout(geo: Geometry) -> data.StructLayout:
     return data.StructLayout({"value": signed(8), "index": unsigned(geo.index_bits)})
 
 
-def pointer_layout(geo: Geometry) -> data.StructLayout:
-    """A column's entries in one PE: where they start, how many; and whether that is one or two
-    (stored, so that no comparison follows the block RAM's output: on iCE40 a deep pointer
-    memory is several EBRs behind a multiplexer already)."""
-    return data.StructLayout({"start": unsigned(geo.start_bits),
-                              "count": unsigned(geo.count_bits),
-                              "single": unsigned(1), "double": unsigned(1)})
+def job_layout(geo: Geometry) -> data.StructLayout:
+    """A column for a PE's walker: its entries (start, count; ``single``: just one), the
+    activation, its bank, or an end token (``end``, no entries)."""
+    return data.StructLayout({
+        "start": unsigned(geo.ptr_width),
+        "count": unsigned(geo.ptr_width),
+        "single": unsigned(1),
+        "value": signed(8),
+        "slot": unsigned(_bits(geo.slots - 1)),
+        "end": unsigned(1),
+    })
+
+
+def drain_layout(geo: Geometry) -> data.StructLayout:
+    """A reducer's read of one accumulator row of one bank in each of its PEs."""
+    return data.StructLayout({"slot": unsigned(_bits(geo.slots - 1)),
+                              "addr": unsigned(geo.row_bits)})
+
+
+def result_layout(geo: Geometry) -> data.StructLayout:
+    """One final output, into a reducer's output memory."""
+    return data.StructLayout({"addr": unsigned(_bits(geo.out_depth - 1)), "value": signed(8)})
 
 
 def row_layout(geo: Geometry) -> data.StructLayout:
     """Requantization parameters of one accumulator row (the shift is per layer)."""
-    return data.StructLayout({
-        "bias": signed(geo.bias_width),
-        "multiplier": unsigned(MULTIPLIER_BITS),
-        # the PEs (bit mask) holding weights in the column that this row's output feeds:
-        # every row of a pooling window carries its output's mask, so the writeback reads
-        # one memory at one address per row
-        "fanout": unsigned(geo.pes),
-    })
+    return data.StructLayout({"bias": signed(geo.bias_width),
+                              "multiplier": unsigned(MULTIPLIER_BITS)})
 
 
-def pack_entries(program: SparseProgram, lane: int, geo: Geometry) -> list:
-    img = program.lanes[lane]
-    layout = entry_layout(geo)
-    words = [layout.const({"value": int(v), "index": int(i)}).as_value().value
-             for v, i in zip(img.entry_value, img.entry_index)]
-    return words or [0]
+def pack_entries(program: SparseProgram, pe: int, geo: Geometry) -> list:
+    img = program.pe_images[pe]
+    mask = (1 << geo.index_bits) - 1
+    values = (img.entry_value.astype(np.int64) & 0xFF) | (img.entry_index.astype(np.int64)
+                                                           & mask) << 8
+    return [int(v) for v in values] or [0]
+
+
+def pack_rows(program: SparseProgram, r: int, geo: Geometry) -> list:
+    red = program.reducers[r]
+    bias = red.bias.astype(np.int64) & ((1 << geo.bias_width) - 1)
+    return [int(b | (int(m) << geo.bias_width)) for b, m in zip(bias, red.multiplier)]
 
 
 def entry_bytes(geo: Geometry) -> int:
@@ -154,50 +261,67 @@ def weight_image(program: SparseProgram, geo: Geometry | None = None) -> bytes:
     geo = geo or geometry(program)
     size = entry_bytes(geo)
     out = bytearray()
-    for lane in range(program.pes):
-        for word in pack_entries(program, lane, geo):
+    for pe in range(geo.pes):
+        for word in pack_entries(program, pe, geo):
             out += int(word).to_bytes(size, "little")
     return bytes(out)
 
 
-def pack_pointers(program: SparseProgram, lane: int, geo: Geometry) -> list:
-    img = program.lanes[lane]
-    layout = pointer_layout(geo)
-    return [layout.const({"start": int(s), "count": int(c), "single": int(c) == 1,
-                          "double": int(c) == 2}).as_value().value
-            for s, c in zip(img.ptr_start, img.ptr_count)]
+@dataclass(frozen=True)
+class MemorySpec:
+    """One kind of memory of the design: ``count`` copies of ``depth`` x ``width`` bits.
+    ``read``: "sync" (a registered read: block RAM) or "async" (LUT RAM, flip-flops);
+    ``ports``: read ports; ``kind``: what it holds (the fit check maps each kind)."""
+    name: str
+    depth: int
+    width: int
+    count: int = 1
+    read: str = "sync"
+    ports: int = 1
+    kind: str = "ram"
+
+    @property
+    def bits(self) -> int:
+        return self.depth * self.width * self.count
 
 
-def row_fanout(program: SparseProgram, lane: int, geo: Geometry) -> np.ndarray:
-    """Per row of ``lane``'s row tables: its output's fan-out mask (0 for padding rows)."""
-    img = program.lanes[lane]
-    fanout = np.zeros(len(img.bias), dtype=np.int64)
-    for m in range(len(program.layers)):
-        rows = img.row_count(m)
-        local = np.arange(rows)
-        fanout[program.row_base[m] + local] = img.fanout[program.out_base[m]
-                                                         + local // geo.groups[m]]
-    return fanout
+def memories(geo: Geometry) -> list[MemorySpec]:
+    """Every memory of the accelerator, by kind (the fit check's input)."""
+    out = []
+    entry_w = entry_layout(geo).size
+    if geo.weights == "uploaded":
+        for depth in geo.entry_depth:
+            for base in range(0, depth, SPRAM_DEPTH):
+                out.append(MemorySpec("pe.uploaded_entries", min(SPRAM_DEPTH, depth - base),
+                                      entry_w, kind="uploaded_weights"))
+    else:
+        for depth in geo.entry_depth:
+            out.append(MemorySpec("pe.entries", depth, entry_w, kind="weights"))
+    out.append(MemorySpec("pe.pointers", geo.ptr_depth, geo.ptr_width, count=geo.pes, ports=2,
+                          kind="pointers"))
+    for m in range(geo.layers):
+        out.append(MemorySpec(f"pe.acc_layer{m}", geo.row_slots[m], geo.partial_width,
+                              count=geo.pes * geo.banks[m], read="async", kind="accumulators"))
+    item = bus_layout(geo).size
+    out.append(MemorySpec("pe.fifo", geo.fifo_depth, item, count=geo.pes, read="async",
+                          kind="fifo"))
+    out.append(MemorySpec("pe.walker_queue", _WALKER_QUEUE, job_layout(geo).size,
+                          count=geo.pes, read="async", kind="fifo"))
+    out.append(MemorySpec("reducer.rowparams", max(1, sum(geo.row_slots)),
+                          row_layout(geo).size, count=geo.rows, kind="row_parameters"))
+    out.append(MemorySpec("reducer.fifo", geo.reducer_fifo_depth, item, count=geo.rows,
+                          read="async", kind="fifo"))
+    out.append(MemorySpec("output.buffers", geo.out_depth, 8, count=geo.rows, kind="outputs"))
+    return out
 
 
-def pack_rows(program: SparseProgram, lane: int, geo: Geometry) -> list:
-    img = program.lanes[lane]
-    layout = row_layout(geo)
-    return [layout.const({"bias": int(b), "multiplier": int(m), "fanout": int(f)})
-            .as_value().value
-            for b, m, f in zip(img.bias, img.multiplier, row_fanout(program, lane, geo))]
+#: Depth of each PE's walker queue (columns looked up, waiting for the walker).
+_WALKER_QUEUE = 8
 
 
 def memory_bits(geo: Geometry) -> dict:
-    """Storage the design needs, by kind, in bits (what the fit check weighs against a
-    board's block RAM)."""
-    job_bits = job_layout(geo).size
-    return {
-        "weights": sum(geo.entry_depth) * (8 + geo.index_bits),
-        "pointers": geo.pes * geo.ptr_depth * pointer_layout(geo).size,
-        "row_parameters": geo.pes * sum(geo.row_slots) * row_layout(geo).size,
-        "accumulators": geo.pes * 2 * geo.max_row_slots * geo.acc_width,
-        "job_queues": geo.pes * geo.pes * geo.queue_depth * job_bits,
-        "input_queues": geo.pes * geo.input_queue_depth * job_bits,
-        "outputs": geo.pes * max(2, geo.out_slots[-1]) * 8,
-    }
+    """Storage the design needs, by kind, in bits."""
+    out: dict = {}
+    for spec in memories(geo):
+        out[spec.kind] = out.get(spec.kind, 0) + spec.bits
+    return out

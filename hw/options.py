@@ -5,22 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "PIPELINES", "WEIGHT_STORES",
-           "options_for"]
+           "BANKS", "DEFAULT_FIFO_DEPTH", "options_for", "needed_banks"]
 
-#: "block": synchronous-read RAMs (block RAM, iCE40 EBR), each read registered before use,
-#: accumulators read-modify-written over a pipeline with forwarding - any size, two more
-#: cycles from a job to its products. "distributed": asynchronous-read RAMs (LUT RAM on ECP5 and
-#: 7-series), registered once - the shortest pipeline, for memories small enough for LUTs.
+#: Weight and pointer memories. "block": block RAM, whose slow clock-to-out (ECP5: 5.6 ns)
+#: gets a register of its own behind every read. "distributed": LUT RAM, read into a register
+#: at once (one cycle less from a column to its products).
 MEMORY_STYLES = ("block", "distributed")
 
-#: Largest per-PE memory (words) that "distributed" puts in LUT RAM.
-DISTRIBUTED_MAX_DEPTH = 1024
-
-
 #: "short": the fewest register stages; "deep": extra stages where slow fabric (iCE40) needs
-#: them, at a cycle or two of latency per layer.
+#: them (the requantizer's product in two registered halves, its saturation flags registered).
 PIPELINES = ("short", "deep")
-
 
 #: "bitstream": the weight memories are initialised by the bitstream (block RAM, LUT RAM).
 #: "uploaded": they start empty and the host uploads the weights over the link before the
@@ -28,13 +22,30 @@ PIPELINES = ("short", "deep")
 #: bitstream can initialise; inferences are refused until a whole, in-order image arrived.
 WEIGHT_STORES = ("bitstream", "uploaded")
 
+#: Accumulator banks per layer: 2 lets inference n + 1 fill a layer's bank while the reducers
+#: still drain inference n's; 1 halves the accumulator memory.
+BANKS = (1, 2, 3, 4)
+
+#: Entries of each PE's activation FIFO.
+DEFAULT_FIFO_DEPTH = 16
+
 
 @dataclass(frozen=True)
 class HardwareOptions:
-    queue_depth: int | None = None      # PE-to-PE job queues; None: never stalls, at most 16
     memory: str = "block"
     pipeline: str = "short"
     weights: str = "bitstream"
+    banks: int | tuple = 2            # for every layer, or one count per layer
+    fifo_depth: int = DEFAULT_FIFO_DEPTH
+
+    def banks_for(self, layers: int) -> tuple:
+        """Accumulator banks of each of ``layers`` layers."""
+        if isinstance(self.banks, tuple):
+            if len(self.banks) != layers:
+                raise ValueError(f"banks gives {len(self.banks)} layers' banks, the model has "
+                                 f"{layers} layers")
+            return self.banks
+        return (self.banks,) * layers
 
     def __post_init__(self):
         if self.memory not in MEMORY_STYLES:
@@ -43,43 +54,65 @@ class HardwareOptions:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
         if self.weights not in WEIGHT_STORES:
             raise ValueError(f"weights must be one of {WEIGHT_STORES}, not {self.weights!r}")
-        if self.queue_depth is not None and (not isinstance(self.queue_depth, int)
-                                             or self.queue_depth < 2):
-            raise ValueError(f"queue_depth must be an integer >= 2, not {self.queue_depth!r}")
+        for banks in (self.banks if isinstance(self.banks, tuple) else (self.banks,)):
+            if banks not in BANKS:
+                raise ValueError(f"banks must be one of {BANKS} (or a tuple of them, one per "
+                                 f"layer), not {self.banks!r}")
+        if not isinstance(self.fifo_depth, int) or not 4 <= self.fifo_depth <= 1024:
+            raise ValueError(f"fifo_depth must be an integer in 4..1024, not "
+                             f"{self.fifo_depth!r}")
 
 
 @dataclass(frozen=True)
 class Choices:
-    """What the user asked for (``build --queue-depth/--memory/--pipeline/--weights``); None:
-    let :func:`options_for` decide (weights: the fit check, boards/fit.py)."""
-    queue_depth: int | None = None
+    """What the user asked for (``build --memory/--pipeline/--weights/--banks/--fifo-depth``);
+    None: let :func:`options_for` decide (weights: the fit check, boards/fit.py)."""
     memory: str | None = None
     pipeline: str | None = None
     weights: str | None = None
+    banks: int | None = None
+    fifo_depth: int | None = None
 
 
 def options_for(program, family: str | None, choices: Choices | None = None
                 ) -> HardwareOptions:
     """The options a board family calls for; ``choices`` override.
 
-    Block RAM on iCE40 (it has no LUT RAM) and on ECP5, where it closes timing far better
-    than LUT RAM (digits MLP on the ULX3S, P = 2 / 4 / 8: 106 / 94 / 74 MHz with block RAM,
-    79 / 67 / 50 MHz with LUT RAM; docs/benchmarks.md), for two more cycles of latency per
-    layer. LUT RAM on 7-series when every per-PE memory is small (no place and route here to
-    say otherwise; the shortest pipeline, the fewest cycles). The deep pipeline on iCE40, and
-    on ECP5 for P = 4 to 7, where the short pipeline's arbiter (a round-robin over P queues
-    into the pointer RAM's address) falls below 100 MHz and the deep one's registered grant
-    does not (ULX3S, P = 4: 107.05 MHz deep, 91.46 short; docs/benchmarks.md); it costs 30
-    cycles per inference. Not from P = 8: there the deep pipeline's P * P queues of head
-    registers (14 000 flip-flops) congest nextpnr's router, which did not converge in 20
-    minutes at two of three seeds (once: 91.61 MHz)."""
+    Block RAM for weights and pointers everywhere but on 7-series, where LUT RAM holds small
+    per-PE memories well; the deep pipeline on iCE40."""
     choices = choices or Choices()
-    queue_depth = choices.queue_depth
-    deepest = max([len(lane.entry_value) for lane in program.lanes]
-                  + [program.ptr_base[-1] + program.column_count(len(program.layers) - 1)])
+    deepest = max([len(pe.entry_value) for pe in program.pe_images]
+                  + [sum(program.col_slots) + 1])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
     memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
-    deep = family == "ice40" or (family == "ecp5" and 4 <= program.pes < 8)
-    pipeline = choices.pipeline or ("deep" if deep else "short")
-    return HardwareOptions(queue_depth=queue_depth, memory=memory, pipeline=pipeline,
-                           weights=choices.weights or "bitstream")
+    pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
+    return HardwareOptions(memory=memory, pipeline=pipeline,
+                           weights=choices.weights or "bitstream",
+                           banks=choices.banks or 2,
+                           fifo_depth=choices.fifo_depth or DEFAULT_FIFO_DEPTH)
+
+
+def needed_banks(program, run) -> tuple:
+    """Per layer: two accumulator banks where one would hold the next inference back, one
+    elsewhere (a bank is LUT RAM in every PE). A layer's bank is busy from its first
+    activation to the end of its drain: the activations of the layer before (or the input
+    beats) arrive while the reducers drain that layer, its own work follows, then its own
+    drain, each row a cycle, and some pipeline latency. Next inference's activations for the
+    layer come an inference later; one bank suffices when it is busy for less than half of
+    one. ``run``: a reference run on calibration inputs (:func:`compiler.reference.run`)."""
+    work = run.pe_entries.mean(axis=0).max(axis=1)             # busiest PE, per layer
+    interval = max(float(run.pe_bound.mean()), program.col_slots[0])
+    banks = []
+    for m in range(len(program.layers)):
+        arrive = program.col_slots[0] if m == 0 else program.row_slots[m - 1]
+        busy = arrive + float(work[m]) + program.row_slots[m] + _LATENCY
+        banks.append(2 if busy > interval / 2 else 1)
+    return tuple(banks)
+
+
+#: Cycles a bank waits on pipelines (bus, walker, MAC, reducer), roughly.
+_LATENCY = 24
+
+
+#: Largest per-PE memory (words) that "distributed" puts in LUT RAM.
+DISTRIBUTED_MAX_DEPTH = 1024

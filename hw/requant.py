@@ -59,7 +59,7 @@ class Requantizer(wiring.Component):
             raise ValueError(f"shifts must be integers in 1..{SHIFT_MAX}, not {shifts!r}")
         self.acc_width, self.bias_width, self.shifts = acc_width, bias_width, shifts
         self.deep = deep
-        self.latency = 6 if deep else 3
+        self.latency = self.stages(deep)
         self.product_width = bias_width + MULTIPLIER_BITS + 1
         in_layout = data.StructLayout({
             "acc": signed(acc_width),
@@ -74,6 +74,11 @@ class Requantizer(wiring.Component):
             "i": In(stream.Signature(in_layout, always_ready=True)),
             "o": Out(stream.Signature(out_layout, always_ready=True)),
         })
+
+    @staticmethod
+    def stages(deep: bool) -> int:
+        """Cycles from an input to its output."""
+        return 6 if deep else 3
 
     def elaborate(self, platform):
         m = Module()

@@ -55,6 +55,7 @@ def simulator_env(simulator: str) -> dict:
 
 
 _TIME_ZERO = re.compile(r"reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;")
+_LONE_ALWAYS = re.compile(r"(?m)^  always @\*\n    ([^\n;]+;)$")
 
 
 def icarus_source(verilog: Path, build_dir: Path) -> Path:
@@ -67,6 +68,9 @@ def icarus_source(verilog: Path, build_dir: Path) -> Path:
     """
     text = Path(verilog).read_text()
     patched = _TIME_ZERO.sub(lambda m: f"reg {m.group(1)};\n  initial #0 {m.group(1)} = 0;", text)
+    # a slice of a reg assigned alone (`always @*` then one statement) reads no dummy: run the
+    # statement once at time zero as well, or a slice whose inputs never change stays X
+    patched = _LONE_ALWAYS.sub(lambda m: f"{m.group(0)}\n  initial #0 {m.group(1)}", patched)
     out = build_dir / f"icarus_{Path(verilog).name}"
     out.write_text(patched)
     return out

@@ -1,0 +1,233 @@
+"""The column walker of a PE: column pointers in, one weight entry per cycle out.
+
+Each activation from the bus names a local column of its bank's layer. The walker looks the
+column up in the PE's CSC pointer table (two reads of one dual-port memory: the column's start
+and the next column's), drops a column with no entries here, queues the others, and walks
+their entries one per cycle: (weight, relative row index) with the activation beside it. End
+tokens pass through in order, as ops of their own.
+
+Pipeline (``block`` memories add the two bracketed registers)::
+
+    pop -> L0: pointer addresses -> L1: pointer words -> [L2] -> queue -> walker
+        -> E1: entry word -> [E2] -> op out
+"""
+
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, entry_layout,
+                     job_layout)
+
+__all__ = ["ColumnWalker", "op_layout", "_count"]
+
+
+def _count(m, counter, up, down):
+    """``counter`` += ``up`` - ``down`` (one-bit events), without a multi-operand adder."""
+    with m.If(up & ~down):
+        m.d.sync += counter.eq(counter + 1)
+    with m.Elif(down & ~up):
+        m.d.sync += counter.eq(counter - 1)
+
+
+def op_layout(geo: Geometry) -> data.StructLayout:
+    """One weight entry with its activation (``first``: the column's first entry), or an end
+    token (``end``)."""
+    return data.StructLayout({
+        "slot": bus_layout(geo)["slot"].shape,
+        "first": unsigned(1),
+        "end": unsigned(1),
+        "act": signed(8),
+        "weight": signed(8),
+        "gap": unsigned(geo.index_bits),
+    })
+
+
+class ColumnWalker(wiring.Component):
+    """Pointer lookup and entry walk for PE ``pe`` of ``geo``.
+
+    Parameters
+    ----------
+    geo : Geometry
+    pointers : list of int
+        The PE's CSC pointer table (:attr:`compiler.ir.PEImage.ptr`).
+    entries : list of int or None
+        Packed entry words (:func:`hw.images.pack_entries`); None for uploaded weights.
+    spram : bool
+        Uploaded weights go to iCE40 SPRAM (``ram_style`` "huge").
+
+    Members
+    -------
+    i : In(stream.Signature(bus_layout(geo)))
+        Activations and end tokens, from the PE's FIFO.
+    o : Out(stream.Signature(op_layout(geo), always_ready=True))
+        Entries (and end tokens), at most one a cycle, in order.
+    load_addr : In(start_bits), load_data : In(entry), load_en : In(1)
+        Uploaded weights only: write ``load_data`` into the entry memory at ``load_addr``
+        (never while computing). The memory has a single address, a write's or the walker's,
+        so that Yosys can map it to single-port RAM (iCE40 SPRAM).
+    """
+
+    def __init__(self, geo: Geometry, pointers, entries=None, *, spram: bool = False):
+        if not isinstance(geo, Geometry):
+            raise TypeError(f"geo must be a Geometry, not {geo!r}")
+        if len(pointers) != geo.ptr_depth:
+            raise ValueError(f"the pointer table needs {geo.ptr_depth} words, not "
+                             f"{len(pointers)}")
+        if (entries is None) != (geo.weights == "uploaded"):
+            raise ValueError("entries must be given exactly when the weights are in the "
+                             "bitstream")
+        self.geo, self.pointers, self.entries, self.spram = geo, list(pointers), entries, spram
+        self.depth = max(1, max(int(p) for p in pointers)) if entries is None else len(entries)
+        upload = {}
+        if entries is None:
+            upload = {"load_addr": In(geo.start_bits), "load_data": In(entry_layout(geo).size),
+                      "load_en": In(1)}
+        super().__init__({
+            "i": In(stream.Signature(bus_layout(geo))),
+            "o": Out(stream.Signature(op_layout(geo), always_ready=True)),
+            **upload,
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        geo = self.geo
+        block = geo.memory == "block"
+        job = job_layout(geo)
+        ptr_w = geo.ptr_width
+
+        # ---- lookup: pointer addresses from the column, both pointer words ---------------
+        # `reserved`: columns popped and not yet taken by the walker (or dropped); never more
+        # than the queue holds, so the queue never refuses one
+        reserved = Signal(range(_WALKER_QUEUE + 1))
+        can_pop = Signal()
+        m.d.comb += can_pop.eq(reserved != _WALKER_QUEUE)
+        pop = self.i.valid & can_pop
+        m.d.comb += self.i.ready.eq(can_pop)
+        base = [geo.ptr_base[geo.layer_of(s)] for s in range(geo.slots)]
+        # block RAM even when small: Yosys would build a two-port table this size from LUTs
+        m.submodules.pointers = pointers = memory.Memory(
+            shape=unsigned(ptr_w), depth=geo.ptr_depth, init=self.pointers,
+            attrs={"ram_style": "block"} if block else None)
+        rp_start, rp_end = pointers.read_port(), pointers.read_port()
+        width = max(1, (geo.ptr_depth - 1).bit_length())
+        l0_valid, l0_item = Signal(), Signal(bus_layout(geo))
+        addr0, addr1 = Signal(width), Signal(width)
+        m.d.sync += [l0_valid.eq(pop), l0_item.eq(self.i.payload)]
+        col = self.i.payload.column
+        m.d.sync += [addr0.eq(Array(Const(b, width) for b in base)[self.i.payload.slot] + col),
+                     addr1.eq(Array(Const(b + 1, width) for b in base)[self.i.payload.slot]
+                              + col)]
+        m.d.comb += [rp_start.addr.eq(addr0), rp_end.addr.eq(addr1)]
+        l1_valid, l1_item = Signal(), Signal(bus_layout(geo))
+        m.d.sync += [l1_valid.eq(l0_valid), l1_item.eq(l0_item)]
+        p_valid, p_item = l1_valid, l1_item
+        start, end = rp_start.data, rp_end.data
+        if block:           # block RAM's output into a register before any logic
+            l2_valid, l2_item = Signal(), Signal(bus_layout(geo))
+            start, end = Signal(ptr_w), Signal(ptr_w)
+            m.d.sync += [l2_valid.eq(l1_valid), l2_item.eq(l1_item),
+                         start.eq(rp_start.data), end.eq(rp_end.data)]
+            p_valid, p_item = l2_valid, l2_item
+
+        # ---- queue: columns with entries here, and end tokens ----------------------------
+        m.submodules.queue = queue = SyncFIFOBuffered(width=job.size, depth=_WALKER_QUEUE)
+        count = Signal(ptr_w)
+        m.d.comb += count.eq(end - start)
+        push = Signal()
+        drop = Signal()
+        pushed = Signal(job)
+        m.d.comb += [
+            push.eq(p_valid & (p_item.end | (count != 0))),
+            drop.eq(p_valid & ~p_item.end & (count == 0)),
+            pushed.start.eq(start), pushed.count.eq(count), pushed.single.eq(count == 1),
+            pushed.value.eq(p_item.value), pushed.slot.eq(p_item.slot),
+            pushed.end.eq(p_item.end),
+            queue.w_data.eq(pushed), queue.w_en.eq(push),
+        ]
+
+        # ---- walker: one entry address per cycle ----------------------------------------
+        head = data.View(job, queue.r_data)
+        free = Signal(init=1)               # no column in progress
+        take = queue.r_rdy & free
+        m.d.comb += queue.r_en.eq(take)
+        # a column can be dropped in the cycle the walker takes another: both count
+        change = Signal(signed(3))
+        m.d.comb += change.eq(pop - take - drop)
+        m.d.sync += reserved.eq(reserved + change)
+        walk_addr = Signal(geo.start_bits)
+        walk_left = Signal(ptr_w)
+        walk_one = Signal()                 # one entry left after this one
+        walk_value = Signal(signed(8))
+        walk_slot = Signal.like(head.slot)
+        with m.If(take):
+            m.d.sync += [walk_addr.eq(head.start + 1), walk_left.eq(head.count - 1),
+                         free.eq(head.end | head.single), walk_one.eq(head.count == 2),
+                         walk_value.eq(head.value), walk_slot.eq(head.slot)]
+        with m.Elif(~free):
+            m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1),
+                         free.eq(walk_one), walk_one.eq(walk_left == 2)]
+        issue = {"valid": take | ~free, "first": take, "end": take & head.end,
+                 "act": Mux(take, head.value, walk_value),
+                 "slot": Mux(take, head.slot, walk_slot)}
+        entry_addr = Mux(take, head.start, walk_addr)
+        entry = self._entry_read(m, entry_addr)
+
+        # ---- entry word: E1 (and E2) ----------------------------------------------------
+        e1 = {name: Signal(value.shape(), name=f"e1_{name}") for name, value in issue.items()}
+        m.d.sync += [e1[name].eq(value) for name, value in issue.items()]
+        out, word = e1, entry
+        if block:
+            e2 = {name: Signal(value.shape(), name=f"e2_{name}") for name, value in e1.items()}
+            m.d.sync += [e2[name].eq(value) for name, value in e1.items()]
+            word = Signal(entry_layout(geo).size)
+            m.d.sync += word.eq(entry)
+            out = e2
+        word = data.View(entry_layout(geo), word)
+        m.d.comb += [
+            self.o.valid.eq(out["valid"]),
+            self.o.payload.slot.eq(out["slot"]), self.o.payload.first.eq(out["first"]),
+            self.o.payload.end.eq(out["end"]), self.o.payload.act.eq(out["act"]),
+            self.o.payload.weight.eq(word.value), self.o.payload.gap.eq(word.index),
+        ]
+        return m
+
+    def _entry_read(self, m, addr):
+        """The entry memory (bitstream-initialised, or uploaded in SPRAM-deep chunks): its word
+        at ``addr``, a cycle later."""
+        width = entry_layout(self.geo).size
+        if self.entries is not None:
+            m.submodules.entries = entries = memory.Memory(shape=width, depth=len(self.entries),
+                                                           init=self.entries)
+            rp = entries.read_port()
+            m.d.comb += rp.addr.eq(addr)
+            return rp.data
+        # Uploaded: empty until the host sends the weights (no initial contents: on iCE40 the
+        # flow drops the all-zero init Amaranth emits, and `ram_style` asks for SPRAM). In
+        # chunks of one SPRAM's depth, each written on its own enable from the loader's
+        # registers: Yosys's own split would decode each block's write enable from the shared
+        # address, the walker's included.
+        attrs = {"ram_style": "huge"} if self.spram else None
+        chunks = []
+        for c, base in enumerate(range(0, self.depth, SPRAM_DEPTH)):
+            chunk = memory.Memory(shape=width, depth=min(SPRAM_DEPTH, self.depth - base),
+                                  init=[], attrs=attrs)
+            m.submodules[f"uploaded_entries_{c}"] = chunk
+            chunks.append(chunk)
+        addr_w = self.geo.start_bits
+        one = Signal(addr_w)
+        m.d.comb += one.eq(Mux(self.load_en, self.load_addr, addr))
+        low = one[:min(addr_w, SPRAM_DEPTH.bit_length() - 1)]
+        ports = []
+        for c, chunk in enumerate(chunks):
+            wp, rp = chunk.write_port(), chunk.read_port()
+            hit = (self.load_addr >> len(low)) == c if len(chunks) > 1 else 1
+            m.d.comb += [wp.addr.eq(low), wp.data.eq(self.load_data),
+                         wp.en.eq(self.load_en & hit), rp.addr.eq(low), rp.en.eq(~self.load_en)]
+            ports.append(rp)
+        if len(ports) == 1:
+            return ports[0].data
+        chosen = Signal(range(len(ports)))
+        m.d.sync += chosen.eq(one >> len(low))
+        return Array(p.data for p in ports)[chosen]
