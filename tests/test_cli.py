@@ -35,13 +35,14 @@ def assert_one_line_error(result, *fragments):
 @pytest.mark.parametrize("simulator", ["icarus", "verilator"])
 def test_build_and_simulate_the_example(tmp_path, simulator):
     out = tmp_path / "build"
-    result = cli("build", EXAMPLE, "--board", "arty_a7", "--out", out, "--no-bitstream")
+    result = cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "8", "--out", out,
+                 "--no-bitstream")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
-    for key in ("board", "pes", "layers", "input_scale", "output_scale", "cycles", "verilog",
-                "resources", "fmax_mhz", "bitstream"):
+    for key in ("board", "pes", "grid", "plan", "layers", "input_scale", "output_scale",
+                "cycles", "verilog", "resources", "fmax_mhz", "bitstream"):
         assert key in report
-    assert report["pes"] == 8 and report["board"] == "arty_a7_35"
+    assert report["pes"] == 8 and report["grid"] == "4x2" and report["board"] == "arty_a7_35"
     assert [layer["out_features"] for layer in report["layers"]] == [128, 64, 10]
     assert all(layer["sparsity"] > 0.7 for layer in report["layers"])
     assert report["totals"]["sparsity"] >= 0.9
@@ -58,10 +59,13 @@ def test_build_and_simulate_the_example(tmp_path, simulator):
     with np.load(outputs) as f:
         assert np.array_equal(f["hw"], f["reference"]) and f["hw"].shape == (6, 10)
         assert f["dequantized"].shape == (6, 10) and f["cycles"].shape == (6,)
+        assert f["intervals"].shape == (6,)
         scale = report["output_scale"]
         assert np.array_equal(f["dequantized"], f["hw"] * scale)
     report = json.loads((out / "report.json").read_text())
-    assert report["cycles"]["measured"] > report["cycles"]["simulation"]["ideal_mean"]
+    sim = report["cycles"]["simulation"]
+    assert report["cycles"]["measured"] == sim["measured_mean"]
+    assert sim["latency_mean"] > sim["ideal_mean"]
 
 
 @pytest.mark.slow
@@ -72,7 +76,8 @@ def test_simulate_a_build_with_uploaded_weights(tmp_path):
     result = cli("build", EXAMPLE, "--board", "icebreaker", "--pes", "1", "--weights",
                  "uploaded", "--out", out, "--no-bitstream")
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "build_config.json").read_text())["weights"] == "uploaded"
+    assert json.loads((out / "report.json").read_text())["plan"]["options"]["weights"] \
+        == "uploaded"
     assert "uploaded_entries" in (out / "sparsemac_top.v").read_text()
     inputs = tmp_path / "x.npy"
     np.save(inputs, np.load(ROOT / "examples" / "digits_test_x.npy")[:4])
@@ -163,24 +168,38 @@ def test_simulation_inputs_of_the_wrong_shape(bad_files, tmp_path):
     assert_one_line_error(cli("simulate", tmp_path / "nowhere"), "not a build folder")
 
 
-def test_memory_and_pipeline_choices_reach_the_gateware(tmp_path):
+def test_gateware_choices_reach_the_gateware(tmp_path):
     reports = {}
-    for memory, pipeline in (("block", "deep"), ("distributed", "short")):
+    for memory, pipeline, banks in (("block", "deep", "1"), ("distributed", "short", "2,1,2")):
         out = tmp_path / f"{memory}-{pipeline}"
-        result = cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--memory", memory,
-                     "--pipeline", pipeline, "--out", out, "--no-bitstream")
+        result = cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "6", "--grid", "3x2",
+                     "--memory", memory, "--pipeline", pipeline, "--banks", banks,
+                     "--fifo-depth", "12", "--out", out, "--no-bitstream")
         assert result.returncode == 0, result.stderr
-        reports[memory] = json.loads((out / "report.json").read_text())
-        assert reports[memory]["memory_style"] == memory
-        assert reports[memory]["pipeline"] == pipeline
+        reports[memory] = report = json.loads((out / "report.json").read_text())
+        assert (report["memory_style"], report["pipeline"]) == (memory, pipeline)
+        assert report["banks"] == [int(b) for b in banks.split(",")] * (3 if banks == "1" else 1)
+        assert report["grid"] == "3x2" and report["fifo_depth"] == 12
         verilog = (out / "sparsemac_top.v").read_text()
-        # the deep pipeline's job queues are prefetch queues (hw/queue.py), whose second head
-        # register the arbiter reads
+        # one accumulator memory per bank in every PE; the block style registers the pointer
+        # words before use (`l2_item`)
         header = next(line for line in verilog.splitlines()
-                      if line.startswith("module \\sparsemac_top.q0_1 "))
-        assert bool(re.search(r"\bh1\b", header)) == (pipeline == "deep")
+                      if line.startswith("module \\sparsemac_top.pe0_0.banks "))
+        assert header
+        banks_of_pe = len(re.findall(r"^  reg .* bank\d+ \[", verilog, re.M)) // 6
+        assert banks_of_pe == sum(report["banks"])
+        assert ("l2_item" in verilog) == (memory == "block")
     # same program, same ideal cycles; only the gateware differs
     assert reports["block"]["cycles"]["ideal"] == reports["distributed"]["cycles"]["ideal"]
+
+
+def test_a_grid_that_does_not_match_the_pes_is_refused(tmp_path):
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "8", "--grid",
+                              "4x4", "--out", tmp_path), "--grid 4x4 has 16 PEs", "--pes is 8")
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "arty_a7", "--grid", "2x4",
+                              "--out", tmp_path), "--grid", "at least as many rows")
+    assert_one_line_error(cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "4",
+                              "--banks", "2,2", "--out", tmp_path), "--banks", "3 layers")
 
 
 def test_unknown_memory_style_is_refused(tmp_path):

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.slow
 CASES = {
     # name: (shapes, sparsity, pes, extra float_model arguments, compile arguments)
     "mlp-90pct-p8": ([64, 32, 10], 0.9, 8, {}, {"memory": "distributed"}),
+    "grid-3x3-p9": ([30, 27, 12, 5], 0.6, 9, {}, {}),
+    "odd-p7": ([21, 16, 9], 0.5, 7, {}, {}),
+    "one-bank-p4": ([18, 14, 6], 0.5, 4, {}, {"banks": 1}),
     "dense-0pct-p3": ([12, 10, 6], 0.0, 3, {}, {}),
     "sparse-99pct-p8": ([40, 30, 8], 0.99, 8, {}, {}),
     "zero-rows-cols-p3": ([16, 12, 8, 4], 0.5, 3,
@@ -32,7 +35,7 @@ CASES = {
     "padding-1bit-p2": ([10, 24, 6], 0.7, 2, {}, {"index_bits": 1}),
     "linear-hidden-p4": ([14, 9, 7, 3], 0.4, 4, {"relu_hidden": False},
                          {"memory": "distributed"}),
-    "shallow-queues-p4": ([24, 20, 12], 0.3, 4, {}, {"queue_depth": 2}),
+    "shallow-fifos-p4": ([24, 20, 12], 0.3, 4, {}, {"fifo_depth": 8}),
     # the iCE40 style: block RAM, prefetch queues, registered control (hw/options.py)
     "deep-pipeline-p1": ([32, 24, 10], 0.8, 1, {}, {"pipeline": "deep"}),
     "deep-pipeline-p3": ([20, 16, 12, 5], 0.5, 3, {}, {"pipeline": "deep"}),
@@ -65,7 +68,8 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
     if not relu_hidden:
         model = dataclasses.replace(model, layers=tuple(
             dataclasses.replace(layer, relu=False) for layer in model.layers))
-    options = HardwareOptions(queue_depth=compile_args.pop("queue_depth", None),
+    options = HardwareOptions(fifo_depth=compile_args.pop("fifo_depth", 16),
+                              banks=compile_args.pop("banks", 2),
                               memory=compile_args.pop("memory", "block"),
                               pipeline=compile_args.pop("pipeline", "short"),
                               weights=compile_args.pop("weights", "bitstream"))
@@ -74,8 +78,8 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
     x = adversarial_inputs(shapes[0], 6, seed=len(case))
     expected = reference.run(program, x)
     image = weight_image(program) if options.weights == "uploaded" else None
-    hw, cycles = run_rtl(verilog, x, expected.outputs, simulator=simulator,
-                         work_dir=tmp_path / simulator, image=image)
+    hw, cycles, _ = run_rtl(verilog, x, expected.outputs, lanes=program.grid.cols,
+                            simulator=simulator, work_dir=tmp_path / simulator, image=image)
     assert np.array_equal(hw, expected.outputs)
     assert (cycles >= expected.ideal_cycles).all()
     # the adversarial vectors must drive some layer into saturation
@@ -114,7 +118,22 @@ def test_rtl_convolutions_are_bit_exact(case, simulator, tmp_path):
                    reference.quantize_input(images(shape, n=4, seed=2).reshape(4, -1),
                                             program.model.input_scale)])
     expected = reference.run(program, x)
-    hw, cycles = run_rtl(verilog, x, expected.outputs, simulator=simulator,
-                         work_dir=tmp_path / simulator)
+    hw, cycles, _ = run_rtl(verilog, x, expected.outputs, lanes=program.grid.cols,
+                            simulator=simulator, work_dir=tmp_path / simulator)
+    assert np.array_equal(hw, expected.outputs)
+    assert (cycles >= expected.ideal_cycles).all()
+
+
+def test_p64_on_verilator(tmp_path):
+    """The largest array the board table targets: 64 PEs on an 8 x 8 grid, through the
+    generated Verilog, with every input a PE row may see."""
+    model = float_model([96, 80, 40, 10], sparsity=0.85, seed=64)
+    program = compile_model(model, calibration(96, seed=3), 64)
+    assert str(program.grid) == "8x8"
+    verilog = generate_verilog(program, tmp_path / "top.v", HardwareOptions())
+    x = adversarial_inputs(96, 10, seed=64)
+    expected = reference.run(program, x)
+    hw, cycles, intervals = run_rtl(verilog, x, expected.outputs, lanes=8,
+                                    simulator="verilator", work_dir=tmp_path / "verilator")
     assert np.array_equal(hw, expected.outputs)
     assert (cycles >= expected.ideal_cycles).all()

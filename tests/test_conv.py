@@ -81,8 +81,9 @@ def test_gateware_runs_convolutions_bit_exactly(name, memory, pipeline):
     program = compile_model(model, cal.reshape(len(cal), -1), 3)
     x = reference.quantize_input(images(shape, n=2, seed=9).reshape(2, -1),
                                  program.model.input_scale)
-    hw, cycles = run_accelerator(program, x, HardwareOptions(memory=memory, pipeline=pipeline),
-                                 ready_probability=0.6)
+    hw, cycles, _ = run_accelerator(program, x,
+                                    HardwareOptions(memory=memory, pipeline=pipeline),
+                                    ready_probability=0.6)
     expected = reference.run(program, x)
     assert np.array_equal(hw, expected.outputs)
     assert (cycles >= expected.ideal_cycles).all()

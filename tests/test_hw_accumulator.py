@@ -1,0 +1,165 @@
+# amaranth: UnusedElaboratable=no
+"""MacBanks in Amaranth's simulator: random entries into random banks, end tokens, drains and
+releases, against a Python model of the same banks."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+from models import calibration, float_model
+
+from compiler.build import compile_model
+from hw.accumulator import MacBanks
+from hw.images import geometry
+from hw.options import HardwareOptions
+
+
+def _geometry(banks, pes=6, grid="3x2"):
+    program = compile_model(float_model([26, 19, 11, 4], sparsity=0.5, seed=2),
+                            calibration(26), pes, grid=grid)
+    return geometry(program, HardwareOptions(banks=banks))
+
+
+def _fills(geo, col, rng, uses):
+    """Per bank use: the entries (as ops) of one layer's fill, then its end tokens, and the
+    expected sums. Columns walk down their rows in steps the relative index can hold."""
+    fills = []
+    for _ in range(uses):
+        s = int(rng.integers(geo.slots))
+        rows = geo.row_slots[geo.layer_of(s)]
+        ops = []
+        for _ in range(int(rng.integers(1, 25))):          # columns
+            act = int(rng.integers(-128, 128))
+            row = int(rng.integers(0, min(rows, 2 ** geo.index_bits)))
+            ops.append({"slot": s, "first": 1, "end": 0, "act": act,
+                        "weight": int(rng.integers(-127, 128)), "gap": row})
+            while True:
+                gap = int(rng.integers(0, 2 ** geo.index_bits))
+                if row + gap + 1 >= rows:
+                    break
+                row += gap + 1
+                ops.append({"slot": s, "first": 0, "end": 0, "act": act,
+                            "weight": int(rng.integers(-127, 128)), "gap": gap})
+        ends = geo.expected_ends[col][geo.layer_of(s)]
+        ops += [{"slot": s, "first": 0, "end": 1, "act": 0, "weight": 0, "gap": 0}] * ends
+        fills.append((s, ops, _sums(ops, rows)))
+    return fills
+
+
+def _sums(ops, rows):
+    sums = np.zeros(rows, dtype=np.int64)
+    row = -1
+    for o in ops:
+        if o["end"]:
+            continue
+        row = o["gap"] if o["first"] else row + o["gap"] + 1
+        sums[row] += o["weight"] * o["act"]
+    return sums
+
+
+async def _drain(ctx, dut, slot, rows, beside=None):
+    """Drain ``rows`` rows of bank ``slot``, one request a cycle (with entries ``beside`` fed
+    at the same time); each row's sum comes ``DRAIN_LATENCY`` cycles after its request."""
+    got = []
+    for cycle in range(rows + MacBanks.DRAIN_LATENCY):
+        ctx.set(dut.drain.valid, cycle < rows)
+        ctx.set(dut.drain.payload, {"slot": slot, "addr": min(cycle, rows - 1)})
+        if beside is not None:
+            ctx.set(dut.i.valid, cycle < rows)
+            ctx.set(dut.i.payload, beside[min(cycle, rows - 1)])
+        await ctx.tick()
+        if cycle + 1 >= MacBanks.DRAIN_LATENCY and len(got) < rows:
+            got.append(ctx.get(dut.partial))
+    ctx.set(dut.drain.valid, 0)
+    return got
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_banks_accumulate_drain_and_release(banks):
+    geo = _geometry(banks)
+    col = 1
+    dut = MacBanks(geo, col)
+    rng = np.random.default_rng(banks)
+    fills = _fills(geo, col, rng, 14)
+    checked = []
+
+    async def bench(ctx):
+        for s, ops, want in fills:
+            assert not (ctx.get(dut.done) >> s) & 1
+            for op in ops:
+                while rng.random() < 0.3:                      # gaps between entries
+                    ctx.set(dut.i.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.i.payload, op)
+                ctx.set(dut.i.valid, 1)
+                await ctx.tick()
+            ctx.set(dut.i.valid, 0)
+            for _ in range(3):
+                await ctx.tick()
+            assert (ctx.get(dut.done) >> s) & 1, "every end token arrived: the bank is done"
+            got = await _drain(ctx, dut, s, len(want))
+            ctx.set(dut.release.valid, 1)
+            ctx.set(dut.release.payload, s)
+            await ctx.tick()
+            ctx.set(dut.release.valid, 0)
+            await ctx.tick()
+            assert not (ctx.get(dut.done) >> s) & 1
+            checked.append((got, want.tolist()))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) == len(fills)
+    for got, want in checked:
+        assert got == want            # and the drain cleared every row: the next use starts at 0
+
+
+def test_a_drain_reads_one_bank_while_entries_go_into_another():
+    geo = _geometry(2)
+    dut = MacBanks(geo, 0)
+    rng = np.random.default_rng(7)
+    rows0 = geo.row_slots[0]
+    # bank 0 (layer 0, first inference) filled and done; then bank 1 accumulates while bank 0
+    # drains, one row a cycle beside one entry a cycle
+    first = [{"slot": 0, "first": int(r == 0), "end": 0, "act": 3, "weight": int(w), "gap": 0}
+             for r, w in enumerate(rng.integers(-100, 100, rows0))]
+    second = [{"slot": 1, "first": 1 if r == 0 else 0, "end": 0, "act": -5, "weight": int(w),
+               "gap": 0} for r, w in enumerate(rng.integers(-100, 100, rows0))]
+    end = {"first": 0, "end": 1, "act": 0, "weight": 0, "gap": 0}
+    ends = geo.expected_ends[0][0]
+    want0 = _sums(first, rows0)
+    want1 = _sums(second, rows0)
+    got0, got1 = [], []
+
+    async def bench(ctx):
+        for op in first + [dict(end, slot=0)] * ends:
+            ctx.set(dut.i.payload, op)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        await ctx.tick()
+        assert ctx.get(dut.done) & 1
+        got0.extend(await _drain(ctx, dut, 0, rows0, beside=second))
+        for op in [dict(end, slot=1)] * ends:
+            ctx.set(dut.i.payload, op)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        await ctx.tick()
+        await ctx.tick()
+        assert (ctx.get(dut.done) >> 1) & 1
+        got1.extend(await _drain(ctx, dut, 1, rows0))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got0 == want0.tolist() and got1 == want1.tolist()
+
+
+def test_the_column_argument_is_checked():
+    geo = _geometry(1)
+    with pytest.raises(ValueError, match="col must be in"):
+        MacBanks(geo, geo.cols)
+    with pytest.raises(TypeError, match="Geometry"):
+        MacBanks("geo", 0)
