@@ -1,48 +1,39 @@
-"""Will it fit? An estimate of block RAM, DSPs, LUTs and flip-flops for a compiled program on a
-board, made in well under a second before any synthesis runs.
+"""Will it fit, and how fast will it run? An estimate of block RAM, DSPs, LUTs and flip-flops
+for a compiled program on a board, and the plan that picks the PE count, made in seconds
+before any synthesis runs.
 
-Memories are read from the elaborated accelerator (Amaranth's simulator-free elaboration,
-a fraction of a second), then mapped the way Yosys maps them on each family: block RAM in whole
-blocks of the best aspect ratio, small or asynchronous-read memories in LUT RAM (ECP5,
-7-series) or flip-flops (iCE40), and on iCE40 UltraPlus the weight memories of a design with
-uploaded weights in SPRAM (16384 x 16 bits a block). Where the user left the weights' home
-open, a board with SPRAM gets uploaded weights when the bitstream's block RAM cannot hold them.
-Multipliers are split into DSP tiles as Yosys's ``mul2dsp`` splits them. LUTs and flip-flops
-come from a linear model whose coefficients were fitted to real ``yosys synth_*`` runs of the
-board top (``benchmarks/board_builds.py`` prints the measurements; ``docs/benchmarks.md``, section 4).
+Memories come from :func:`hw.images.memories` (the same geometry the components build
+theirs from) and are mapped the way Yosys maps them on each family: block RAM in whole blocks
+of the best aspect ratio (iCE40 EBR has one read port, so a memory read twice takes two
+copies), small or asynchronous-read memories in LUT RAM (ECP5, 7-series) or flip-flops
+(iCE40), and on iCE40 UltraPlus the weight memories of a design with uploaded weights in
+SPRAM. Multipliers are split into DSP tiles as Yosys's ``mul2dsp`` splits them. LUTs and
+flip-flops come from a linear model whose coefficients were fitted to placed builds
+(``benchmarks/board_builds.py`` prints the measurements; ``docs/benchmarks.md`` records them).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from compiler.errors import FitError
-from hw.lane import SPRAM_DEPTH
-from hw.options import options_for
+from compiler.ir import MULTIPLIER_BITS, Grid
+from hw.images import SPRAM_DEPTH, MemorySpec, geometry, memories
+from hw.options import Choices, needed_banks, options_for
 
-__all__ = ["MemorySpec", "FitEstimate", "design_memories", "estimate", "check_fit",
-           "largest_fitting_pes"]
+__all__ = ["FitEstimate", "Plan", "estimate", "resolve_options", "check_fit", "plan",
+           "predicted_fmax", "predicted_cycles", "CANDIDATE_PES"]
 
-
-@dataclass(frozen=True)
-class MemorySpec:
-    name: str
-    depth: int
-    width: int
-    async_read: bool = False
-    count: int = 1
-
-    @property
-    def bits(self) -> int:
-        return self.depth * self.width * self.count
+#: The PE counts ``--pes auto`` tries, largest first.
+CANDIDATE_PES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
 
 
 @dataclass
 class FitEstimate:
     board: str
     pes: int
+    grid: str
     memories: list
     bram_blocks: int
     bram_blocks_available: int
@@ -67,6 +58,7 @@ class FitEstimate:
         return {
             "source": "estimate before synthesis (boards/fit.py)",
             "pes": self.pes,
+            "grid": self.grid,
             "weights": self.weights,
             "bram_blocks": {"used": self.bram_blocks, "available": self.bram_blocks_available},
             "spram_blocks": {"used": self.spram_blocks,
@@ -81,58 +73,15 @@ class FitEstimate:
         }
 
 
-# ---- the memories of the design ----------------------------------------------------------
-
-@functools.lru_cache(maxsize=16)
-def _elaborated_memories(program, options) -> tuple:
-    return tuple(_walk_memories(program, options))
-
-
-def design_memories(program, *, choices=None, link: bool = True, family=None) -> list:
-    """Every memory of the board top for ``program``, read from the elaborated accelerator (so
-    the list cannot drift from hw/), plus the UART link's input buffer (boards/link.py)."""
-    mems = list(_elaborated_memories(program,
-                                     options_for(program, family, choices)))
-    if link:
-        mems.append(MemorySpec("link.inputs", max(2, program.model.in_features), 8))
-    return mems
-
-
-def _walk_memories(program, options) -> list:
-    """Every memory of the board top for ``program``, read from the elaborated accelerator (so
-    the list cannot drift from hw/), plus the UART link's input buffer (boards/link.py)."""
-    from amaranth.hdl import Fragment
-    from amaranth.hdl._mem import MemoryInstance
-
-    from hw.top import SparseAccelerator
-
-    mems = []
-
-    def walk(fragment, path):
-        if isinstance(fragment, MemoryInstance):
-            shape = fragment._data.shape
-            width = shape if isinstance(shape, int) else shape.width
-            # a memory marked `no_rw_check` is read through a register that Yosys merges into
-            # the block RAM's read port (hw/lane.py, _RegisteredRead)
-            registered = bool(fragment._attrs.get("no_rw_check"))
-            async_read = not registered and any(port._domain == "comb"
-                                                for port in fragment._read_ports)
-            mems.append(MemorySpec(path.lstrip("."), fragment._data.depth, width, async_read))
-        for sub, name, *_ in fragment.subfragments:
-            walk(sub, f"{path}.{name}")
-
-    walk(Fragment.get(SparseAccelerator(program, options), None), "")
-    return mems
-
-
 # ---- family models -----------------------------------------------------------------------
 
-# (width, depth) configurations of one block RAM, and the bits of one block
+# (width, depth) configurations of one block RAM, the bits of one block, and whether a block
+# has two read ports (true dual port)
 _BRAM = {
-    "ice40": (((16, 256), (8, 512), (4, 1024), (2, 2048)), 4096),
-    "ecp5": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432),
+    "ice40": (((16, 256), (8, 512), (4, 1024), (2, 2048)), 4096, False),
+    "ecp5": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432, True),
     # RAMB36 as two RAMB18 halves: count in RAMB36 units of 36864 bits
-    "xc7": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432),
+    "xc7": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432, True),
 }
 # memories at or below this many bits go to logic (what Yosys's cost model picks; iCE40:
 # a 15 x 17 = 255-bit FIFO goes to an EBR, a 64 x 2 = 128-bit ROM to flip-flops)
@@ -140,45 +89,37 @@ _SMALL_BITS = {"ice40": 128, "ecp5": 1024, "xc7": 1024}
 # ... and on families with LUT RAM, memories no deeper than this too
 _LUTRAM_DEPTH = {"ice40": 0, "ecp5": 64, "xc7": 64}
 # DSP tile: (max A width, max B width, min width that still goes to a DSP). ECP5: Yosys
-# gives even a one-bit remainder a MULT18 (the example's 19 x 16 requantizer product takes
-# two: 3 per PE with the MAC, measured at P = 1, 2, 4, 8)
+# gives even a one-bit remainder a MULT18.
 _DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 1), "xc7": (25, 18, 2)}
+# LUT RAM: bits of one LUT's worth (ECP5 DPR16X4: 16 x 4 in two slices' LUTs; 7-series
+# RAM64M-ish: 64 bits a LUT); iCE40 has none, its "LUT RAM" is flip-flops
+_LUTRAM_BITS_PER_LUT = {"ecp5": 16, "xc7": 64}
 
-# LUT / FF model, per family: a + b*P + c*P**2, plus the job-queue bits held in flip-flops
-# (iCE40 has no LUT RAM). Fitted to yosys synthesis of the board top for the example model
-# (iCE40: P = 1, 2; ECP5: P = 1, 2, 4, 8; 7-series: P = 2), LUTs scaled to what nextpnr
-# packs (ECP5 TRELLIS_COMB = LUT4 + 2 CCU2C + 2 DPR16X4, x1.25 measured at P = 8). The numbers:
-# docs/benchmarks.md, section 4. ECP5 flip-flops refitted 2026-11-28 to placed builds (short
-# pipeline, P = 1, 2, 4, 8: 1020, 1657, 3032, 6005 TRELLIS_FF). "deep": what the deep
-# pipeline adds (a*P + b*P**2: its P*P job queues keep four head registers each), fitted to
-# ECP5 P = 4, 8 (9603 / 22792 COMB, 5476 / 14073 FF against the short pipeline's 7827 / 16144
-# and 3032 / 6005; 7-series borrows them, unmeasured); iCE40's model is fitted to the deep
-# pipeline itself. ECP5 LUTs refitted the same day to the placed short-pipeline builds P = 1, 2,
-# 4, 8, 16 (1800, 3865, 7827, 16144, 42109 TRELLIS_COMB) and P = 32's packed count (104092; it
-# did not place: 83640 on the 85F), least squares on the relative error (every point within
-# 6 %): the P*P term is the job queues and fan-out masks between every pair of PEs.
-_LUT_MODEL = {
-    "ice40": {"lut": (-95, 1509, 0), "ff": (220, 405, 0), "ff_queue_bit": 1.0,
-              "deep_lut": (0, 0), "deep_ff": (0, 0)},
-    "ecp5": {"lut": (29, 1748, 47.8), "ff": (300, 712, 0), "ff_queue_bit": 0.0,
-             "deep_lut": (57, 97), "deep_ff": (213, 99)},
-    "xc7": {"lut": (100, 2300, 2.0), "ff": (200, 900, 13.3), "ff_queue_bit": 0.0,
-            "deep_lut": (57, 97), "deep_ff": (213, 99)},
+# LUT / FF model, per family: a + b*P + c*R + d * (bits in LUT RAM or flip-flops), fitted to
+# the placed builds recorded in docs/benchmarks.md (section 4).
+_LOGIC_MODEL = {
+    "ice40": {"lut": (500, 420, 250, 0.0), "ff": (400, 180, 220, 1.0)},
+    "ecp5": {"lut": (1500, 330, 450, 1 / 16), "ff": (800, 170, 280, 0.0)},
+    "xc7": {"lut": (1500, 280, 400, 1 / 64), "ff": (800, 170, 280, 0.0)},
 }
-# iCE40 logic cells pair a LUT with a flip-flop: cells ~ LUTs + 0.9 x FFs (measured at P = 2:
-# 2923 LUT4 + 2118 FF -> 4821 ICESTORM_LC)
+# iCE40 logic cells pair a LUT with a flip-flop: cells ~ LUTs + 0.9 x FFs
 _ICE40_FF_PAIRING = 0.9
+
+# Fmax model, per family: MHz = a - b * log2(P) for the default gateware style, fitted to the
+# placed builds of docs/benchmarks.md. A plan predicts a clock met when the model reaches it.
+_FMAX_MODEL = {"ice40": (66.0, 1.5), "ecp5": (118.0, 2.0), "xc7": (150.0, 3.0)}
 
 
 def _blocks(spec: MemorySpec, family: str) -> int:
     """Whole blocks (RAMB18 halves on 7-series) for one memory kind, best aspect ratio."""
-    configs, _ = _BRAM[family]
+    configs, _, dual = _BRAM[family]
     one = min(math.ceil(spec.width / w) * math.ceil(spec.depth / d) for w, d in configs)
-    return one * spec.count
+    copies = 1 if dual or spec.ports == 1 else spec.ports
+    return one * spec.count * copies
 
 
 def _in_logic(spec: MemorySpec, family: str) -> bool:
-    if spec.async_read:
+    if spec.read == "async":
         return True
     if spec.depth * spec.width <= _SMALL_BITS[family]:
         return True
@@ -190,11 +131,7 @@ def _dsps_for(a_width: int, b_width: int, family: str) -> int:
     a, b = max(a_width, b_width), min(a_width, b_width)
     if b > b_max:
         a, b = b, a
-    tiles = 0
-    for a_part in _split(a, a_max, minimum):
-        for b_part in _split(b, b_max, minimum):
-            tiles += 1
-    return tiles
+    return len(_split(a, a_max, minimum)) * len(_split(b, b_max, minimum))
 
 
 def _split(width: int, maximum: int, minimum: int) -> list:
@@ -205,7 +142,7 @@ def _split(width: int, maximum: int, minimum: int) -> list:
     return parts or [width]
 
 
-#: one iCE40 UltraPlus SPRAM: 16384 words (the depth hw/lane.py chunks weights to) of 16 bits
+#: one iCE40 UltraPlus SPRAM: 16384 words (the depth hw/walker.py chunks weights to) of 16 bits
 _SPRAM_WIDTH = 16
 _SPRAM_BITS = SPRAM_DEPTH * _SPRAM_WIDTH
 
@@ -215,84 +152,65 @@ def _spram_blocks(spec: MemorySpec) -> int:
             * spec.count)
 
 
-def estimate(program, board, *, choices=None, link: bool = True) -> FitEstimate:
-    """Resources of the board top for ``program`` on ``board`` (before synthesis). With the
-    weights' home left open (``choices.weights`` None) on a board with SPRAM: uploaded
-    weights when the bitstream's block RAM would not hold them and SPRAM does."""
-    from dataclasses import replace
-
-    from hw.options import Choices
-
-    choices = choices or Choices()
-    if choices.weights is not None or not board.spram_bits:
-        return _estimate(program, board, replace(choices, weights=choices.weights
-                                                  or "bitstream"), link)
-    in_bitstream = _estimate(program, board, replace(choices, weights="bitstream"), link)
-    if in_bitstream.bram_blocks <= in_bitstream.bram_blocks_available:
-        return in_bitstream
-    uploaded = _estimate(program, board, replace(choices, weights="uploaded"), link)
-    if uploaded.fits:
-        return uploaded
-    in_bitstream.problems.append(f"with the weights uploaded into SPRAM instead: "
-                                 f"{', '.join(uploaded.problems)}")
-    return in_bitstream
+def dsps(program, family: str) -> tuple[int, int]:
+    """(DSP tiles of the MACs, of the reducers): an 8 x 8 product per PE; per reducer the
+    requantizer's (acc + bias) x multiplier and, with average pooling, the pooler's."""
+    grid = program.grid
+    mac = _dsps_for(8, 8, family) * grid.pes
+    per_reducer = _dsps_for(program.widths.biased, MULTIPLIER_BITS + 1, family)
+    if any(layer.pool is not None and layer.pool.kind == "avg" for layer in program.layers):
+        per_reducer += _dsps_for(geometry(program).pool_sum_width, MULTIPLIER_BITS + 1, family)
+    return mac, per_reducer * grid.rows
 
 
-def _estimate(program, board, choices, link) -> FitEstimate:
-    from hw.images import geometry
-
+def estimate(program, board, options) -> FitEstimate:
+    """Resources of the board top for ``program`` built with ``options`` on ``board``."""
     family = board.family
-    geo = geometry(program, options_for(program, board.family, choices))
-    P = geo.pes
-    mems = design_memories(program, choices=choices, link=link, family=board.family)
-    bram_blocks = bram_bits = logic_bits = queue_bits = spram_blocks = 0
+    geo = geometry(program, options)
+    P, R = geo.pes, geo.rows
+    mems = memories(geo) + [MemorySpec("link.inputs", max(2, geo.in_features), 8)]
+    bram_blocks = bram_bits = logic_bits = spram_blocks = 0
     to_spram = geo.weights == "uploaded" and family == "ice40" and board.spram_bits > 0
     for spec in mems:
-        if to_spram and spec.name.rsplit(".", 1)[-1].startswith("uploaded_entries"):
-            spram_blocks += _spram_blocks(spec)      # `ram_style = "huge"` (hw/lane.py)
+        if to_spram and spec.kind == "uploaded_weights":
+            spram_blocks += _spram_blocks(spec)
         elif _in_logic(spec, family):
-            if spec.async_read:                         # the PE-to-PE job queues
-                queue_bits += spec.bits
-            else:
-                logic_bits += spec.bits
+            logic_bits += spec.bits
         else:
             bram_blocks += _blocks(spec, family)
             bram_bits += spec.bits
-    _, block_bits = _BRAM[family]
+    _, block_bits, _ = _BRAM[family]
     if family == "xc7":
         bram_blocks = math.ceil(bram_blocks / 2)      # RAMB36 units
         block_bits *= 2
     available_blocks = board.bram_bits // block_bits
+    mac_dsps, reducer_dsps = dsps(program, family) if board.dsps else (0, 0)
+    used_dsps = mac_dsps + reducer_dsps
 
-    per_pe, dsps = _dsps(program, board)
-
-    coef = _LUT_MODEL[family]
-    deep = geo.pipeline == "deep"
-    a, b, c = coef["lut"]
-    d, e = coef["deep_lut"] if deep else (0, 0)
-    luts = round(a + (b + d) * P + (c + e) * P * P)
-    a, b, c = coef["ff"]
-    d, e = coef["deep_ff"] if deep else (0, 0)
-    ffs = round(a + (b + d) * P + (c + e) * P * P + coef["ff_queue_bit"] * queue_bits)
-    est = FitEstimate(board=board.name, pes=P, memories=mems, bram_blocks=bram_blocks,
-                      bram_blocks_available=available_blocks, bram_bits=bram_bits,
-                      dsps=dsps, dsps_available=board.dsps, luts=luts,
-                      luts_available=board.luts, ffs=ffs, ffs_available=board.ffs,
-                      logic_memory_bits=logic_bits + queue_bits, weights=geo.weights,
+    coef = _LOGIC_MODEL[family]
+    a, b, c, d = coef["lut"]
+    luts = round(a + b * P + c * R + d * logic_bits)
+    a, b, c, d = coef["ff"]
+    ffs = round(a + b * P + c * R + d * logic_bits)
+    est = FitEstimate(board=board.name, pes=P, grid=str(program.grid), memories=mems,
+                      bram_blocks=bram_blocks, bram_blocks_available=available_blocks,
+                      bram_bits=bram_bits, dsps=used_dsps, dsps_available=board.dsps,
+                      luts=luts, luts_available=board.luts, ffs=ffs, ffs_available=board.ffs,
+                      logic_memory_bits=logic_bits, weights=geo.weights,
                       spram_blocks=spram_blocks,
                       spram_blocks_available=board.spram_bits // _SPRAM_BITS)
     unit = {"ice40": "4 kbit EBR", "ecp5": "18 kbit DP16KD", "xc7": "36 kbit RAMB36"}[family]
     if bram_blocks > available_blocks:
         est.problems.append(
-            f"block RAM: {bram_blocks} x {unit} needed ({bram_bits} bits of memory images, "
-            f"queues and buffers), {available_blocks} available")
+            f"block RAM: {bram_blocks} x {unit} needed ({bram_bits} bits of weights, pointers "
+            f"and buffers), {available_blocks} available")
     if spram_blocks > est.spram_blocks_available:
         est.problems.append(
             f"SPRAM: {spram_blocks} x 256 kbit needed (each PE's weights take whole blocks), "
             f"{est.spram_blocks_available} available")
-    if dsps > board.dsps and board.dsps:
-        est.problems.append(f"DSPs: {dsps} needed ({per_pe} per PE), {board.dsps} "
-                            f"available")
+    if used_dsps > board.dsps and board.dsps:
+        est.problems.append(f"DSPs: {used_dsps} needed ({mac_dsps} for the PEs' MACs, "
+                            f"{reducer_dsps} for the {R} reducers), {board.dsps} available")
     # logic: leave room for placement (nextpnr struggles above ~90 % on small parts)
     usable = int(board.luts * (0.92 if family == "ice40" else 0.95))
     if family == "ice40":
@@ -307,70 +225,193 @@ def _estimate(program, board, choices, link) -> FitEstimate:
     return est
 
 
-def _dsps(program, board) -> tuple[int, int]:
-    """(DSP tiles per PE, total) for ``program`` on ``board``: the 8x8 MAC and the
-    requantizer's (acc + bias) x multiplier, split as Yosys's mul2dsp splits them."""
-    from compiler.ir import MULTIPLIER_BITS
-
-    if board.dsps == 0:
-        return 0, 0         # multipliers in LUTs (counted in the LUT model's per-PE term)
-    per_pe = (_dsps_for(8, 8, board.family)
-              + _dsps_for(program.widths.biased, MULTIPLIER_BITS + 1, board.family))
-    if board.family == "xc7":
-        per_pe = 4          # measured: synth_xilinx spends 4 DSP48E1 per PE (P = 2: 8)
-    return per_pe, per_pe * program.pes
-
-
-def largest_fitting_pes(compile_for, board, *, candidates=(32, 16, 8, 4, 2, 1),
-                        choices=None):
-    """The largest P in ``candidates`` whose program (``compile_for(P)``) fits ``board``, and
-    its estimate; ``(None, None)`` when none does. With the weights' home left open, weights
-    in the bitstream first (no upload at run time), uploaded ones only if no P fits so."""
-    from dataclasses import replace
-
-    from hw.options import Choices
-
+def resolve_options(program, board, choices: Choices | None = None, run=None):
+    """The gateware options for ``program`` on ``board`` (the family's, ``choices`` over
+    them) and their estimate. Banks left open: two per layer, or with ``run`` (a reference
+    run on calibration inputs) those :func:`hw.options.needed_banks` calls for. With the
+    weights' home left open, on a board with SPRAM: uploaded weights when the bitstream's
+    block RAM would not hold them and SPRAM does."""
     choices = choices or Choices()
-    tries = [choices]
-    if choices.weights is None:
-        tries = [replace(choices, weights="bitstream")]
-        if board.spram_bits:
-            tries.append(choices)
-    programs = {}
-    for attempt in tries:
-        for pes in sorted(candidates, reverse=True):
-            program = programs.setdefault(pes, compile_for(pes))
-            if _dsps(program, board)[1] > board.dsps > 0:
-                continue        # no need to elaborate the design to know
-            est = estimate(program, board, choices=attempt)
-            if est.fits:
-                return pes, est
-    return None, None
+    options = options_for(program, board.family, choices)
+    if choices.banks is None and run is not None:
+        options = replace(options, banks=needed_banks(program, run))
+    est = estimate(program, board, options)
+    if choices.weights is not None or not board.spram_bits or est.fits:
+        return options, est
+    if est.bram_blocks <= est.bram_blocks_available:
+        return options, est
+    uploaded = replace(options, weights="uploaded")
+    alt = estimate(program, board, uploaded)
+    if alt.fits:
+        return uploaded, alt
+    est.problems.append(f"with the weights uploaded into SPRAM instead: "
+                        f"{', '.join(alt.problems)}")
+    return options, est
 
 
-def check_fit(program, board, *, choices=None, compile_for=None) -> FitEstimate:
-    """Raise :class:`FitError` with the numbers and what would fit when ``program`` does not fit
-    ``board``; returns the estimate otherwise."""
-    est = estimate(program, board, choices=choices)
+def predicted_fmax(program, board, options) -> float:
+    """The Fmax (MHz) the model expects of this design on ``board``."""
+    a, b = _FMAX_MODEL[board.family]
+    return round(a - b * math.log2(program.pes), 1)
+
+
+def predicted_cycles(program, run) -> float:
+    """Cycles per inference a stream of inputs like ``run``'s (a reference run) takes at
+    least: the busiest PE over all layers, the busiest bus, the busiest reducer, the input."""
+    grid = program.grid
+    pe = float(run.pe_bound.mean())
+    bus = float(run.pe_lookups.sum(axis=1).max(axis=1).mean())
+    drain = max(sum(red.row_count(m) for m in range(len(program.layers)))
+                for red in program.reducers)
+    beats = program.col_slots[0]
+    return max(pe, bus, drain, beats) if grid.pes else pe
+
+
+@dataclass
+class Plan:
+    """What ``build`` makes: the program for the chosen PEs and grid, its options and
+    estimate, the predicted clock and cycles, and why (``tried``: the candidates, largest
+    first)."""
+    program: object
+    options: object
+    estimate: FitEstimate
+    fmax_mhz: float
+    cycles: float
+    clock_mhz: float
+    reason: str
+    tried: list
+
+    @property
+    def inferences_per_second(self) -> float:
+        return self.clock_mhz * 1e6 / self.cycles
+
+    def as_dict(self) -> dict:
+        return {"pes": self.program.pes, "grid": str(self.program.grid),
+                "options": {k: _plain(getattr(self.options, k)) for k in
+                            ("memory", "pipeline", "weights", "banks", "fifo_depth")},
+                "predicted_fmax_mhz": self.fmax_mhz, "predicted_cycles": round(self.cycles, 1),
+                "clock_mhz": self.clock_mhz,
+                "predicted_inferences_per_s": round(self.inferences_per_second),
+                "reason": self.reason, "tried": self.tried}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _evaluate(program, board, choices, calibration_run):
+    run = calibration_run(program)
+    options, est = resolve_options(program, board, choices, run)
+    fmax = predicted_fmax(program, board, options)
+    return options, est, fmax, predicted_cycles(program, run), run.nnz_active
+
+
+def plan(compile_for, board, *, pes: int | None = None, grid: str | None = None,
+         choices: Choices | None = None, candidates=CANDIDATE_PES, calibration_run=None
+         ) -> Plan:
+    """The design ``build`` makes for ``board``. ``compile_for(pes, grid)`` compiles the
+    program. With ``pes`` (or ``grid``) given: that one, or a :class:`FitError` saying what
+    would fit. Without: the most inferences per second among the candidates that fit and are
+    predicted to meet the board's clock (failing that, the fastest that fits)."""
+    if calibration_run is None:
+        calibration_run = _default_run
+    clock = board.clock_mhz
+    if pes is not None:
+        program = compile_for(pes, grid)
+        options, est, fmax, cycles, _ = _evaluate(program, board, choices, calibration_run)
+        if not est.fits:
+            check_fit(program, board, est, compile_for=compile_for, choices=choices,
+                      calibration_run=calibration_run)
+        met = "predicted to meet" if fmax >= clock else "predicted to miss"
+        return Plan(program, options, est, fmax, cycles, clock,
+                    f"P = {pes} ({program.grid}) as asked; fits, {met} {clock:g} MHz "
+                    f"(model: {fmax} MHz)", [])
+    tried, best, fallback, work = [], None, None, None
+    for p in sorted(candidates, reverse=True):
+        grid_p = Grid.shapes(p)[0]
+        if best is not None and clock * 1e6 / _ideal(work, p) <= best.inferences_per_second:
+            break                       # even a perfect array of p PEs would be slower
+        program = compile_for(p, None)
+        options, est, fmax, cycles, work = _evaluate(program, board, choices, calibration_run)
+        row = {"pes": p, "grid": str(grid_p), "fits": est.fits, "problems": est.problems,
+               "predicted_fmax_mhz": fmax, "predicted_cycles": round(cycles, 1)}
+        tried.append(row)
+        if not est.fits:
+            continue
+        candidate = Plan(program, options, est, fmax, cycles, clock, "", tried)
+        if fmax >= clock:
+            if best is None or candidate.inferences_per_second > best.inferences_per_second:
+                best = candidate
+        elif fallback is None:
+            fallback = candidate
+    chosen = best or fallback
+    if chosen is None:
+        program = compile_for(1, None)
+        _, est, *_ = _evaluate(program, board, choices, calibration_run)
+        check_fit(program, board, est)
+    p = chosen.program.pes
+    others = "; ".join(f"P = {t['pes']}: " + ("; ".join(t["problems"]) if not t["fits"] else
+                                               f"{t['predicted_fmax_mhz']} MHz predicted, "
+                                               f"{t['predicted_cycles']} cycles")
+                       for t in tried if t["pes"] != p)
+    if best is not None:
+        chosen.reason = (f"P = {p} ({chosen.program.grid}): the most inferences per second "
+                         f"that fits and is predicted to meet {clock:g} MHz "
+                         f"({chosen.fmax_mhz} MHz predicted, {chosen.cycles:.1f} cycles per "
+                         f"inference)" + (f"; {others}" if others else ""))
+    else:
+        chosen.reason = (f"P = {p} ({chosen.program.grid}): no design that fits is predicted "
+                         f"to meet {clock:g} MHz; the fastest that fits"
+                         + (f"; {others}" if others else ""))
+    chosen.tried = tried
+    return chosen
+
+
+def _ideal(nnz_active, pes: int) -> float:
+    """The ideal cycles of ``pes`` PEs: sum over layers of ceil(nnz_active / P), on average
+    (no array of that size can do better)."""
+    import numpy as np
+    return max(1.0, float(np.ceil(nnz_active / pes).sum(axis=1).mean()))
+
+
+def _default_run(program):
+    """A reference run of the program on synthetic dense inputs (the planner's default)."""
+    import numpy as np
+
+    from compiler import reference
+    rng = np.random.default_rng(0)
+    x = rng.integers(-64, 64, (16, program.model.in_features))
+    return reference.run(program, x)
+
+
+def check_fit(program, board, est=None, *, compile_for=None, choices=None,
+              calibration_run=None) -> FitEstimate:
+    """Raise :class:`FitError` with the numbers and what would fit when ``program`` does not
+    fit ``board``; returns the estimate otherwise."""
+    if est is None:
+        _, est = resolve_options(program, board, choices)
     if est.fits:
         return est
     model = program.model
-    weights = sum(layer.in_features * layer.out_features for layer in model.layers)
+    weights = sum(layer.weight.size for layer in model.layers)
     nnz = sum(layer.nnz for layer in model.layers)
     advice = []
     if compile_for is not None and program.pes > 1:
-        smaller = [p for p in (32, 16, 8, 4, 2, 1) if p < program.pes]
-        pes, _ = largest_fitting_pes(compile_for, board, candidates=smaller,
-                                     choices=choices)
-        if pes:
-            advice.append(f"--pes {pes} fits")
+        smaller = [p for p in CANDIDATE_PES if p < program.pes]
+        try:
+            found = plan(compile_for, board, choices=choices, candidates=smaller,
+                         calibration_run=calibration_run)
+            advice.append(f"--pes {found.program.pes} fits")
+        except FitError:
+            pass
     advice.append(f"prune harder (now {nnz} of {weights} weights nonzero, "
                   f"{100 * (1 - nnz / weights):.1f} % sparse)")
     bigger = _bigger_boards(board, program, choices)
     if bigger:
         advice.append(f"or a bigger board: {', '.join(bigger)}")
-    raise FitError(f"{model.name} with {program.pes} PEs does not fit {board.name} "
-                   f"({board.device}): {'; '.join(est.problems)}. Try: {'; '.join(advice)}")
+    raise FitError(f"{model.name} with {program.pes} PEs ({program.grid}) does not fit "
+                   f"{board.name} ({board.device}): {'; '.join(est.problems)}. Try: "
+                   f"{'; '.join(advice)}")
 
 
 def _bigger_boards(board, program, choices) -> list:
@@ -380,6 +421,6 @@ def _bigger_boards(board, program, choices) -> list:
     for other in BOARDS.values():
         if other.name == board.name or other.luts <= board.luts:
             continue
-        if estimate(program, other, choices=choices).fits:
+        if resolve_options(program, other, choices)[1].fits:
             out.append(other.name)
     return out[:3]

@@ -21,13 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compiler.errors import FitError, ToolError
-from hw.options import options_for
 
 from .toolchain import find_tool, flow_environment, which
 from .top import DEFAULT_BAUD, BoardTop
 
 __all__ = ["TimingError", "build_bitstream", "parse_nextpnr_report", "check_timing",
-           "xilinx_products", "parse_yosys_xilinx_stat", "NAME"]
+           "xilinx_products", "parse_yosys_xilinx_stat", "board_products", "NAME"]
 
 #: File name stem of everything in the gateware folder.
 NAME = "top"
@@ -157,8 +156,8 @@ def check_timing(results: dict, target_mhz: float, *, allow_failure: bool) -> di
     return results
 
 
-def _prepare(board, program, *, baud: int, choices, overrides: dict, toolchain_env: dict):
-    top = BoardTop(program, board, baud=baud, choices=choices)
+def _prepare(board, program, *, baud: int, options, overrides: dict, toolchain_env: dict):
+    top = BoardTop(program, board, baud=baud, options=options)
     platform = board.create_platform()
     with _environ(toolchain_env):
         plan = platform.prepare(top, NAME, **overrides)
@@ -186,7 +185,15 @@ def synth_options(board, options=None) -> str:
 DROP_UPLOADED_INIT = "delete r:MEMID=*uploaded_entries* t:$meminit_v2 %i"
 
 
-def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
+def board_products(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,
+                   seed: int = 1) -> dict:
+    """What a board build makes: a bitstream (iCE40, ECP5) or the 7-series plans."""
+    if board.family == "xc7":
+        return xilinx_products(program, board, out_dir, baud=baud, options=options)
+    return build_bitstream(program, board, out_dir, baud=baud, options=options, seed=seed)
+
+
+def build_bitstream(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,
                     seed: int = 1) -> dict:
     """Synthesise, place and route the board top for ``program`` on a Lattice ``board``; the
     bitstream lands in ``out_dir``. Returns the report's board section (without the timing
@@ -202,14 +209,13 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
     overrides = {
         "nextpnr_opts": f"--report {NAME}.report.json --timing-allow-fail --seed {seed}",
     }
-    options = options_for(program, family, choices)
     synth_opts = synth_options(board, options)
     if synth_opts:
         overrides["synth_opts"] = synth_opts
     if options.weights == "uploaded":
         overrides["script_after_read"] = DROP_UPLOADED_INIT
     started = time.perf_counter()
-    top, plan = _prepare(board, program, baud=baud, choices=choices,
+    top, plan = _prepare(board, program, baud=baud, options=options,
                          overrides=overrides, toolchain_env=env)
     plan.extract(gateware)
     log = gateware / "flow.log"
@@ -226,7 +232,7 @@ def build_bitstream(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
         synth_opts = synth_opts.replace(" -dff", "")
         overrides["synth_opts"] = synth_opts
         shutil.rmtree(gateware)
-        top, plan = _prepare(board, program, baud=baud, choices=choices,
+        top, plan = _prepare(board, program, baud=baud, options=options,
                              overrides=overrides, toolchain_env=env)
         plan.extract(gateware)
         note = ("yosys synth_ice40 -dff overflowed the WebAssembly call stack in ABC; "
@@ -295,7 +301,7 @@ def parse_yosys_xilinx_stat(text: str, board) -> dict:
             for kind, used in sorted(counts.items())}
 
 
-def xilinx_products(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choices=None,
+def xilinx_products(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,
                     build: bool = True) -> dict:
     """Verilog, the Vivado and openXC7 plans, a yosys utilisation estimate; the bitstream when a
     vendor or openXC7 tool is installed."""
@@ -303,7 +309,7 @@ def xilinx_products(program, board, out_dir, *, baud: int = DEFAULT_BAUD, choice
 
     out_dir = Path(out_dir)
     env = flow_environment("xc7")
-    top = BoardTop(program, board, baud=baud, choices=choices)
+    top = BoardTop(program, board, baud=baud, options=options)
     cls = board.platform_class()
     plans = {}
     for flavour, folder in (("Xray", "openxc7"), ("Vivado", "vivado")):

@@ -15,7 +15,8 @@ from amaranth.lib.crc import catalog
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from hw.top import WEIGHT_BYTE
+from hw.packer import LanePacker
+from hw.weights import WEIGHT_BYTE
 
 from . import protocol as proto
 from .uart import UARTRx, UARTTx
@@ -519,6 +520,9 @@ class LinkedAccelerator(wiring.Component):
 
         m = Module()
         m.submodules.core = core = SparseAccelerator(self.program, self.options)
+        # the link's bytes into the core's input beats (one lane per bus)
+        m.submodules.packer = packer = LanePacker(core.geo.cols, self.program.model.in_features)
+        wiring.connect(m, packer.o, core.input)
         m.submodules.link = link = DomainRenamer("link")(
             UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles,
                      weight_bytes=self.weight_bytes))
@@ -546,14 +550,14 @@ class LinkedAccelerator(wiring.Component):
         taker_ready = Signal()
         in_valid, in_data = to_core.o.valid, to_core.o.payload
         is_weight = in_data[8]
-        m.d.comb += [core.input.valid.eq(in_valid & ~is_weight),
-                     core.input.payload.eq(in_data[:8]), to_core.o.ready.eq(taker_ready),
-                     taker_ready.eq(core.input.ready)]
+        m.d.comb += [packer.i.valid.eq(in_valid & ~is_weight),
+                     packer.i.payload.eq(in_data[:8]), to_core.o.ready.eq(taker_ready),
+                     taker_ready.eq(packer.i.ready)]
         if uploaded:
             m.d.comb += [core.weights.valid.eq(in_valid & is_weight),
                          core.weights.payload.data.eq(in_data[:8]),
                          core.weights.payload.first.eq(in_data[9]),
-                         taker_ready.eq(Mux(is_weight, core.weights.ready, core.input.ready)),
+                         taker_ready.eq(Mux(is_weight, core.weights.ready, packer.i.ready)),
                          to_core.i.payload.eq(Mux(link.weights.valid,
                                                   Cat(link.weights.payload.data, 1,
                                                       link.weights.payload.first),

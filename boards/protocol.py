@@ -234,12 +234,16 @@ def design_id(program) -> int:
     """32 bits that identify a compiled program (its memory images and scales): the board
     reports it so that the host refuses to run inputs for one model on another's bitstream."""
     h = hashlib.sha256()
-    h.update(struct.pack("<III", program.pes, program.model.in_features,
-                         program.model.out_features))
+    h.update(struct.pack("<IIII", program.grid.rows, program.grid.cols,
+                         program.model.in_features, program.model.out_features))
     h.update(struct.pack("<dd", float(program.model.input_scale),
                          float(program.model.output_scale)))
-    for lane in program.lanes:
-        for name in ("entry_value", "entry_index", "ptr_start", "ptr_count", "bias",
-                     "multiplier", "shift", "fanout"):
-            h.update(bytes(getattr(lane, name).astype("<i8").tobytes()))
+    for pe in program.pe_images:
+        for name in ("entry_value", "entry_index", "ptr"):
+            h.update(bytes(getattr(pe, name).astype("<i8").tobytes()))
+    for red in program.reducers:
+        for array in (*red.rows, red.bias, red.multiplier):
+            h.update(bytes(array.astype("<i8").tobytes()))
+    for layer in program.layers:
+        h.update(bytes(layer.quant.shift[:1].astype("<i8").tobytes()))
     return int.from_bytes(h.digest()[:4], "little")

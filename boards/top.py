@@ -7,8 +7,6 @@ from pathlib import Path
 from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, Elaboratable, Module
 
-from hw.options import options_for
-
 from .clocking import ClockReset
 from .link import LinkedAccelerator
 
@@ -30,11 +28,11 @@ class BoardTop(Elaboratable):
         Where it runs; ``board.clock_mhz`` is the clock target.
     baud : int
         UART rate.
-    choices : hw.options.Choices or None
-        Queue depth, memory style, pipeline; unset ones follow the board's family.
+    options : hw.options.HardwareOptions
+        The gateware's options (resolved by the build's plan).
     """
 
-    def __init__(self, program, board, *, baud: int = DEFAULT_BAUD, choices=None):
+    def __init__(self, program, board, *, options, baud: int = DEFAULT_BAUD):
         self.program, self.board, self.baud = program, board, baud
         self.clocking = ClockReset(family=board.family, osc_hz=board.osc_hz,
                                    target_hz=board.clock_mhz * 1e6)
@@ -42,7 +40,7 @@ class BoardTop(Elaboratable):
         # checks the baud rate now, before any tool runs
         self.linked = LinkedAccelerator(
             program, clock_hz=self.clock_hz, link_hz=self.clocking.link_hz, baud=baud,
-            options=options_for(program, board.family, choices))
+            options=options)
 
     def elaborate(self, platform):
         m = Module()

@@ -1,7 +1,10 @@
 """``build``: model file -> quantized, encoded program -> Verilog (and, per board, more).
 
 FINN-style ordered build steps over one state object; the configuration is a dataclass saved
-as JSON in the build folder, each step is timed, and the reports land beside the Verilog.
+as JSON in the build folder (what the user asked for, never rewritten), each step is timed,
+and the reports land beside the Verilog. Each step hands its result on: ``plan`` chooses the
+PEs, the grid and the gateware options once and compiles the program for them; every later
+step uses that program and those options.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .errors import InputError
 from .frontend import first_layer, load_module, to_ir
-from .ir import Model, SparseProgram
+from .ir import Grid, IRError, Model, SparseProgram
 from .passes.encode import encode
 from .passes.quantize import quantize
 from .report import build_report, write_report
@@ -33,33 +36,38 @@ __all__ = ["BuildConfig", "BuildState", "BuildResult", "STEPS", "build", "compil
 
 
 def encode_calibrated(quantized: Model, calibration: np.ndarray, pes: int, *,
-                      index_bits: int | None = None, dense: bool = False) -> SparseProgram:
+                      grid: Grid | str | None = None, index_bits: int | None = None,
+                      dense: bool = False) -> SparseProgram:
     """Encode ``quantized`` for ``pes`` PEs, balancing them on the activity that
     ``calibration`` (float [N, in]) produces in every layer."""
     x = reference.quantize_input(calibration, quantized.input_scale)
     _, acts = reference.run_dense(quantized, x[:256], return_activations=True)
-    return encode(quantized, pes, index_bits=index_bits, activity=[a != 0 for a in acts[:-1]],
-                  skip_zero_activations=not dense)
+    return encode(quantized, pes, grid=grid, index_bits=index_bits,
+                  activity=[a != 0 for a in acts[:-1]], skip_zero_activations=not dense)
 
 
 def compile_model(model: Model, calibration: np.ndarray, pes: int, *,
-                  index_bits: int | None = None, dense: bool = False) -> SparseProgram:
+                  grid: Grid | str | None = None, index_bits: int | None = None,
+                  dense: bool = False) -> SparseProgram:
     """Float IR -> quantized, encoded program (the library path of ``build`` without files)."""
-    return encode_calibrated(quantize(model, calibration), calibration, pes,
+    return encode_calibrated(quantize(model, calibration), calibration, pes, grid=grid,
                              index_bits=index_bits, dense=dense)
 
 
 @dataclass
 class BuildConfig:
-    """Everything ``build`` needs; saved as ``build_config.json``."""
+    """Everything ``build`` needs; saved as ``build_config.json``. None: decided by the build
+    (the board's family, the fit check); ``report.json`` says what was chosen and why."""
     model: str
     board: str
-    pes: int = 8
+    pes: int | str | None = None         # None or "auto": the fastest that fits the board
+    grid: str | None = None              # "RxC"; None: the squarest with R >= C
     calibration: str | None = None       # .npy, float32 [N, in_features] or [N, C, H, W]
     out: str | None = None               # default build/<model>-<board>
     trust_pickle: bool = False
     index_bits: int | None = None        # None: narrowest with <= 1 % padding
-    queue_depth: int | None = None       # None: never stalls, at most 16
+    fifo_depth: int | None = None        # each PE's activation FIFO (hw.options)
+    banks: int | list | None = None      # accumulator banks, all layers or per layer (hw.options)
     dense: bool = False                  # store every weight, skip nothing (baseline)
     memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
     pipeline: str | None = None          # "short" / "deep"; None: by board
@@ -72,8 +80,18 @@ class BuildConfig:
     bitstream: bool = True               # False: fit check and Verilog only
 
     def validate(self) -> "BuildConfig":
-        if self.pes != "auto" and (not isinstance(self.pes, int) or self.pes < 1):
+        from hw.options import BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
+
+        if self.pes not in (None, "auto") and (not isinstance(self.pes, int) or self.pes < 1):
             raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
+        if self.grid is not None:
+            try:
+                grid = Grid.parse(self.grid)
+            except IRError as e:
+                raise InputError(f"--grid: {e}") from None
+            if isinstance(self.pes, int) and grid.pes != self.pes:
+                raise InputError(f"--grid {self.grid} has {grid.pes} PEs but --pes is "
+                                 f"{self.pes}; give one of them")
         if self.clock_mhz is not None and not 1 <= self.clock_mhz <= 1000:
             raise InputError(f"--clock-mhz must be in 1..1000, not {self.clock_mhz}")
         if not isinstance(self.baud, int) or self.baud < 300:
@@ -82,27 +100,35 @@ class BuildConfig:
             raise InputError(f"--seed must be a whole number >= 1, not {self.seed!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
-        if self.queue_depth is not None and self.queue_depth < 2:
-            raise InputError(f"--queue-depth must be at least 2, not {self.queue_depth}")
-        from hw.options import MEMORY_STYLES, PIPELINES
-        if self.memory not in (None, *MEMORY_STYLES):
-            raise InputError(f"--memory must be one of {', '.join(MEMORY_STYLES)}, not "
-                             f"{self.memory!r}")
-        if self.pipeline not in (None, *PIPELINES):
-            raise InputError(f"--pipeline must be one of {', '.join(PIPELINES)}, not "
-                             f"{self.pipeline!r}")
-        from hw.options import WEIGHT_STORES
-        if self.weights not in (None, *WEIGHT_STORES):
-            raise InputError(f"--weights must be one of {', '.join(WEIGHT_STORES)}, not "
-                             f"{self.weights!r}")
+        if self.fifo_depth is not None and not 4 <= self.fifo_depth <= 1024:
+            raise InputError(f"--fifo-depth must be in 4..1024, not {self.fifo_depth}")
+        for name, value, allowed in (("memory", self.memory, MEMORY_STYLES),
+                                     ("pipeline", self.pipeline, PIPELINES),
+                                     ("weights", self.weights, WEIGHT_STORES)):
+            if value not in (None, *allowed):
+                raise InputError(f"--{name} must be one of {', '.join(map(str, allowed))}, "
+                                 f"not {value!r}")
+        banks = self.banks if isinstance(self.banks, (list, tuple)) else [self.banks]
+        if self.banks is not None and any(b not in BANKS for b in banks):
+            raise InputError(f"--banks: each must be one of {', '.join(map(str, BANKS))}, not "
+                             f"{self.banks!r}")
         get_board(self.board)
         return self
 
     @property
     def choices(self):
+        """The gateware options the user fixed (:class:`hw.options.Choices`)."""
         from hw.options import Choices
-        return Choices(queue_depth=self.queue_depth, memory=self.memory, pipeline=self.pipeline,
-                       weights=self.weights)
+        banks = tuple(self.banks) if isinstance(self.banks, list) else self.banks
+        return Choices(memory=self.memory, pipeline=self.pipeline, weights=self.weights,
+                       banks=banks, fifo_depth=self.fifo_depth)
+
+    @property
+    def requested_pes(self) -> int | None:
+        """The PE count the user fixed (by --pes or --grid); None: the build chooses."""
+        if isinstance(self.pes, int):
+            return self.pes
+        return Grid.parse(self.grid).pes if self.grid else None
 
     @property
     def out_dir(self) -> Path:
@@ -125,8 +151,9 @@ class BuildState:
     model: Model | None = None
     calibration: np.ndarray | None = None  # float [N, in_features] (flattened)
     quantized: Model | None = None
+    plan: object = None                    # boards.fit.Plan: PEs, grid, options, estimate
     program: SparseProgram | None = None
-    options: object = None                 # hw.options.HardwareOptions for this board
+    options: object = None                 # hw.options.HardwareOptions, resolved once
     reference_run: reference.RunResult | None = None
     verilog: Path | None = None
     board_results: dict = field(default_factory=dict)
@@ -175,12 +202,30 @@ def step_quantize(s: BuildState):
     s.quantized = quantize(s.model, s.calibration)
 
 
-def step_encode(s: BuildState):
-    from hw.options import options_for
-    s.program = encode_calibrated(s.quantized, s.calibration, s.config.pes,
-                                  index_bits=s.config.index_bits, dense=s.config.dense)
-    s.options = options_for(s.program, s.board.family, s.config.choices)
+def step_plan(s: BuildState):
+    """PEs, grid and gateware options: the user's, or the fastest design that fits the board
+    and is predicted to meet its clock (boards/fit.py). Seconds, before any synthesis; the
+    program compiled for the plan is handed on."""
+    from boards.fit import plan
+
+    config = s.config
+    layers = len(s.quantized.layers)
+    if isinstance(config.banks, (list, tuple)) and len(config.banks) != layers:
+        raise InputError(f"--banks gives {len(config.banks)} layers' banks but the model has "
+                         f"{layers} layers: give one number for all, or {layers}")
+
+    def compile_for(pes: int, grid=None) -> SparseProgram:
+        return encode_calibrated(s.quantized, s.calibration, pes, grid=grid,
+                                 index_bits=config.index_bits, dense=config.dense)
+
+    x = reference.quantize_input(s.calibration, s.quantized.input_scale)[:256]
+    s.plan = plan(compile_for, s.board, pes=config.requested_pes, grid=config.grid,
+                  choices=config.choices,
+                  calibration_run=lambda program: reference.run(program, x))
+    s.program, s.options = s.plan.program, s.plan.options
     save_program(s.program, s.out_dir / "program.npz")
+    s.board_results["fit"] = s.plan.estimate.as_dict()
+    s.board_results["plan"] = s.plan.as_dict()
 
 
 def step_check_reference(s: BuildState):
@@ -197,43 +242,16 @@ def step_verilog(s: BuildState):
     s.verilog = generate_verilog(s.program, s.out_dir / "sparsemac_top.v", s.options)
 
 
-def step_fit(s: BuildState):
-    """Will it fit the board? Seconds, before any synthesis; picks P for ``--pes auto``."""
-    from boards.fit import check_fit, largest_fitting_pes
-
-    def compile_for(pes):
-        return encode_calibrated(s.quantized, s.calibration, pes,
-                                 index_bits=s.config.index_bits, dense=s.config.dense)
-
-    if s.config.pes == "auto":
-        pes, est = largest_fitting_pes(compile_for, s.board, choices=s.config.choices)
-        if pes is None:
-            check_fit(compile_for(1), s.board, choices=s.config.choices)
-        s.config.pes = pes
-    else:
-        est = check_fit(compile_for(s.config.pes), s.board, choices=s.config.choices,
-                        compile_for=compile_for)
-    # the weights' home, when left open, is the fit check's answer (SPRAM: uploaded)
-    s.config.weights = est.weights
-    (s.out_dir / "build_config.json").write_text(s.config.to_json())
-    s.board_results["fit"] = est.as_dict()
-
-
 def step_board(s: BuildState):
     """Board products: a bitstream with Fmax and utilisation from nextpnr (iCE40, ECP5), or
     Vivado / openXC7 plans and a yosys utilisation estimate (7-series)."""
-    from boards.flow import build_bitstream, check_timing, xilinx_products
+    from boards.flow import board_products, check_timing
 
-    fit = s.board_results.get("fit")
-    s.board_results = {"bitstream": None, "fmax_mhz": None, "resources": None, "fit": fit}
+    s.board_results.update({"bitstream": None, "fmax_mhz": None, "resources": None})
     if not s.config.bitstream:
         return
-    if s.board.family == "xc7":
-        results = xilinx_products(s.program, s.board, s.out_dir, baud=s.config.baud,
-                                  choices=s.config.choices)
-    else:
-        results = build_bitstream(s.program, s.board, s.out_dir, baud=s.config.baud,
-                                  choices=s.config.choices, seed=s.config.seed)
+    results = board_products(s.program, s.board, s.out_dir, options=s.options,
+                             baud=s.config.baud, seed=s.config.seed)
     s.board_results.update(results)
     if results.get("fmax_mhz") is not None:
         try:
@@ -255,8 +273,7 @@ STEPS: list[tuple[str, Callable[[BuildState], None]]] = [
     ("calibration", step_calibration),
     ("frontend", step_frontend),
     ("quantize", step_quantize),
-    ("fit", step_fit),
-    ("encode", step_encode),
+    ("plan", step_plan),
     ("check_reference", step_check_reference),
     ("verilog", step_verilog),
     ("board", step_board),
@@ -272,6 +289,8 @@ def build(config: BuildConfig, *, on_step: Callable[[str], None] | None = None) 
     except OSError as e:
         raise InputError(f"cannot create build folder {out_dir}: {e.strerror}; choose another "
                          f"--out") from None
+    if not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder; choose another --out")
     board = get_board(config.board)
     if config.clock_mhz is not None:
         board = with_clock(board, config.clock_mhz)

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from hw.options import MEMORY_STYLES, PIPELINES, WEIGHT_STORES
+from hw.options import BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
 
 from .argtypes import whole_number
 from .errors import InputError, SparsemacError
@@ -32,6 +32,17 @@ def _pes(text: str):
     return "auto" if text == "auto" else _positive(text)
 
 
+def _banks(text: str):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,... (one per layer), not "
+                                         f"{text!r}") from None
+    if any(v not in BANKS for v in values):
+        raise argparse.ArgumentTypeError(f"banks are {', '.join(map(str, BANKS))}, not {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def _console():
     from rich.console import Console
     return Console(highlight=False, soft_wrap=True)
@@ -43,9 +54,9 @@ def cmd_build(args) -> int:
     if (args.board is None) == (args.platform is None):
         raise InputError("give either --board NAME or --platform module:Class")
     config = BuildConfig(model=args.model, board=args.board or args.platform, pes=args.pes,
-                         calibration=args.calibration, out=args.out,
+                         grid=args.grid, calibration=args.calibration, out=args.out,
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,
-                         queue_depth=args.queue_depth, dense=args.dense,
+                         fifo_depth=args.fifo_depth, banks=args.banks, dense=args.dense,
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
@@ -55,7 +66,9 @@ def cmd_build(args) -> int:
         result = build(config, on_step=lambda name: status.update(f"build step: {name}"))
     r = result.report
     c = r["cycles"]
-    console.print(f"[bold]{r['model']}[/] -> {result.out_dir} ({r['board']}, {r['pes']} PEs)")
+    console.print(f"[bold]{r['model']}[/] -> {result.out_dir} ({r['board']}, {r['pes']} PEs "
+                  f"on a {r['grid']} grid)")
+    console.print(f"  plan: {r['plan']['reason']}")
     console.print(f"  sparsity {100 * r['totals']['sparsity']:.1f} % "
                   f"({r['totals']['nnz']}/{r['totals']['weights']} weights), "
                   f"index bits {r['index_bits']}")
@@ -84,9 +97,10 @@ def cmd_simulate(args) -> int:
     sim = result.report["cycles"]["simulation"]
     console.print(f"{len(result.hw)} inferences on {args.simulator}: RTL == reference "
                   f"(bit-exact)")
-    console.print(f"  cycles per inference {sim['measured_mean']:.1f} "
+    console.print(f"  cycles per inference {sim['measured_mean']:.1f}, inputs streamed "
                   f"(ideal {sim['ideal_mean']:.1f}, {sim['ratio_to_ideal']:.3f} x; dense "
-                  f"{result.report['cycles']['dense']}, {sim['dense_to_measured']:.2f} x slower)")
+                  f"{result.report['cycles']['dense']}, {sim['dense_to_measured']:.2f} x slower); "
+                  f"latency {sim['latency_mean']:.1f}")
     console.print(f"  outputs {result.outputs_path}")
     if args.waves:
         console.print(f"  waveform in {os.path.join(args.dir, 'sim_' + args.simulator)}")
@@ -105,14 +119,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--board", help=f"one of: {', '.join(board_names())}")
     p.add_argument("--platform", help="any amaranth-boards platform, module:Class (instead of "
                                       "--board)")
-    p.add_argument("--pes", type=_pes, default=8,
-                   help="processing elements, or auto: the most that fit the board (default 8)")
+    p.add_argument("--pes", type=_pes,
+                   help="processing elements, or auto (the default): the most inferences per "
+                        "second that fit the board and are predicted to meet its clock")
+    p.add_argument("--grid", help="the PEs' R x C shape, e.g. 8x8 (R >= C; default: the "
+                                  "squarest for --pes)")
     p.add_argument("--calibration", help=".npy float32 [N, in_features] (default: digits)")
     p.add_argument("--out", help="build folder (default build/<model>-<board>)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickle that needs arbitrary classes (runs its code!)")
     p.add_argument("--index-bits", type=_positive, help="relative row index width")
-    p.add_argument("--queue-depth", type=_positive, help="PE-to-PE job queue depth")
+    p.add_argument("--fifo-depth", type=whole_number(4),
+                   help="each PE's activation FIFO (default 16)")
+    p.add_argument("--banks", type=_banks,
+                   help="accumulator banks per layer, N for all or N,N,... one per layer: "
+                        "inferences that overlap in a layer (default: two where one would "
+                        "hold the next inference back)")
     p.add_argument("--dense", action="store_true",
                    help="store and process every weight and input (baseline for benchmarks)")
     p.add_argument("--clock-mhz", type=float, help="clock target (default: the board's)")

@@ -22,8 +22,8 @@ def build_report(state) -> dict:
     geo = geometry(program, state.options)
     layers = []
     for m, layer in enumerate(program.layers):
-        ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.column_count(m))
-        pe_entries = [int(lane.ptr_count[ptr].sum()) for lane in program.lanes]
+        ptr = slice(program.ptr_base[m], program.ptr_base[m] + program.col_slots[m] + 1)
+        pe_entries = [int(np.diff(pe.ptr[ptr]).sum()) for pe in program.pe_images]
         layers.append({
             "name": layer.name,
             "in_features": layer.in_features,
@@ -33,30 +33,35 @@ def build_report(state) -> dict:
             "relu": layer.relu,
             "in_scale": layer.quant.in_scale,
             "out_scale": layer.quant.out_scale,
-            "pe_rows": [len(lane.rows[m]) for lane in program.lanes],
+            "row_group_rows": [red.row_count(m) for red in program.reducers],
             "pe_entries": pe_entries,
             "padding_entries": int(sum(pe_entries) - layer.nnz) if not config.dense else 0,
             "nnz_active_mean": round(float(run.nnz_active[:, m].mean()), 3),
             "pe_active_entries_mean": [round(float(v), 3)
-                                       for v in run.lane_entries[:, m, :].mean(axis=0)],
+                                       for v in run.pe_entries[:, m, :].mean(axis=0)],
         })
     weights = sum(layer.weight.size for layer in program.layers)
     nnz = sum(layer.nnz for layer in program.layers)
     ideal = run.ideal_cycles
     bits = memory_bits(geo)
+    stored = bits["weights"] if "weights" in bits else bits.get("uploaded_weights", 0)
     return {
         "model": program.model.name,
         "model_path": str(config.model),
         "board": state.board.name,
         "board_description": state.board.description,
         "pes": program.pes,
+        "grid": str(program.grid),
+        "plan": state.board_results.get("plan"),
         "index_bits": program.index_bits,
-        "queue_depth": geo.queue_depth,
         "memory_style": geo.memory,
         "pipeline": geo.pipeline,
+        "banks": list(geo.banks),
+        "fifo_depth": geo.fifo_depth,
         "dense_mode": config.dense,
         "in_features": program.model.in_features,
         "out_features": program.model.out_features,
+        "input_lanes": geo.cols,
         "input_scale": program.model.input_scale,
         "output_scale": program.model.output_scale,
         "layers": layers,
@@ -66,25 +71,29 @@ def build_report(state) -> dict:
             "ideal": round(float(ideal.mean()), 3),
             "ideal_min": int(ideal.min()),
             "ideal_max": int(ideal.max()),
-            "pe_bound": round(float(run.lane_entries.max(axis=2).sum(axis=1).mean()), 3),
+            "pe_bound": round(float(run.pe_bound.mean()), 3),
+            "layer_bound": round(float(run.layer_bound.mean()), 3),
             "dense": dense_cycles(program.model, program.pes),
             "measured": None,
         },
-        "widths": {"accumulator": program.widths.accumulator, "biased": program.widths.biased,
+        "widths": {"partial": program.widths.partial,
+                   "accumulator": program.widths.accumulator, "biased": program.widths.biased,
                    "product": program.widths.product},
         "memory_bits": bits,
+        "bits_per_nonzero": round((stored + bits["pointers"] + bits["row_parameters"])
+                                  / max(1, nnz), 3),
         "verilog": str(state.verilog),
         "resources": state.board_results.get("resources") or {
             "source": "estimate from the memory images (no synthesis run)",
             "memory_bits": sum(bits.values()),
-            "multipliers": 2 * program.pes,
         },
         "fmax_mhz": state.board_results.get("fmax_mhz"),
         "bitstream": state.board_results.get("bitstream"),
         "timing": state.board_results.get("timing"),
         "fit": state.board_results.get("fit"),
         "board_flow": {k: v for k, v in state.board_results.items()
-                       if k not in ("resources", "fmax_mhz", "bitstream", "timing", "fit")},
+                       if k not in ("resources", "fmax_mhz", "bitstream", "timing", "fit",
+                                    "plan")},
         "steps": dict(state.timings),
     }
 
@@ -100,20 +109,23 @@ def write_report(out_dir, report: dict) -> None:
 
 
 def record_simulation(out_dir, report: dict, *, simulator: str, cycles: np.ndarray,
-                      ideal: np.ndarray, outputs: str) -> dict:
-    """Add measured cycles (from the RTL) to the report, against the ideal for the same
-    inputs."""
-    ratio = cycles / np.maximum(ideal, 1)
-    report["cycles"]["measured"] = round(float(cycles.mean()), 3)
+                      intervals: np.ndarray, ideal: np.ndarray, outputs: str) -> dict:
+    """Add measured cycles (from the RTL, inputs streamed back to back) to the report, against
+    the ideal for the same inputs: cycles per inference is the whole run over its
+    inferences (the array's throughput); latency is each inference's first beat to done."""
+    per_inference = float(intervals.sum()) / len(intervals)
+    report["cycles"]["measured"] = round(per_inference, 3)
     report["cycles"]["simulation"] = {
         "simulator": simulator,
         "inputs": int(len(cycles)),
-        "measured_mean": round(float(cycles.mean()), 3),
-        "measured_min": int(cycles.min()),
-        "measured_max": int(cycles.max()),
+        "measured_mean": round(per_inference, 3),
+        "interval_min": int(intervals.min()),
+        "interval_max": int(intervals.max()),
+        "latency_mean": round(float(cycles.mean()), 3),
+        "latency_max": int(cycles.max()),
         "ideal_mean": round(float(ideal.mean()), 3),
-        "ratio_to_ideal": round(float(ratio.mean()), 4),
-        "dense_to_measured": round(report["cycles"]["dense"] / float(cycles.mean()), 3),
+        "ratio_to_ideal": round(per_inference / max(1.0, float(ideal.mean())), 4),
+        "dense_to_measured": round(report["cycles"]["dense"] / per_inference, 3),
         "outputs": outputs,
     }
     write_report(out_dir, report)
@@ -126,15 +138,18 @@ def _markdown(r: dict) -> str:
         f"# sparsemac build: {r['model']} on {r['board']}",
         "",
         f"- board: {r['board_description']}",
-        f"- processing elements: {r['pes']}, relative index bits: {r['index_bits']}, "
-        f"job queue depth: {r['queue_depth']}, memories: {r.get('memory_style', 'block')}, "
-        f"pipeline: {r.get('pipeline', 'short')}",
+        f"- processing elements: {r['pes']} on a {r['grid']} grid, relative index bits: "
+        f"{r['index_bits']}, FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
+        f"memories: {r['memory_style']}, pipeline: {r['pipeline']}",
+        *([f"- plan: {r['plan']['reason']}"] if r.get("plan") else []),
         f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
         f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",
         f"- input scale {r['input_scale']:.6g}, output scale {r['output_scale']:.6g}",
         f"- Verilog: `{r['verilog']}`",
         f"- Fmax: {r['fmax_mhz'] if r['fmax_mhz'] is not None else 'not built'} MHz, "
         f"bitstream: {r['bitstream'] or 'none'}",
+        f"- weight, pointer and row-parameter memory: {r['bits_per_nonzero']} bits per "
+        f"nonzero weight",
         "",
         "## Layers",
         "",
@@ -154,16 +169,17 @@ def _markdown(r: dict) -> str:
         "",
         f"- ideal, sum over layers of ceil(nonzero weights in active columns / P): "
         f"{c['ideal']:.1f} (mean over {c['basis']}, range {c['ideal_min']}..{c['ideal_max']})",
-        f"- bound of this PE assignment (busiest PE per layer): {c['pe_bound']:.1f}",
+        f"- bound of this PE assignment (busiest PE, all layers; inferences overlap): "
+        f"{c['pe_bound']:.1f}",
         f"- dense array of the same size: {c['dense']}",
     ]
     sim = c.get("simulation")
     if sim:
         lines += [
-            f"- measured in RTL ({sim['simulator']}, {sim['inputs']} inputs): "
-            f"{sim['measured_mean']:.1f} (range {sim['measured_min']}..{sim['measured_max']}), "
-            f"{sim['ratio_to_ideal']:.3f} x ideal; dense / measured = "
-            f"{sim['dense_to_measured']:.2f}",
+            f"- measured in RTL ({sim['simulator']}, {sim['inputs']} inputs streamed): "
+            f"{sim['measured_mean']:.1f} per inference, {sim['ratio_to_ideal']:.3f} x ideal; "
+            f"dense / measured = {sim['dense_to_measured']:.2f}; latency "
+            f"{sim['latency_mean']:.1f} on average",
         ]
     else:
         lines.append("- measured: not simulated yet (`python -m compiler simulate`)")

@@ -27,10 +27,16 @@ class SimulationResult:
     hw: np.ndarray            # int [N, out]: what the RTL streamed out
     reference: np.ndarray     # int [N, out]
     dequantized: np.ndarray   # float [N, out]
-    cycles: np.ndarray        # int [N]: measured compute cycles per inference
+    cycles: np.ndarray        # int [N]: each inference's latency (first input beat to done)
+    intervals: np.ndarray     # int [N]: cycles from the inference before's completion to its own
     ideal: np.ndarray         # int [N]
     outputs_path: Path
     report: dict
+
+    @property
+    def cycles_per_inference(self) -> float:
+        """The array's throughput in cycles: all inferences, streamed, over their count."""
+        return float(self.intervals.sum()) / len(self.intervals)
 
 
 def _build_dir(out_dir) -> Path:
@@ -56,6 +62,7 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     program = load_program(out_dir / "program.npz")
     report = read_report(out_dir)
     config = json.loads((out_dir / "build_config.json").read_text())
+    plan = report.get("plan") or {}
     shape = program.model.input_shape
     shape = shape if len(shape) > 1 else program.model.in_features
     if inputs is None:
@@ -77,46 +84,49 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     work = out_dir / f"sim_{simulator}"
     outputs_path = Path(outputs) if outputs else work / "outputs.npz"
     image = None
-    if config.get("weights") == "uploaded":
+    if plan.get("options", {}).get("weights") == "uploaded":
         from hw.images import weight_image
         image = weight_image(program)
     try:
-        hw, cycles = run_rtl(out_dir / "sparsemac_top.v", xq, expected.outputs,
-                             simulator=simulator, work_dir=work, waves=waves, image=image,
-                             timeout_cycles=20_000 + 2 * dense_cycles(program.model,
-                                                                      program.pes))
+        hw, cycles, intervals = run_rtl(
+            out_dir / "sparsemac_top.v", xq, expected.outputs, lanes=program.grid.cols,
+            simulator=simulator, work_dir=work, waves=waves, image=image,
+            timeout_cycles=20_000 + 2 * dense_cycles(program.model, program.pes))
         failure = None
     except RTLMismatch as e:
-        hw, cycles, failure = e.hw, e.cycles, e
+        hw, cycles, intervals, failure = e.hw, e.cycles, e.intervals, e
     dequantized = reference.dequantize(hw, program.model.output_scale).reshape(
         len(hw), *program.model.output_shape)
     np.savez(outputs_path, hw=hw, reference=expected.outputs, dequantized=dequantized,
-             cycles=cycles)
+             cycles=cycles, intervals=intervals)
     if failure is not None:
         raise failure
     report = record_simulation(out_dir, report, simulator=simulator, cycles=cycles,
-                               ideal=expected.ideal_cycles, outputs=str(outputs_path))
+                               intervals=intervals, ideal=expected.ideal_cycles,
+                               outputs=str(outputs_path))
     return SimulationResult(hw=hw, reference=expected.outputs, dequantized=dequantized,
-                            cycles=cycles, ideal=expected.ideal_cycles,
+                            cycles=cycles, intervals=intervals, ideal=expected.ideal_cycles,
                             outputs_path=outputs_path, report=report)
 
 
 class RTLMismatch(SparsemacError):
     """The RTL's outputs differ from the reference; carries what the RTL produced."""
 
-    def __init__(self, message, hw, cycles):
+    def __init__(self, message, hw, cycles, intervals):
         super().__init__(message)
-        self.hw, self.cycles = hw, cycles
+        self.hw, self.cycles, self.intervals = hw, cycles, intervals
 
 
-def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, work_dir,
-            waves: bool = False, image: bytes | None = None,
-            timeout_cycles: int = 20_000) -> tuple[np.ndarray, np.ndarray]:
-    """Stream integer inputs ``xq`` [N, in] through ``verilog`` in cocotb and return the RTL's
-    ``(outputs [N, out], cycles [N])``. Raises :class:`RTLMismatch` unless the outputs equal
-    ``expected`` exactly (checked in the bench and again here). A design built with uploaded
-    weights gets ``image`` (:func:`hw.images.weight_image`) on its weights stream first. No
-    output for ``timeout_cycles`` fails the run as a hang."""
+def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, lanes: int, simulator: str,
+            work_dir, waves: bool = False, image: bytes | None = None,
+            timeout_cycles: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stream integer inputs ``xq`` [N, in] through ``verilog`` (whose input takes ``lanes``
+    values a beat) in cocotb, back to back, and return the RTL's ``(outputs [N, out], cycles
+    [N], intervals [N])``: each inference's latency and the cycles since the one before
+    completed. Raises :class:`RTLMismatch` unless the outputs equal ``expected`` exactly
+    (checked in the bench and again here). A design built with uploaded weights gets
+    ``image`` (:func:`hw.images.weight_image`) on its weights stream first. No output for
+    ``timeout_cycles`` fails the run as a hang."""
     from hw.verilog import TOPLEVEL
     from sim.runner import SimulationFailed, run_cocotb
 
@@ -126,7 +136,7 @@ def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, wo
     results = work / "results.npz"
     results.unlink(missing_ok=True)
     extra = {"image": np.frombuffer(image, np.uint8)} if image else {}
-    np.savez(bench, inputs=np.asarray(xq, dtype=np.int64),
+    np.savez(bench, inputs=np.asarray(xq, dtype=np.int64), lanes=lanes,
              expected=np.asarray(expected, dtype=np.int64), timeout_cycles=timeout_cycles,
              **extra)
     failure = None
@@ -140,11 +150,11 @@ def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, simulator: str, wo
     if not results.is_file():
         raise failure or SimulationFailed(f"the bench wrote no results; see {work / 'sim.log'}")
     with np.load(results, allow_pickle=False) as f:
-        hw, cycles = f["hw"], f["cycles"]
+        hw, cycles, intervals = f["hw"], f["cycles"], f["intervals"]
     if failure is None and not np.array_equal(hw, expected):
         n, o = np.argwhere(hw != expected)[0]
         failure = SimulationFailed(f"RTL differs from the reference: inference {n}, output "
                                    f"{o}: RTL {hw[n, o]}, reference {expected[n, o]}")
     if failure is not None:
-        raise RTLMismatch(str(failure), hw, cycles)
-    return hw, cycles
+        raise RTLMismatch(str(failure), hw, cycles, intervals)
+    return hw, cycles, intervals
