@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 
 from compiler.errors import FitError
 from compiler.ir import MULTIPLIER_BITS, Grid
-from hw.images import SPRAM_DEPTH, MemorySpec, geometry, memories
+from hw.images import SPRAM_DEPTH, MemorySpec, bus_layout, geometry, memories
 from hw.options import Choices, needed_banks, options_for
 
 __all__ = ["FitEstimate", "Plan", "estimate", "resolve_options", "check_fit", "plan",
-           "predicted_fmax", "predicted_cycles", "CANDIDATE_PES"]
+           "predicted_fmax", "predicted_cycles", "component_logic", "CANDIDATE_PES"]
 
 #: The PE counts ``--pes auto`` tries, largest first.
 CANDIDATE_PES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1)
@@ -95,12 +95,19 @@ _DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 1), "xc7": (25, 18, 2)}
 # RAM64M-ish: 64 bits a LUT); iCE40 has none, its "LUT RAM" is flip-flops
 _LUTRAM_BITS_PER_LUT = {"ecp5": 16, "xc7": 64}
 
-# LUT / FF model, per family: a + b*P + c*R + d * (bits in LUT RAM or flip-flops), fitted to
-# the placed builds recorded in docs/benchmarks.md (section 4).
+# Logic model, per family, per component: coefficients of the terms of component_logic(),
+# fitted to Yosys runs of single components (benchmarks/fit_model.py) and checked against
+# placed builds (docs/benchmarks.md, section 4).
 _LOGIC_MODEL = {
-    "ice40": {"lut": (500, 420, 250, 0.0), "ff": (400, 180, 220, 1.0)},
-    "ecp5": {"lut": (1500, 330, 450, 1 / 16), "ff": (800, 170, 280, 0.0)},
-    "xc7": {"lut": (1500, 280, 400, 1 / 64), "ff": (800, 170, 280, 0.0)},
+    "ecp5": {"pe_lut": (250, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
+             "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
+             "fixed_lut": 1800, "fixed_ff": 1200},
+    "ice40": {"pe_lut": (300, 0.0, 1.0, 0.0, 0.5), "pe_ff": (300, 0.0, 0.0, 0.0, 1.0),
+              "reducer_lut": (200, 1.0, 2.0, 10.0), "reducer_ff": (200, 1.0, 8.0, 0.0),
+              "fixed_lut": 900, "fixed_ff": 900},
+    "xc7": {"pe_lut": (220, 0.5, 1.0, 1.0, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
+            "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
+            "fixed_lut": 1800, "fixed_ff": 1200},
 }
 # iCE40 logic cells pair a LUT with a flip-flop: cells ~ LUTs + 0.9 x FFs
 _ICE40_FF_PAIRING = 0.9
@@ -108,6 +115,50 @@ _ICE40_FF_PAIRING = 0.9
 # Fmax model, per family: MHz = a - b * log2(P) for the default gateware style, fitted to the
 # placed builds of docs/benchmarks.md. A plan predicts a clock met when the model reaches it.
 _FMAX_MODEL = {"ice40": (66.0, 1.5), "ecp5": (118.0, 2.0), "xc7": (150.0, 3.0)}
+
+
+def _lutram_terms(geo) -> tuple[int, int, int]:
+    """(LUT-RAM primitives, bank-select width, depth-mux width) of one PE's distributed
+    accumulators: each bank is ceil(depth / 16) x ceil(width / 4) 16x4 primitives; the
+    select between banks and the depth multiplexers scale with the width."""
+    width = geo.partial_width
+    prims = select = mux = 0
+    for m in range(geo.layers):
+        chunks = -(-geo.row_slots[m] // 16)
+        prims += geo.banks[m] * chunks * -(-width // 4)
+        mux += geo.banks[m] * (chunks - 1) * width
+    select = (geo.slots - 1) * width
+    return prims, select, mux
+
+
+def logic_terms(geo, family: str) -> dict:
+    """The terms the logic model weighs, per component (each a row of numbers that the
+    coefficients of ``_LOGIC_MODEL`` multiply): a PE's constant, its accumulators' LUT-RAM
+    primitives, bank select and depth multiplexers, its FIFO bits; a reducer's constant, adder
+    tree bits, requantizer width and layer count."""
+    if geo.accumulators == "distributed":
+        prims, select, mux = _lutram_terms(geo)
+    else:
+        prims = select = mux = 0
+    fifo_bits = geo.fifo_depth * bus_layout(geo).size
+    tree = geo.cols * geo.acc_width
+    return {"pe_lut": [1, prims, select, mux, fifo_bits],
+            "pe_ff": [1, prims, select, mux, fifo_bits],
+            "reducer_lut": [1, tree, geo.bias_width, geo.layers],
+            "reducer_ff": [1, tree, geo.bias_width, geo.layers]}
+
+
+def component_logic(geo, family: str) -> dict:
+    """LUTs and flip-flops of one PE and one reducer of ``geo`` on ``family`` (the model's
+    terms: a constant, the accumulators' LUT RAM, the bank select, the depth multiplexers,
+    the FIFOs' bits; for a reducer the adder tree, the requantizer and the layer tables),
+    and of everything else (loader, buses, output unit, link)."""
+    coef = _LOGIC_MODEL[family]
+    terms = logic_terms(geo, family)
+    out = {key: round(sum(c * t for c, t in zip(coef[key], terms[key])))
+           for key in ("pe_lut", "pe_ff", "reducer_lut", "reducer_ff")}
+    out.update(fixed_lut=coef["fixed_lut"], fixed_ff=coef["fixed_ff"])
+    return out
 
 
 def _blocks(spec: MemorySpec, family: str) -> int:
@@ -187,11 +238,9 @@ def estimate(program, board, options) -> FitEstimate:
     mac_dsps, reducer_dsps = dsps(program, family) if board.dsps else (0, 0)
     used_dsps = mac_dsps + reducer_dsps
 
-    coef = _LOGIC_MODEL[family]
-    a, b, c, d = coef["lut"]
-    luts = round(a + b * P + c * R + d * logic_bits)
-    a, b, c, d = coef["ff"]
-    ffs = round(a + b * P + c * R + d * logic_bits)
+    parts = component_logic(geo, family)
+    luts = parts["fixed_lut"] + P * parts["pe_lut"] + R * parts["reducer_lut"]
+    ffs = parts["fixed_ff"] + P * parts["pe_ff"] + R * parts["reducer_ff"]
     est = FitEstimate(board=board.name, pes=P, grid=str(program.grid), memories=mems,
                       bram_blocks=bram_blocks, bram_blocks_available=available_blocks,
                       bram_bits=bram_bits, dsps=used_dsps, dsps_available=board.dsps,
@@ -288,7 +337,8 @@ class Plan:
     def as_dict(self) -> dict:
         return {"pes": self.program.pes, "grid": str(self.program.grid),
                 "options": {k: _plain(getattr(self.options, k)) for k in
-                            ("memory", "pipeline", "weights", "banks", "fifo_depth")},
+                            ("memory", "accumulators", "pipeline", "weights", "banks",
+                             "fifo_depth")},
                 "predicted_fmax_mhz": self.fmax_mhz, "predicted_cycles": round(self.cycles, 1),
                 "clock_mhz": self.clock_mhz,
                 "predicted_inferences_per_s": round(self.inferences_per_second),

@@ -70,6 +70,7 @@ class BuildConfig:
     banks: int | list | None = None      # accumulator banks, all layers or per layer (hw.options)
     dense: bool = False                  # store every weight, skip nothing (baseline)
     memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
+    accumulators: str | None = None      # "distributed" / "block"; None: by board
     pipeline: str | None = None          # "short" / "deep"; None: by board
     weights: str | None = None           # "bitstream" / "uploaded"; None: by the fit check
     # boards (boards/): the clock target (None: the board's), UART rate, timing policy
@@ -80,7 +81,8 @@ class BuildConfig:
     bitstream: bool = True               # False: fit check and Verilog only
 
     def validate(self) -> "BuildConfig":
-        from hw.options import BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
+        from hw.options import (ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES,
+                                WEIGHT_STORES)
 
         if self.pes not in (None, "auto") and (not isinstance(self.pes, int) or self.pes < 1):
             raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
@@ -103,6 +105,7 @@ class BuildConfig:
         if self.fifo_depth is not None and not 4 <= self.fifo_depth <= 1024:
             raise InputError(f"--fifo-depth must be in 4..1024, not {self.fifo_depth}")
         for name, value, allowed in (("memory", self.memory, MEMORY_STYLES),
+                                     ("accumulators", self.accumulators, ACCUMULATOR_STYLES),
                                      ("pipeline", self.pipeline, PIPELINES),
                                      ("weights", self.weights, WEIGHT_STORES)):
             if value not in (None, *allowed):
@@ -121,7 +124,7 @@ class BuildConfig:
         from hw.options import Choices
         banks = tuple(self.banks) if isinstance(self.banks, list) else self.banks
         return Choices(memory=self.memory, pipeline=self.pipeline, weights=self.weights,
-                       banks=banks, fifo_depth=self.fifo_depth)
+                       banks=banks, fifo_depth=self.fifo_depth, accumulators=self.accumulators)
 
     @property
     def requested_pes(self) -> int | None:

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from hw.options import BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
+from hw.options import ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
 
 from .argtypes import whole_number
 from .errors import InputError, SparsemacError
@@ -60,6 +60,7 @@ def cmd_build(args) -> int:
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
+                         accumulators=args.accumulators,
                          bitstream=not args.no_bitstream)
     console = _console()
     with console.status("building") as status:
@@ -145,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="nextpnr placement seed (default 1); Fmax varies a few MHz with it")
     p.add_argument("--memory", choices=MEMORY_STYLES,
                    help="memory style (default: by board; see hw/options.py)")
+    p.add_argument("--accumulators", choices=ACCUMULATOR_STYLES,
+                   help="accumulator banks in LUT RAM (distributed: drained for free) or one "
+                        "block RAM per PE (block: each drained row costs a cycle; the iCE40 "
+                        "default, which has no LUT RAM)")
     p.add_argument("--pipeline", choices=PIPELINES,
                    help="pipeline depth (default: deep on iCE40, short elsewhere)")
     p.add_argument("--weights", choices=WEIGHT_STORES,

@@ -55,6 +55,7 @@ def build_report(state) -> dict:
         "plan": state.board_results.get("plan"),
         "index_bits": program.index_bits,
         "memory_style": geo.memory,
+        "accumulators": geo.accumulators,
         "pipeline": geo.pipeline,
         "banks": list(geo.banks),
         "fifo_depth": geo.fifo_depth,
@@ -140,7 +141,8 @@ def _markdown(r: dict) -> str:
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']} on a {r['grid']} grid, relative index bits: "
         f"{r['index_bits']}, FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
-        f"memories: {r['memory_style']}, pipeline: {r['pipeline']}",
+        f"memories: {r['memory_style']}, accumulators: {r['accumulators']}, pipeline: "
+        f"{r['pipeline']}",
         *([f"- plan: {r['plan']['reason']}"] if r.get("plan") else []),
         f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
         f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",

@@ -3,21 +3,29 @@
 Every entry from the walker is decoded (relative row index -> row), multiplied by its
 activation and added into its row of its bank; end tokens are counted per bank, and a bank
 whose layer has delivered every token is ``done``. The PE's reducer then drains the bank one
-row per cycle through a port of its own (reading a row clears it), and releases it for the
-next inference: MACs into one bank and a drain of another never meet, so every bank is a
-memory with one write port and one read port.
+row per cycle (reading a row clears it) and releases it for the next inference. Two styles
+(``geo.accumulators``):
+
+- ``"distributed"``: one LUT-RAM memory per bank, read asynchronously into a register,
+  accumulated a cycle later. A drain reads its bank beside an entry going into another:
+  draining costs no MAC cycle.
+- ``"block"``: one block RAM for all banks (iCE40 has no LUT RAM), a two-stage
+  read-add-write with forwarding. A drain is an op in the same stream, put there by the
+  walker in place of an entry (:class:`~hw.walker.ColumnWalker`): each drained row costs its
+  PE one cycle, and the block RAM one read and one write.
 
 Pipeline::
 
-    D: row decode, product -> A: bank[row] += product (asynchronous read, one cycle)
+    distributed: D: row decode, product -> A0: read (LUT RAM) -> A1: add (forwarded), write
+    block:       D: row decode, address, product -> A0: read -> A1: add (forwarded), write
 """
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .images import Geometry, drain_layout
-from .walker import op_layout
+from .walker import ColumnWalker, op_layout
 
 __all__ = ["MacBanks"]
 
@@ -36,21 +44,18 @@ class MacBanks(wiring.Component):
     Members
     -------
     i : In(stream.Signature(op_layout(geo), always_ready=True))
-        Entries and end tokens from the column walker.
+        Entries and end tokens from the column walker (block style: and drain ops).
     done : Out(slots)
         Bank ``s`` holds its whole layer's sums (every end token it waits for arrived and was
         accumulated after all entries before it); until released.
     drain : In(stream.Signature(drain_layout(geo), always_ready=True))
-        Read (and clear) row ``addr`` of bank ``slot``; only of a ``done`` bank.
+        Distributed style only: read (and clear) row ``addr`` of bank ``slot``; only of a
+        ``done`` bank.
     partial : Out(signed(partial_width))
-        The row a drain read, :attr:`DRAIN_LATENCY` cycles after the request.
+        The row a drain read, :meth:`drain_latency` cycles after the PE got the request.
     release : In(stream.Signature(range(slots), always_ready=True))
         Bank ``payload`` was drained: it takes the next inference.
     """
-
-    #: cycles from a drain request to its ``partial``: a local register of the request (the
-    #: reducer's reaches C PEs), then the read
-    DRAIN_LATENCY = 2
 
     def __init__(self, geo: Geometry, col: int):
         if not isinstance(geo, Geometry):
@@ -58,62 +63,55 @@ class MacBanks(wiring.Component):
         if not 0 <= col < geo.cols:
             raise ValueError(f"col must be in 0..{geo.cols - 1}, not {col!r}")
         self.geo, self.col = geo, col
+        ports = {}
+        if geo.accumulators == "distributed":
+            ports = {"drain": In(stream.Signature(drain_layout(geo), always_ready=True))}
         super().__init__({
             "i": In(stream.Signature(op_layout(geo), always_ready=True)),
             "done": Out(geo.slots),
-            "drain": In(stream.Signature(drain_layout(geo), always_ready=True)),
+            **ports,
             "partial": Out(signed(geo.partial_width)),
             "release": In(stream.Signature(range(geo.slots), always_ready=True)),
         })
 
+    @staticmethod
+    def drain_latency(geo: Geometry) -> int:
+        """Cycles from a drain request at the PE's port to its ``partial``: the PE's own
+        register of the request (the reducer's reaches C PEs), then the read into a register
+        (distributed); or through the walker's issue and entry stages, decode and the
+        two-stage read (block)."""
+        if geo.accumulators == "distributed":
+            return 2
+        return 1 + ColumnWalker.latency(geo) + 3
+
     def elaborate(self, platform):
         m = Module()
         geo, op = self.geo, self.i.payload
-        S, width = geo.slots, geo.partial_width
 
         # D: the row of this entry (relative index: rows skipped since the previous entry's),
         # and its product
         prev = Signal(geo.row_bits)
         row = Signal(geo.row_bits)
         m.d.comb += row.eq(Mux(op.first, op.gap, prev + op.gap + 1))
-        with m.If(self.i.valid & ~op.end):
+        with m.If(self.i.valid & ~op.end & ~op.drain):
             m.d.sync += prev.eq(row)
-        d_valid, d_end, d_slot = Signal(), Signal(), Signal.like(op.slot)
-        d_row, d_product = Signal(geo.row_bits), Signal(signed(16))
-        m.d.sync += [d_valid.eq(self.i.valid), d_end.eq(op.end), d_slot.eq(op.slot),
-                     d_row.eq(row), d_product.eq(op.weight * op.act)]
-
-        # A: read-add-write the row of the entry's bank; a drain reads (and clears) another.
-        # Each bank is one memory whose single address serves its read and its write: the
-        # MAC's row, or the drain's while that bank drains.
-        drain_valid = Signal()
-        drain = Signal.like(self.drain.payload)
-        m.d.sync += [drain_valid.eq(self.drain.valid), drain.eq(self.drain.payload)]
-        reads, writes = [], []
-        for s in range(S):
-            depth = geo.row_slots[geo.layer_of(s)]
-            bank = memory.Memory(shape=signed(width), depth=depth, init=[])
-            m.submodules[f"bank{s}"] = bank
-            wp, rp = bank.write_port(), bank.read_port(domain="comb")
-            draining = drain_valid & (drain.slot == s)
-            addr = Signal(range(depth), name=f"addr{s}")
-            m.d.comb += [addr.eq(Mux(draining, drain.addr, d_row)), rp.addr.eq(addr),
-                         wp.addr.eq(addr),
-                         wp.en.eq(draining | (d_valid & ~d_end & (d_slot == s)))]
-            reads.append(rp.data)
-            writes.append((wp, draining))
-        total = Signal(signed(width))
-        m.d.comb += total.eq(_select(reads, d_slot) + d_product)
-        for wp, draining in writes:
-            m.d.comb += wp.data.eq(Mux(draining, 0, total))
-        m.d.sync += self.partial.eq(_select(reads, drain.slot))
+        d = {"valid": Signal(name="d_valid"), "end": Signal(name="d_end"),
+             "drain": Signal(name="d_drain"), "slot": Signal.like(op.slot, name="d_slot"),
+             "row": Signal(geo.row_bits, name="d_row"),
+             "product": Signal(signed(16), name="d_product")}
+        m.d.sync += [d["valid"].eq(self.i.valid), d["end"].eq(op.end), d["drain"].eq(op.drain),
+                     d["slot"].eq(op.slot), d["row"].eq(Mux(op.drain, op.row, row)),
+                     d["product"].eq(op.weight * op.act)]
+        if geo.accumulators == "distributed":
+            token = self._distributed(m, d)
+        else:
+            token = self._block(m, d)
 
         # end tokens, per bank
-        for s in range(S):
+        for s in range(geo.slots):
             expected = geo.expected_ends[self.col][geo.layer_of(s)]
             ends = Signal(range(expected + 1), name=f"ends{s}")
-            token = d_valid & d_end & (d_slot == s)
-            with m.If(token):
+            with m.If(token["valid"] & token["end"] & (token["slot"] == s)):
                 with m.If(ends == expected - 1):
                     m.d.sync += [ends.eq(0), self.done[s].eq(1)]
                 with m.Else():
@@ -121,3 +119,80 @@ class MacBanks(wiring.Component):
             with m.If(self.release.valid & (self.release.payload == s)):
                 m.d.sync += self.done[s].eq(0)
         return m
+
+    def _distributed(self, m, d):
+        """A0: read the entry's row of its bank, and the drained row of another bank, into
+        registers; A1: add the product to what was read - or to what the op just before wrote
+        there, which the read missed - and write the sum; the drained row is written 0. Each
+        bank is one LUT-RAM memory whose address is the MAC's row or, while that bank drains,
+        the drain's."""
+        geo = self.geo
+        width = geo.partial_width
+        drain_valid = Signal()
+        drain = Signal.like(self.drain.payload)
+        m.d.sync += [drain_valid.eq(self.drain.valid), drain.eq(self.drain.payload)]
+        reads, ports = [], []
+        for s in range(geo.slots):
+            depth = geo.row_slots[geo.layer_of(s)]
+            bank = memory.Memory(shape=signed(width), depth=depth, init=[])
+            m.submodules[f"bank{s}"] = bank
+            wp, rp = bank.write_port(), bank.read_port(domain="comb")
+            m.d.comb += rp.addr.eq(Mux(drain_valid & (drain.slot == s), drain.addr, d["row"]))
+            reads.append(rp.data)
+            ports.append(wp)
+        # A1: the op and what was read for it, the drain and what it read
+        a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
+        m.d.sync += [a[name].eq(value) for name, value in d.items()]
+        a_read = Signal(signed(width))
+        m.d.sync += [a_read.eq(_select(reads, d["slot"])),
+                     self.partial.eq(_select(reads, drain.slot))]
+        a_drain_valid, a_drain = Signal(), Signal.like(drain)
+        m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain)]
+        # the op before wrote the same row in the cycle this one read it: take its sum
+        writes = d["valid"] & ~d["end"]
+        a_writes = a["valid"] & ~a["end"]
+        a_hit = Signal()
+        m.d.sync += a_hit.eq(writes & a_writes & (d["slot"] == a["slot"])
+                             & (d["row"] == a["row"]))
+        total = Signal(signed(width))
+        m.d.comb += total.eq(Mux(a_hit, total_last := Signal(signed(width)), a_read)
+                             + a["product"])
+        m.d.sync += total_last.eq(total)
+        for s, wp in enumerate(ports):
+            clearing = a_drain_valid & (a_drain.slot == s)
+            m.d.comb += [wp.addr.eq(Mux(clearing, a_drain.addr, a["row"])),
+                         wp.data.eq(Mux(clearing, 0, total)),
+                         wp.en.eq(clearing | (a_writes & (a["slot"] == s)))]
+        return a
+
+    def _block(self, m, d):
+        """One block RAM for every bank (bank ``s`` from ``base[s]``). A0: read the row; A1:
+        add the product to what was read - or to what the op just before wrote there, which
+        the read missed - and write the sum (a drain op writes 0 and hands what it read on)."""
+        geo = self.geo
+        width = geo.partial_width
+        depths = [geo.row_slots[geo.layer_of(s)] for s in range(geo.slots)]
+        bases = [sum(depths[:s]) for s in range(geo.slots)]
+        total_depth = max(1, sum(depths))
+        addr_w = max(1, (total_depth - 1).bit_length())
+        m.submodules.banks = banks = memory.Memory(shape=signed(width), depth=total_depth,
+                                                   init=[], attrs={"no_rw_check": 1})
+        wp, rp = banks.write_port(), banks.read_port()
+        # D's address: the bank's base plus the row
+        addr = Signal(addr_w)
+        m.d.comb += [addr.eq(Array(Const(b, addr_w) for b in bases)[d["slot"]] + d["row"]),
+                     rp.addr.eq(addr)]
+        a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
+        a_addr = Signal(addr_w)
+        m.d.sync += [a[name].eq(value) for name, value in d.items()] + [a_addr.eq(addr)]
+        last_wrote, last_addr, last_value = Signal(), Signal(addr_w), Signal(signed(width))
+        hit = last_wrote & (last_addr == a_addr)
+        old = Mux(hit, last_value, rp.data)
+        written = Signal(signed(width))
+        writes = a["valid"] & ~a["end"]
+        m.d.comb += [written.eq(Mux(a["drain"], 0, old + a["product"])),
+                     wp.addr.eq(a_addr), wp.data.eq(written), wp.en.eq(writes)]
+        m.d.sync += [last_wrote.eq(writes), last_addr.eq(a_addr), last_value.eq(written)]
+        with m.If(a["valid"] & a["drain"]):
+            m.d.sync += self.partial.eq(old)
+        return a

@@ -63,6 +63,7 @@ class Geometry:
     shifts: tuple             # requantization shift, per layer
     expected_ends: tuple      # per bus, per layer: end-of-layer tokens a PE waits for
     memory: str               # "block" or "distributed" (see hw.options)
+    accumulators: str         # "distributed" or "block" (see hw.options)
     pipeline: str             # "short" or "deep"
     weights: str              # "bitstream" or "uploaded"
     entry_depth: tuple        # per PE
@@ -175,7 +176,8 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         col_slots=tuple(program.col_slots), ptr_base=tuple(program.ptr_base), groups=groups,
         pool_sum_width=max(9, (128 * max(groups)).bit_length() + 1),
         shifts=tuple(_layer_shift(layer) for layer in program.layers), expected_ends=ends,
-        memory=options.memory, pipeline=options.pipeline, weights=options.weights,
+        memory=options.memory, accumulators=options.accumulators, pipeline=options.pipeline,
+        weights=options.weights,
         entry_depth=tuple(entries), ptr_width=_bits(max(entries)),
         partial_width=program.widths.partial, acc_width=program.widths.accumulator,
         bias_width=program.widths.biased, fifo_depth=fifo_depth, reducer_fifo_depth=16,
@@ -299,9 +301,15 @@ def memories(geo: Geometry) -> list[MemorySpec]:
             out.append(MemorySpec("pe.entries", depth, entry_w, kind="weights"))
     out.append(MemorySpec("pe.pointers", geo.ptr_depth, geo.ptr_width, count=geo.pes, ports=2,
                           kind="pointers"))
-    for m in range(geo.layers):
-        out.append(MemorySpec(f"pe.acc_layer{m}", geo.row_slots[m], geo.partial_width,
-                              count=geo.pes * geo.banks[m], read="async", kind="accumulators"))
+    if geo.accumulators == "block":
+        depth = sum(geo.row_slots[m] * geo.banks[m] for m in range(geo.layers))
+        out.append(MemorySpec("pe.accumulators", depth, geo.partial_width, count=geo.pes,
+                              kind="accumulators"))
+    else:
+        for m in range(geo.layers):
+            out.append(MemorySpec(f"pe.acc_layer{m}", geo.row_slots[m], geo.partial_width,
+                                  count=geo.pes * geo.banks[m], read="async",
+                                  kind="accumulators"))
     item = bus_layout(geo).size
     out.append(MemorySpec("pe.fifo", geo.fifo_depth, item, count=geo.pes, read="async",
                           kind="fifo"))

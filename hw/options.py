@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "PIPELINES", "WEIGHT_STORES",
-           "BANKS", "DEFAULT_FIFO_DEPTH", "options_for", "needed_banks"]
+__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "ACCUMULATOR_STYLES", "PIPELINES",
+           "WEIGHT_STORES", "BANKS", "DEFAULT_FIFO_DEPTH", "options_for", "needed_banks"]
 
 #: Weight and pointer memories. "block": block RAM, whose slow clock-to-out (ECP5: 5.6 ns)
 #: gets a register of its own behind every read. "distributed": LUT RAM, read into a register
 #: at once (one cycle less from a column to its products).
 MEMORY_STYLES = ("block", "distributed")
+
+#: Accumulator banks (hw/accumulator.py). "distributed": LUT RAM, one memory per bank,
+#: drained through a port of their own (no MAC cycle lost). "block": one block RAM per PE
+#: (iCE40 has no LUT RAM), each drained row taking its PE a cycle.
+ACCUMULATOR_STYLES = ("distributed", "block")
 
 #: "short": the fewest register stages; "deep": extra stages where slow fabric (iCE40) needs
 #: them (the requantizer's product in two registered halves, its saturation flags registered).
@@ -37,6 +42,7 @@ class HardwareOptions:
     weights: str = "bitstream"
     banks: int | tuple = 2            # for every layer, or one count per layer
     fifo_depth: int = DEFAULT_FIFO_DEPTH
+    accumulators: str = "distributed"
 
     def banks_for(self, layers: int) -> tuple:
         """Accumulator banks of each of ``layers`` layers."""
@@ -52,6 +58,9 @@ class HardwareOptions:
             raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        if self.accumulators not in ACCUMULATOR_STYLES:
+            raise ValueError(f"accumulators must be one of {ACCUMULATOR_STYLES}, not "
+                             f"{self.accumulators!r}")
         if self.weights not in WEIGHT_STORES:
             raise ValueError(f"weights must be one of {WEIGHT_STORES}, not {self.weights!r}")
         for banks in (self.banks if isinstance(self.banks, tuple) else (self.banks,)):
@@ -70,8 +79,9 @@ class Choices:
     memory: str | None = None
     pipeline: str | None = None
     weights: str | None = None
-    banks: int | None = None
+    banks: int | tuple | None = None
     fifo_depth: int | None = None
+    accumulators: str | None = None
 
 
 def options_for(program, family: str | None, choices: Choices | None = None
@@ -79,17 +89,21 @@ def options_for(program, family: str | None, choices: Choices | None = None
     """The options a board family calls for; ``choices`` override.
 
     Block RAM for weights and pointers everywhere but on 7-series, where LUT RAM holds small
-    per-PE memories well; the deep pipeline on iCE40."""
+    per-PE memories well; on iCE40 (no LUT RAM) block-RAM accumulators, the deep pipeline
+    and shallower FIFOs (held in logic)."""
     choices = choices or Choices()
     deepest = max([len(pe.entry_value) for pe in program.pe_images]
                   + [sum(program.col_slots) + 1])
     small = deepest <= DISTRIBUTED_MAX_DEPTH
     memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
     pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
+    ice40 = family == "ice40"
     return HardwareOptions(memory=memory, pipeline=pipeline,
                            weights=choices.weights or "bitstream",
                            banks=choices.banks or 2,
-                           fifo_depth=choices.fifo_depth or DEFAULT_FIFO_DEPTH)
+                           fifo_depth=choices.fifo_depth or (8 if ice40 else DEFAULT_FIFO_DEPTH),
+                           accumulators=choices.accumulators or ("block" if ice40
+                                                                 else "distributed"))
 
 
 def needed_banks(program, run) -> tuple:

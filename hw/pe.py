@@ -83,8 +83,13 @@ class SparsePE(wiring.Component):
         m.d.comb += [walker.i.valid.eq(fifo.r_rdy), walker.i.payload.eq(fifo.r_data),
                      fifo.r_en.eq(walker.i.ready)]
         wiring.connect(m, walker.o, banks.i)
+        if geo.accumulators == "distributed":
+            m.d.comb += [banks.drain.valid.eq(self.drain.valid),
+                         banks.drain.payload.eq(self.drain.payload)]
+        else:       # the walker puts each drained row in the op stream: from a register
+            m.d.sync += [walker.drain.valid.eq(self.drain.valid),
+                         walker.drain.payload.eq(self.drain.payload)]
         m.d.comb += [
-            banks.drain.valid.eq(self.drain.valid), banks.drain.payload.eq(self.drain.payload),
             self.partial.eq(banks.partial), self.done.eq(banks.done),
             banks.release.valid.eq(self.release.valid),
             banks.release.payload.eq(self.release.payload),

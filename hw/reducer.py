@@ -82,7 +82,7 @@ class Reducer(wiring.Component):
             raise ValueError(f"row must be in 0..{geo.rows - 1}, not {row!r}")
         self.program, self.geo, self.row = program, geo, row
         S, C = geo.slots, geo.cols
-        self.latency = MacBanks.DRAIN_LATENCY + geo.drain_stages
+        self.latency = MacBanks.drain_latency(geo) + geo.drain_stages
         super().__init__({
             "pe_done": In(data.ArrayLayout(S, C)),
             "drain": Out(stream.Signature(drain_layout(geo), always_ready=True)),

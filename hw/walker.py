@@ -12,13 +12,13 @@ Pipeline (``block`` memories add the two bracketed registers)::
         -> E1: entry word -> [E2] -> op out
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, entry_layout,
-                     job_layout)
+from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, drain_layout,
+                     entry_layout, job_layout)
 
 __all__ = ["ColumnWalker", "op_layout", "_count"]
 
@@ -33,11 +33,13 @@ def _count(m, counter, up, down):
 
 def op_layout(geo: Geometry) -> data.StructLayout:
     """One weight entry with its activation (``first``: the column's first entry), or an end
-    token (``end``)."""
+    token (``end``), or (block-style accumulators) a drain of row ``row`` (``drain``)."""
     return data.StructLayout({
         "slot": bus_layout(geo)["slot"].shape,
         "first": unsigned(1),
         "end": unsigned(1),
+        "drain": unsigned(1),
+        "row": unsigned(geo.row_bits),
         "act": signed(8),
         "weight": signed(8),
         "gap": unsigned(geo.index_bits),
@@ -67,6 +69,9 @@ class ColumnWalker(wiring.Component):
         Uploaded weights only: write ``load_data`` into the entry memory at ``load_addr``
         (never while computing). The memory has a single address, a write's or the walker's,
         so that Yosys can map it to single-port RAM (iCE40 SPRAM).
+    drain : In(stream.Signature(drain_layout(geo), always_ready=True))
+        Block-style accumulators only: a drain request (a register), issued as an op in this
+        cycle's place; the walk waits a cycle.
     """
 
     def __init__(self, geo: Geometry, pointers, entries=None, *, spram: bool = False):
@@ -84,11 +89,18 @@ class ColumnWalker(wiring.Component):
         if entries is None:
             upload = {"load_addr": In(geo.start_bits), "load_data": In(entry_layout(geo).size),
                       "load_en": In(1)}
+        if geo.accumulators == "block":
+            upload["drain"] = In(stream.Signature(drain_layout(geo), always_ready=True))
         super().__init__({
             "i": In(stream.Signature(bus_layout(geo))),
             "o": Out(stream.Signature(op_layout(geo), always_ready=True)),
             **upload,
         })
+
+    @staticmethod
+    def latency(geo: Geometry) -> int:
+        """Cycles from an op's issue to ``o``: the entry read (and its register)."""
+        return 2 if geo.memory == "block" else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -150,7 +162,8 @@ class ColumnWalker(wiring.Component):
         # ---- walker: one entry address per cycle ----------------------------------------
         head = data.View(job, queue.r_data)
         free = Signal(init=1)               # no column in progress
-        take = queue.r_rdy & free
+        hold = self.drain.valid if geo.accumulators == "block" else Const(0)
+        take = queue.r_rdy & free & ~hold
         m.d.comb += queue.r_en.eq(take)
         # a column can be dropped in the cycle the walker takes another: both count
         change = Signal(signed(3))
@@ -165,17 +178,22 @@ class ColumnWalker(wiring.Component):
             m.d.sync += [walk_addr.eq(head.start + 1), walk_left.eq(head.count - 1),
                          free.eq(head.end | head.single), walk_one.eq(head.count == 2),
                          walk_value.eq(head.value), walk_slot.eq(head.slot)]
-        with m.Elif(~free):
+        with m.Elif(~free & ~hold):
             m.d.sync += [walk_addr.eq(walk_addr + 1), walk_left.eq(walk_left - 1),
                          free.eq(walk_one), walk_one.eq(walk_left == 2)]
-        issue = {"valid": take | ~free, "first": take, "end": take & head.end,
+        issue = {"valid": take | ~free | hold, "first": take, "end": take & head.end,
+                 "drain": hold, "row": 0,
                  "act": Mux(take, head.value, walk_value),
                  "slot": Mux(take, head.slot, walk_slot)}
+        if geo.accumulators == "block":
+            issue["row"] = self.drain.payload.addr
+            issue["slot"] = Mux(hold, self.drain.payload.slot, issue["slot"])
         entry_addr = Mux(take, head.start, walk_addr)
         entry = self._entry_read(m, entry_addr)
 
         # ---- entry word: E1 (and E2) ----------------------------------------------------
-        e1 = {name: Signal(value.shape(), name=f"e1_{name}") for name, value in issue.items()}
+        e1 = {name: Signal(Value.cast(value).shape(), name=f"e1_{name}")
+              for name, value in issue.items()}
         m.d.sync += [e1[name].eq(value) for name, value in issue.items()]
         out, word = e1, entry
         if block:
@@ -189,6 +207,7 @@ class ColumnWalker(wiring.Component):
             self.o.valid.eq(out["valid"]),
             self.o.payload.slot.eq(out["slot"]), self.o.payload.first.eq(out["first"]),
             self.o.payload.end.eq(out["end"]), self.o.payload.act.eq(out["act"]),
+            self.o.payload.drain.eq(out["drain"]), self.o.payload.row.eq(out["row"]),
             self.o.payload.weight.eq(word.value), self.o.payload.gap.eq(word.index),
         ]
         return m

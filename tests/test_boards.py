@@ -68,59 +68,83 @@ def test_plls_match_icepll_and_ecppll():
 
 
 def test_memory_list(digits):
-    """The fit check sees every memory of the design, the job queues as asynchronous."""
-    from boards.fit import design_memories
+    """The fit check sees every memory of the design, from the geometry the components are
+    built from: per PE its weights, its two-port pointer table, its accumulator banks and its
+    FIFOs; per reducer its row parameters."""
+    from hw.images import geometry, memories
+    from hw.options import HardwareOptions
 
-    mems = design_memories(digits(2))
-    queues = [m for m in mems if m.async_read]
-    assert len(queues) == 4 and all(m.depth == 16 for m in queues)
-    assert {"pe0.entries", "pe1.entries", "fanout", "link.inputs"} <= {m.name for m in mems}
-    assert sum(m.depth for m in mems if m.name.endswith("entries")) == 850 + 852
+    program = digits(6)                                          # a 3 x 2 grid
+    geo = geometry(program, HardwareOptions(banks=(2, 1, 2)))
+    mems = {spec.kind: [] for spec in memories(geo)}
+    for spec in memories(geo):
+        mems[spec.kind].append(spec)
+    assert [s.depth for s in mems["weights"]] == [max(1, len(pe.entry_value))
+                                                  for pe in program.pe_images]
+    (pointers,) = mems["pointers"]
+    assert (pointers.count, pointers.ports, pointers.depth) == (6, 2, sum(program.col_slots) + 1)
+    banks = mems["accumulators"]
+    assert [s.count for s in banks] == [12, 6, 12] and all(s.read == "async" for s in banks)
+    assert [s.depth for s in banks] == list(program.row_slots)
+    (rowparams,) = mems["row_parameters"]
+    assert rowparams.count == 3 and rowparams.depth == sum(program.row_slots)
+    block = memories(geometry(program, HardwareOptions(accumulators="block")))
+    (acc,) = [s for s in block if s.kind == "accumulators"]
+    assert acc.read == "sync" and acc.count == 6 and acc.depth == 2 * sum(program.row_slots)
 
 
 def test_default_gateware_style_per_family(digits):
-    """Block RAM but on small 7-series designs; the deep pipeline on iCE40 and on ECP5 for
-    P = 4 to 7 (where it meets 100 MHz and the short one does not); choices override."""
+    """Block RAM for weights but on small 7-series designs; on iCE40 (no LUT RAM) block-RAM
+    accumulators, the deep pipeline and 8-entry FIFOs; choices override."""
     from hw.options import Choices, options_for
 
-    styles = {(family, pes): options_for(digits(pes), family)
-              for family in ("ice40", "ecp5", "xc7") for pes in (1, 2, 4, 8)}
-    assert {k: v.pipeline for k, v in styles.items()} == {
-        ("ice40", 1): "deep", ("ice40", 2): "deep", ("ice40", 4): "deep", ("ice40", 8): "deep",
-        ("ecp5", 1): "short", ("ecp5", 2): "short", ("ecp5", 4): "deep", ("ecp5", 8): "short",
-        ("xc7", 1): "short", ("xc7", 2): "short", ("xc7", 4): "short", ("xc7", 8): "short"}
-    assert {v.memory for k, v in styles.items() if k[0] != "xc7"} == {"block"}
-    assert styles[("xc7", 4)].memory == "distributed"
-    chosen = options_for(digits(4), "ecp5", Choices(memory="distributed", pipeline="short"))
-    assert (chosen.memory, chosen.pipeline) == ("distributed", "short")
+    for pes in (1, 4, 8):
+        ice, ecp, xc7 = (options_for(digits(pes), f) for f in ("ice40", "ecp5", "xc7"))
+        assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory) == \
+            ("block", "deep", 8, "block")
+        assert (ecp.accumulators, ecp.pipeline, ecp.fifo_depth, ecp.memory) == \
+            ("distributed", "short", 16, "block")
+        # LUT RAM for weights when every PE's memory is small (P = 1 holds all 1702 entries)
+        assert xc7.memory == ("block" if pes == 1 else "distributed")
+        assert xc7.accumulators == "distributed"
+    chosen = options_for(digits(4), "ecp5", Choices(memory="distributed", pipeline="deep",
+                                                    accumulators="block", banks=1))
+    assert (chosen.memory, chosen.pipeline, chosen.accumulators, chosen.banks) == \
+        ("distributed", "deep", "block", 1)
+
+
+def test_dsps_are_one_per_pe_and_the_requantizers_per_reducer(digits):
+    from boards.fit import dsps
+
+    for pes, reducers in ((1, 1), (4, 2), (8, 4), (16, 4), (64, 8)):
+        program = digits(pes)
+        assert program.grid.rows == reducers
+        # ECP5 MULT18X18D: 8 x 8 in one; the requantizer's 19-bit x 16 product in two
+        assert program.widths.biased == 19
+        assert dsps(program, "ecp5") == (pes, 2 * reducers)
+        assert dsps(program, "ice40") == (pes, 2 * reducers)
 
 
 def test_fit_numbers(digits):
-    from boards.fit import check_fit, estimate
+    from boards.fit import check_fit, estimate, resolve_options
+    from hw.options import HardwareOptions, options_for
 
-    from hw.options import Choices
-
-    ice = get_board("icebreaker")
-    # the iCE40 default (deep pipeline) keeps its job FIFOs in EBRs: P = 2 needs 35 of 30
-    # (measured: nextpnr "ICESTORM_RAM: 35/30"); the short pipeline's FIFOs live in logic
-    est = estimate(digits(2), ice, choices=Choices(weights="bitstream"))
-    assert not est.fits and "block RAM" in est.problems[0] and est.bram_blocks > 30
-    # uploaded weights move to SPRAM (one 256 kbit block per PE) and free EBRs, though not
-    # enough here: left open, the check reports both placements
-    uploaded = estimate(digits(2), ice, choices=Choices(weights="uploaded"))
-    assert uploaded.spram_blocks == 2 and uploaded.bram_blocks < est.bram_blocks
-    auto = estimate(digits(2), ice)
-    assert not auto.fits and "with the weights uploaded into SPRAM instead" in auto.problems[-1]
-    assert estimate(digits(1), ice).weights == "bitstream"    # fits EBR: no upload needed
-    est = estimate(digits(2), ice, choices=Choices(pipeline="short"))
-    assert est.fits, est.problems
-    assert est.dsps == 6 and est.bram_blocks <= 30          # measured: 6 DSP, 27 EBR
+    ice, ulx = get_board("icebreaker"), get_board("ulx3s")
+    # iCE40: each PE's pointer table is read twice a cycle: two EBRs (one read port each)
+    program = digits(2)
+    one = estimate(program, ice, options_for(program, "ice40"))
+    both = estimate(program, ice, HardwareOptions(accumulators="block", pipeline="deep",
+                                                  fifo_depth=8, weights="uploaded"))
+    assert both.spram_blocks == 2 and both.bram_blocks < one.bram_blocks
+    options, est = resolve_options(program, ulx)
+    assert est.fits and est.dsps == 2 + 2 * 2 and est.weights == "bitstream"
     with pytest.raises(FitError) as e:
-        check_fit(digits(8), ice, compile_for=digits)
+        check_fit(digits(64), ice, compile_for=lambda p, g=None: digits(p))
     msg = str(e.value)
-    assert "does not fit icebreaker" in msg and "DSPs: 24 needed" in msg
-    assert "--pes 1 fits" in msg and "ulx3s" in msg          # what would fit
-    assert estimate(digits(8), get_board("ulx3s")).fits
+    assert "does not fit icebreaker" in msg and "DSPs: 80 needed (64 for the PEs' MACs, 16 " \
+        "for the 8 reducers)" in msg
+    assert "fits" in msg and "ulx3s" in msg                   # what would fit
+    assert resolve_options(digits(16), ulx)[1].fits
 
 
 def _lenet(tmp_path, sparsity):
@@ -173,8 +197,9 @@ def test_lenet_fits_the_icebreaker_with_weights_in_spram(tmp_path):
     fit = result.report["fit"]
     assert fit["weights"] == "uploaded" and fit["spram_blocks"]["used"] == 2
     assert fit["bram_blocks"]["used"] <= 30
-    config = json.loads((tmp_path / "out" / "build_config.json").read_text())
-    assert config["weights"] == "uploaded"
+    assert result.report["plan"]["options"]["weights"] == "uploaded"
+    # what the user asked stays what was asked: the choice is the plan's
+    assert json.loads((tmp_path / "out" / "build_config.json").read_text())["weights"] is None
     assert "uploaded_entries" in (tmp_path / "out" / "sparsemac_top.v").read_text()
     with pytest.raises(FitError, match="block RAM"):
         build(BuildConfig(model=model, board="icebreaker", pes=1, calibration=cal,
@@ -251,21 +276,23 @@ def test_build_timing_failure_and_report_keys(tmp_path, monkeypatch, capsys):
     assert json.loads((out / "report.json").read_text())["timing"]["met"] is True
 
 
-def test_pes_auto_picks_the_largest_that_fits(tmp_path, monkeypatch):
+def test_pes_auto_picks_the_fastest_that_fits_and_says_why(tmp_path, monkeypatch):
+    """Without --pes a board build plans: the most inferences per second among the PE
+    counts that fit and are predicted to meet the clock; the report names the choice and
+    what stopped the larger ones."""
     import boards.flow
     from compiler.build import BuildConfig, build
 
-    monkeypatch.setattr(boards.flow, "build_bitstream", _fake_flow(70.0))
-    result = build(BuildConfig(model=EXAMPLE, board="icebreaker", pes="auto",
-                               out=str(tmp_path / "a")))
-    assert result.report["pes"] == 1
-    # P = 2 would fit with its weights uploaded into SPRAM, but weights in the bitstream come
-    # first (no upload at run time)
-    assert result.report["fit"]["weights"] == "bitstream"
-    result = build(BuildConfig(model=EXAMPLE, board="ulx3s_25f", pes="auto",
-                               allow_timing_failure=True, out=str(tmp_path / "b")))
-    assert result.report["pes"] == 8                  # 16 needs 48 MULT18, the 25F has 28
-    assert json.loads((tmp_path / "b" / "build_config.json").read_text())["pes"] == 8
+    monkeypatch.setattr(boards.flow, "build_bitstream", _fake_flow(120.0))
+    result = build(BuildConfig(model=EXAMPLE, board="ulx3s_25f", out=str(tmp_path / "b")))
+    plan = result.report["plan"]
+    # the 25F has 28 MULT18: P PEs and R reducers take P + 2R; P = 16 (4 x 4) needs 24
+    assert result.report["pes"] == 16 and plan["grid"] == "4x4"
+    assert "most inferences per second" in plan["reason"]
+    tried = {t["pes"]: t for t in plan["tried"]}
+    assert not tried[24]["fits"] and "DSPs" in tried[24]["problems"][0]
+    assert json.loads((tmp_path / "b" / "build_config.json").read_text())["pes"] is None
+    assert result.report["fit"]["dsps"]["used"] == 24
 
 
 def test_flash_dry_run(tmp_path, monkeypatch, capsys):

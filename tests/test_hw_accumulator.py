@@ -13,10 +13,14 @@ from hw.images import geometry
 from hw.options import HardwareOptions
 
 
-def _geometry(banks, pes=6, grid="3x2"):
+def _geometry(banks, accumulators="distributed", pes=6, grid="3x2"):
     program = compile_model(float_model([26, 19, 11, 4], sparsity=0.5, seed=2),
                             calibration(26), pes, grid=grid)
-    return geometry(program, HardwareOptions(banks=banks))
+    return geometry(program, HardwareOptions(banks=banks, accumulators=accumulators))
+
+
+#: cycles from an op at the banks' input to ``partial`` (block style: a drain is an op)
+_OP_LATENCY = 3
 
 
 def _fills(geo, col, rng, uses):
@@ -57,25 +61,38 @@ def _sums(ops, rows):
 
 
 async def _drain(ctx, dut, slot, rows, beside=None):
-    """Drain ``rows`` rows of bank ``slot``, one request a cycle (with entries ``beside`` fed
-    at the same time); each row's sum comes ``DRAIN_LATENCY`` cycles after its request."""
+    """Drain ``rows`` rows of bank ``slot``, one request a cycle (distributed style: with
+    entries ``beside`` fed at the same time; block style: drain ops in the op stream); each
+    row's sum comes a fixed latency after its request."""
+    block = dut.geo.accumulators == "block"
+    latency = _OP_LATENCY if block else MacBanks.drain_latency(dut.geo)
     got = []
-    for cycle in range(rows + MacBanks.DRAIN_LATENCY):
-        ctx.set(dut.drain.valid, cycle < rows)
-        ctx.set(dut.drain.payload, {"slot": slot, "addr": min(cycle, rows - 1)})
-        if beside is not None:
-            ctx.set(dut.i.valid, cycle < rows)
-            ctx.set(dut.i.payload, beside[min(cycle, rows - 1)])
+    for cycle in range(rows + latency):
+        on = cycle < rows
+        row = min(cycle, rows - 1)
+        if block:
+            ctx.set(dut.i.valid, on)
+            ctx.set(dut.i.payload, {"slot": slot, "first": 0, "end": 0, "drain": 1,
+                                    "row": row, "act": 0, "weight": 0, "gap": 0})
+        else:
+            ctx.set(dut.drain.valid, on)
+            ctx.set(dut.drain.payload, {"slot": slot, "addr": row})
+            if beside is not None:
+                ctx.set(dut.i.valid, on)
+                ctx.set(dut.i.payload, beside[row])
         await ctx.tick()
-        if cycle + 1 >= MacBanks.DRAIN_LATENCY and len(got) < rows:
+        if cycle + 1 >= latency and len(got) < rows:
             got.append(ctx.get(dut.partial))
-    ctx.set(dut.drain.valid, 0)
+    ctx.set(dut.i.valid, 0)
+    if not block:
+        ctx.set(dut.drain.valid, 0)
     return got
 
 
-@pytest.mark.parametrize("banks", [1, 2])
-def test_banks_accumulate_drain_and_release(banks):
-    geo = _geometry(banks)
+@pytest.mark.parametrize("banks, accumulators", [(1, "distributed"), (2, "distributed"),
+                                                 (1, "block"), (2, "block"), (3, "block")])
+def test_banks_accumulate_drain_and_release(banks, accumulators):
+    geo = _geometry(banks, accumulators)
     col = 1
     dut = MacBanks(geo, col)
     rng = np.random.default_rng(banks)
@@ -89,11 +106,11 @@ def test_banks_accumulate_drain_and_release(banks):
                 while rng.random() < 0.3:                      # gaps between entries
                     ctx.set(dut.i.valid, 0)
                     await ctx.tick()
-                ctx.set(dut.i.payload, op)
+                ctx.set(dut.i.payload, {"drain": 0, "row": 0, **op})
                 ctx.set(dut.i.valid, 1)
                 await ctx.tick()
             ctx.set(dut.i.valid, 0)
-            for _ in range(3):
+            for _ in range(4):
                 await ctx.tick()
             assert (ctx.get(dut.done) >> s) & 1, "every end token arrived: the bank is done"
             got = await _drain(ctx, dut, s, len(want))
@@ -137,7 +154,8 @@ def test_a_drain_reads_one_bank_while_entries_go_into_another():
             ctx.set(dut.i.valid, 1)
             await ctx.tick()
         ctx.set(dut.i.valid, 0)
-        await ctx.tick()
+        for _ in range(2):                            # the tokens through D and A
+            await ctx.tick()
         assert ctx.get(dut.done) & 1
         got0.extend(await _drain(ctx, dut, 0, rows0, beside=second))
         for op in [dict(end, slot=1)] * ends:

@@ -537,7 +537,7 @@ def test_reducer_against_the_reference(case):
     bench = Bench(program, HardwareOptions(**opts), row, rng, inferences=5,
                   ready_probability=0.4, others_lag=lambda: rng.integers(0, 25),
                   read_lag=lambda: rng.integers(0, 60)).run()
-    assert bench.dut.latency == MacBanks.DRAIN_LATENCY + bench.geo.drain_stages
+    assert bench.dut.latency == MacBanks.drain_latency(bench.geo) + bench.geo.drain_stages
     assert bench.geo.drain_stages == (1 if bench.geo.cols > 8 else 0)
     values = _summary(bench)
     kinds = {layer.pool.kind for layer in program.layers if layer.pool is not None}
