@@ -21,7 +21,8 @@ from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 from .options import HardwareOptions
 
 __all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "row_layout",
-           "drain_layout", "result_layout", "pack_entries", "pack_rows", "memory_bits",
+           "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
+           "pack_rows", "memory_bits",
            "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH"]
 
 #: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
@@ -68,6 +69,8 @@ class Geometry:
     weights: str              # "bitstream" or "uploaded"
     entry_depth: tuple        # per PE
     ptr_width: int            # bits of a column pointer (an entry address)
+    count_bits: int           # bits of a column's entry count in one PE
+    pointers: str             # "csc" or "counted" (see hw.options)
     partial_width: int        # a PE's partial sums
     acc_width: int            # a row's whole sum
     bias_width: int
@@ -179,6 +182,8 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         memory=options.memory, accumulators=options.accumulators, pipeline=options.pipeline,
         weights=options.weights,
         entry_depth=tuple(entries), ptr_width=_bits(max(entries)),
+        count_bits=_bits(max(int(np.diff(pe.ptr).max(initial=0)) for pe in program.pe_images)),
+        pointers=options.pointers,
         partial_width=program.widths.partial, acc_width=program.widths.accumulator,
         bias_width=program.widths.biased, fifo_depth=fifo_depth, reducer_fifo_depth=16,
         skip_zero_activations=program.skip_zero_activations)
@@ -212,7 +217,7 @@ def job_layout(geo: Geometry) -> data.StructLayout:
     activation, its bank, or an end token (``end``, no entries)."""
     return data.StructLayout({
         "start": unsigned(geo.ptr_width),
-        "count": unsigned(geo.ptr_width),
+        "count": unsigned(geo.count_bits),
         "single": unsigned(1),
         "value": signed(8),
         "slot": unsigned(_bits(geo.slots - 1)),
@@ -235,6 +240,21 @@ def row_layout(geo: Geometry) -> data.StructLayout:
     """Requantization parameters of one accumulator row (the shift is per layer)."""
     return data.StructLayout({"bias": signed(geo.bias_width),
                               "multiplier": unsigned(MULTIPLIER_BITS)})
+
+
+def pointer_width(geo: Geometry) -> int:
+    """Bits of a pointer-table word: a column's start ("csc": the next word is the column's
+    end), or its start and its count ("counted": one read a column)."""
+    return geo.ptr_width + (geo.count_bits if geo.pointers == "counted" else 0)
+
+
+def pack_pointers(program: SparseProgram, pe: int, geo: Geometry) -> list:
+    """PE ``pe``'s pointer table as words (:func:`pointer_width` bits each)."""
+    ptr = [int(p) for p in program.pe_images[pe].ptr]
+    if geo.pointers == "csc":
+        return ptr
+    counts = [b - a for a, b in zip(ptr, ptr[1:])] + [0]
+    return [a | c << geo.ptr_width for a, c in zip(ptr, counts)]
 
 
 def pack_entries(program: SparseProgram, pe: int, geo: Geometry) -> list:
@@ -299,8 +319,8 @@ def memories(geo: Geometry) -> list[MemorySpec]:
     else:
         for depth in geo.entry_depth:
             out.append(MemorySpec("pe.entries", depth, entry_w, kind="weights"))
-    out.append(MemorySpec("pe.pointers", geo.ptr_depth, geo.ptr_width, count=geo.pes, ports=2,
-                          kind="pointers"))
+    out.append(MemorySpec("pe.pointers", geo.ptr_depth, pointer_width(geo), count=geo.pes,
+                          ports=2 if geo.pointers == "csc" else 1, kind="pointers"))
     if geo.accumulators == "block":
         depth = sum(geo.row_slots[m] * geo.banks[m] for m in range(geo.layers))
         out.append(MemorySpec("pe.accumulators", depth, geo.partial_width, count=geo.pes,
@@ -311,14 +331,15 @@ def memories(geo: Geometry) -> list[MemorySpec]:
                                   count=geo.pes * geo.banks[m], read="async",
                                   kind="accumulators"))
     item = bus_layout(geo).size
-    out.append(MemorySpec("pe.fifo", geo.fifo_depth, item, count=geo.pes, read="async",
-                          kind="fifo"))
+    out.append(MemorySpec("pe.fifo", geo.fifo_depth, item, count=geo.pes, kind="fifo"))
     out.append(MemorySpec("pe.walker_queue", _WALKER_QUEUE, job_layout(geo).size,
-                          count=geo.pes, read="async", kind="fifo"))
+                          count=geo.pes, kind="fifo"))
     out.append(MemorySpec("reducer.rowparams", max(1, sum(geo.row_slots)),
                           row_layout(geo).size, count=geo.rows, kind="row_parameters"))
     out.append(MemorySpec("reducer.fifo", geo.reducer_fifo_depth, item, count=geo.rows,
-                          read="async", kind="fifo"))
+                          kind="fifo"))
+    out.append(MemorySpec("loader.queues", max(4, 2 * geo.beats + 2), item, count=geo.cols,
+                          kind="fifo"))
     out.append(MemorySpec("output.buffers", geo.out_depth, 8, count=geo.rows, kind="outputs"))
     return out
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "ACCUMULATOR_STYLES", "PIPELINES",
+__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "ACCUMULATOR_STYLES",
+           "POINTER_STYLES", "PIPELINES",
            "WEIGHT_STORES", "BANKS", "DEFAULT_FIFO_DEPTH", "options_for", "needed_banks"]
 
 #: Weight and pointer memories. "block": block RAM, whose slow clock-to-out (ECP5: 5.6 ns)
@@ -16,6 +17,11 @@ MEMORY_STYLES = ("block", "distributed")
 #: drained through a port of their own (no MAC cycle lost). "block": one block RAM per PE
 #: (iCE40 has no LUT RAM), each drained row taking its PE a cycle.
 ACCUMULATOR_STYLES = ("distributed", "block")
+
+#: Column pointer tables (hw/walker.py). "csc": each column's start, read twice a column (its
+#: start and the next one's: a two-port block RAM); "counted": start and entry count in one
+#: word, read once (a block RAM with one read port, iCE40 EBR, holds it in one copy).
+POINTER_STYLES = ("csc", "counted")
 
 #: "short": the fewest register stages; "deep": extra stages where slow fabric (iCE40) needs
 #: them (the requantizer's product in two registered halves, its saturation flags registered).
@@ -43,6 +49,7 @@ class HardwareOptions:
     banks: int | tuple = 2            # for every layer, or one count per layer
     fifo_depth: int = DEFAULT_FIFO_DEPTH
     accumulators: str = "distributed"
+    pointers: str = "csc"
 
     def banks_for(self, layers: int) -> tuple:
         """Accumulator banks of each of ``layers`` layers."""
@@ -58,6 +65,8 @@ class HardwareOptions:
             raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
+        if self.pointers not in POINTER_STYLES:
+            raise ValueError(f"pointers must be one of {POINTER_STYLES}, not {self.pointers!r}")
         if self.accumulators not in ACCUMULATOR_STYLES:
             raise ValueError(f"accumulators must be one of {ACCUMULATOR_STYLES}, not "
                              f"{self.accumulators!r}")
@@ -82,6 +91,7 @@ class Choices:
     banks: int | tuple | None = None
     fifo_depth: int | None = None
     accumulators: str | None = None
+    pointers: str | None = None
 
 
 def options_for(program, family: str | None, choices: Choices | None = None
@@ -89,8 +99,8 @@ def options_for(program, family: str | None, choices: Choices | None = None
     """The options a board family calls for; ``choices`` override.
 
     Block RAM for weights and pointers everywhere but on 7-series, where LUT RAM holds small
-    per-PE memories well; on iCE40 (no LUT RAM) block-RAM accumulators, the deep pipeline
-    and shallower FIFOs (held in logic)."""
+    per-PE memories well; on iCE40 (no LUT RAM, one read port an EBR) block-RAM accumulators,
+    counted pointers and the deep pipeline."""
     choices = choices or Choices()
     deepest = max([len(pe.entry_value) for pe in program.pe_images]
                   + [sum(program.col_slots) + 1])
@@ -101,9 +111,10 @@ def options_for(program, family: str | None, choices: Choices | None = None
     return HardwareOptions(memory=memory, pipeline=pipeline,
                            weights=choices.weights or "bitstream",
                            banks=choices.banks or 2,
-                           fifo_depth=choices.fifo_depth or (8 if ice40 else DEFAULT_FIFO_DEPTH),
+                           fifo_depth=choices.fifo_depth or DEFAULT_FIFO_DEPTH,
                            accumulators=choices.accumulators or ("block" if ice40
-                                                                 else "distributed"))
+                                                                 else "distributed"),
+                           pointers=choices.pointers or ("counted" if ice40 else "csc"))
 
 
 def needed_banks(program, run) -> tuple:

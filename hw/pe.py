@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from compiler.ir import SparseProgram
 
 from .accumulator import MacBanks
-from .images import Geometry, bus_layout, drain_layout, entry_layout, pack_entries
+from .images import Geometry, bus_layout, drain_layout, entry_layout, pack_entries, pack_pointers
 from .walker import ColumnWalker
 
 __all__ = ["SparsePE"]
@@ -51,8 +51,9 @@ class SparsePE(wiring.Component):
         self.index = row * geo.cols + col
         uploaded = geo.weights == "uploaded"
         self.walker = ColumnWalker(
-            geo, [int(p) for p in program.pe_images[self.index].ptr],
-            None if uploaded else pack_entries(program, self.index, geo), spram=spram)
+            geo, pack_pointers(program, self.index, geo),
+            None if uploaded else pack_entries(program, self.index, geo),
+            depth=geo.entry_depth[self.index], spram=spram)
         self.banks = MacBanks(geo, col)
         upload = {}
         if uploaded:

@@ -227,7 +227,8 @@ class Reducer(wiring.Component):
             shape=row_layout(geo).size, depth=max(1, sum(geo.row_slots)),
             init=pack_rows(prog, self.row, geo))
         param_rp = rowparams.read_port()
-        m.d.comb += param_rp.addr.eq(row_base + row)
+        param_addr = Signal(range(sum(geo.row_slots) + 1))
+        m.d.comb += param_addr.eq(row_base + row)
         with m.If(issue):
             m.d.sync += [row.eq(row + 1), in_group.eq(Mux(last, 0, in_group + 1)),
                          k_out.eq(k_out + last)]
@@ -241,18 +242,25 @@ class Reducer(wiring.Component):
         _count(m, in_flight, ((issue & last) | marker) & to_fifo, fifo_bound)
 
         # the bank is free to its PEs once its last read is done: `latency` after the marker
-        gone = _delay(m, issued, self.latency, "gone")
+        done_at = data.StructLayout({"valid": 1, "marker": 1, "slot": slot_shape})
+        gone = Signal(done_at)
+        m.d.comb += [gone.valid.eq(_delay(m, issued.valid, self.latency, "gone_valid")),
+                     gone.marker.eq(_delay(m, issued.marker, self.latency, "gone_marker")),
+                     gone.slot.eq(_delay(m, issued.job.slot, self.latency, "gone_slot"))]
         with m.If(gone.valid & gone.marker):
-            m.d.sync += self.drain_parity.eq(self.drain_parity ^ (1 << gone.job.slot))
+            m.d.sync += self.drain_parity.eq(self.drain_parity ^ (1 << gone.slot))
         m.d.sync += [self.release.valid.eq(gone.valid & gone.marker),
-                     self.release.payload.eq(gone.job.slot)]
+                     self.release.payload.eq(gone.slot)]
 
         # the partial sums come back; their sum, with the row's parameters beside it
         m.submodules.tree = tree = AdderTree(C, geo.partial_width, geo.acc_width,
                                              levels_per_stage=1)
         m.d.comb += tree.i.eq(self.partials)
         wait = self.latency + tree.latency        # from `issued` to the tree's sum
-        params = data.View(row_layout(geo), _delay(m, param_rp.data, wait, "param"))
+        # the row's parameters are read to arrive with its sum: the address waits, not the
+        # (wider) words
+        m.d.comb += param_rp.addr.eq(_delay(m, param_addr, wait, "param_addr"))
+        params = data.View(row_layout(geo), param_rp.data)
         at_sum = _delay(m, issued, wait, "at_sum")
         m.submodules.requant = rq = Requantizer(
             acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,

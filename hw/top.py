@@ -20,7 +20,7 @@ empty weight memories and takes them on its ``weights`` stream (:mod:`hw.weights
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from compiler.ir import SparseProgram
@@ -200,7 +200,9 @@ class SparseAccelerator(wiring.Component):
         with m.If(carry):
             m.d.sync += high.eq(high + 1)
         now = Cat(low, high)
-        m.submodules.starts = starts = SyncFIFO(width=32, depth=self.geo.in_flight)
+        # buffered: a registered read, so the timestamps can live in block RAM (no LUT RAM on
+        # iCE40)
+        m.submodules.starts = starts = SyncFIFOBuffered(width=32, depth=self.geo.in_flight)
         m.d.comb += [starts.w_data.eq(now), starts.w_en.eq(loader.started),
                      starts.r_en.eq(out.completed)]
         last = Signal(32)

@@ -18,7 +18,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, drain_layout,
-                     entry_layout, job_layout)
+                     entry_layout, job_layout, pointer_width)
 
 __all__ = ["ColumnWalker", "op_layout", "_count"]
 
@@ -53,9 +53,12 @@ class ColumnWalker(wiring.Component):
     ----------
     geo : Geometry
     pointers : list of int
-        The PE's CSC pointer table (:attr:`compiler.ir.PEImage.ptr`).
+        The PE's pointer table as words (:func:`hw.images.pack_pointers`; for "csc" tables the
+        CSC starts themselves, :attr:`compiler.ir.PEImage.ptr`).
     entries : list of int or None
         Packed entry words (:func:`hw.images.pack_entries`); None for uploaded weights.
+    depth : int or None
+        Uploaded weights: the entry memory's depth (default: the last CSC start).
     spram : bool
         Uploaded weights go to iCE40 SPRAM (``ram_style`` "huge").
 
@@ -74,7 +77,8 @@ class ColumnWalker(wiring.Component):
         cycle's place; the walk waits a cycle.
     """
 
-    def __init__(self, geo: Geometry, pointers, entries=None, *, spram: bool = False):
+    def __init__(self, geo: Geometry, pointers, entries=None, *, depth: int | None = None,
+                 spram: bool = False):
         if not isinstance(geo, Geometry):
             raise TypeError(f"geo must be a Geometry, not {geo!r}")
         if len(pointers) != geo.ptr_depth:
@@ -84,7 +88,13 @@ class ColumnWalker(wiring.Component):
             raise ValueError("entries must be given exactly when the weights are in the "
                              "bitstream")
         self.geo, self.pointers, self.entries, self.spram = geo, list(pointers), entries, spram
-        self.depth = max(1, max(int(p) for p in pointers)) if entries is None else len(entries)
+        if entries is not None:
+            depth = len(entries)
+        elif depth is None:
+            if geo.pointers != "csc":
+                raise ValueError("uploaded weights with counted pointers need the depth")
+            depth = max(1, max(int(p) for p in pointers))
+        self.depth = depth
         upload = {}
         if entries is None:
             upload = {"load_addr": In(geo.start_bits), "load_data": In(entry_layout(geo).size),
@@ -118,35 +128,10 @@ class ColumnWalker(wiring.Component):
         pop = self.i.valid & can_pop
         m.d.comb += self.i.ready.eq(can_pop)
         base = [geo.ptr_base[geo.layer_of(s)] for s in range(geo.slots)]
-        # block RAM even when small: Yosys would build a two-port table this size from LUTs
-        m.submodules.pointers = pointers = memory.Memory(
-            shape=unsigned(ptr_w), depth=geo.ptr_depth, init=self.pointers,
-            attrs={"ram_style": "block"} if block else None)
-        rp_start, rp_end = pointers.read_port(), pointers.read_port()
-        width = max(1, (geo.ptr_depth - 1).bit_length())
-        l0_valid, l0_item = Signal(), Signal(bus_layout(geo))
-        addr0, addr1 = Signal(width), Signal(width)
-        m.d.sync += [l0_valid.eq(pop), l0_item.eq(self.i.payload)]
-        col = self.i.payload.column
-        m.d.sync += [addr0.eq(Array(Const(b, width) for b in base)[self.i.payload.slot] + col),
-                     addr1.eq(Array(Const(b + 1, width) for b in base)[self.i.payload.slot]
-                              + col)]
-        m.d.comb += [rp_start.addr.eq(addr0), rp_end.addr.eq(addr1)]
-        l1_valid, l1_item = Signal(), Signal(bus_layout(geo))
-        m.d.sync += [l1_valid.eq(l0_valid), l1_item.eq(l0_item)]
-        p_valid, p_item = l1_valid, l1_item
-        start, end = rp_start.data, rp_end.data
-        if block:           # block RAM's output into a register before any logic
-            l2_valid, l2_item = Signal(), Signal(bus_layout(geo))
-            start, end = Signal(ptr_w), Signal(ptr_w)
-            m.d.sync += [l2_valid.eq(l1_valid), l2_item.eq(l1_item),
-                         start.eq(rp_start.data), end.eq(rp_end.data)]
-            p_valid, p_item = l2_valid, l2_item
+        start, count, p_valid, p_item = self._lookup(m, pop, base)
 
         # ---- queue: columns with entries here, and end tokens ----------------------------
         m.submodules.queue = queue = SyncFIFOBuffered(width=job.size, depth=_WALKER_QUEUE)
-        count = Signal(ptr_w)
-        m.d.comb += count.eq(end - start)
         push = Signal()
         drop = Signal()
         pushed = Signal(job)
@@ -170,7 +155,7 @@ class ColumnWalker(wiring.Component):
         m.d.comb += change.eq(pop - take - drop)
         m.d.sync += reserved.eq(reserved + change)
         walk_addr = Signal(geo.start_bits)
-        walk_left = Signal(ptr_w)
+        walk_left = Signal(geo.count_bits)
         walk_one = Signal()                 # one entry left after this one
         walk_value = Signal(signed(8))
         walk_slot = Signal.like(head.slot)
@@ -211,6 +196,43 @@ class ColumnWalker(wiring.Component):
             self.o.payload.weight.eq(word.value), self.o.payload.gap.eq(word.index),
         ]
         return m
+
+    def _lookup(self, m, pop, base):
+        """L0: the column's pointer-table address; L1: the table's words; [L2: them in a
+        register]. Returns ``(start, count, valid, item)`` of the column at the last stage:
+        "csc" tables read the column's start and the next column's (two ports), "counted"
+        ones a word holding both."""
+        geo = self.geo
+        block = geo.memory == "block"
+        ptr_w = geo.ptr_width
+        csc = geo.pointers == "csc"
+        # block RAM even when small: Yosys would build a two-port table this size from LUTs
+        m.submodules.pointers = pointers = memory.Memory(
+            shape=unsigned(pointer_width(geo)), depth=geo.ptr_depth, init=self.pointers,
+            attrs={"ram_style": "block"} if block else None)
+        ports = [pointers.read_port() for _ in range(2 if csc else 1)]
+        width = max(1, (geo.ptr_depth - 1).bit_length())
+        l0_valid, l0_item = Signal(), Signal(bus_layout(geo))
+        m.d.sync += [l0_valid.eq(pop), l0_item.eq(self.i.payload)]
+        col, slot = self.i.payload.column, self.i.payload.slot
+        for k, port in enumerate(ports):          # k = 1: the next column's start
+            addr = Signal(width, name=f"addr{k}")
+            m.d.sync += addr.eq(Array(Const(b + k, width) for b in base)[slot] + col)
+            m.d.comb += port.addr.eq(addr)
+        l1_valid, l1_item = Signal(), Signal(bus_layout(geo))
+        m.d.sync += [l1_valid.eq(l0_valid), l1_item.eq(l0_item)]
+        valid, item = l1_valid, l1_item
+        words = [port.data for port in ports]
+        if block:           # block RAM's output into a register before any logic
+            l2_valid, l2_item = Signal(), Signal(bus_layout(geo))
+            held = [Signal.like(w, name=f"word{k}") for k, w in enumerate(words)]
+            m.d.sync += [l2_valid.eq(l1_valid), l2_item.eq(l1_item)]
+            m.d.sync += [h.eq(w) for h, w in zip(held, words)]
+            valid, item, words = l2_valid, l2_item, held
+        start = words[0][:ptr_w]
+        count = Signal(geo.count_bits)
+        m.d.comb += count.eq(words[1] - words[0] if csc else words[0][ptr_w:])
+        return start, count, valid, item
 
     def _entry_read(self, m, addr):
         """The entry memory (bitstream-initialised, or uploaded in SPRAM-deep chunks): its word

@@ -20,7 +20,7 @@ EXAMPLE = "examples/digits_mlp.pt"
 def build_dir(tmp_path_factory):
     from compiler.build import BuildConfig, build
     out = tmp_path_factory.mktemp("rt") / "b"
-    build(BuildConfig(model=EXAMPLE, board="icebreaker", pes=2, pipeline="short",
+    build(BuildConfig(model=EXAMPLE, board="ulx3s", pes=2, pipeline="short",
                       out=str(out), bitstream=False))
     return out
 
