@@ -9,7 +9,7 @@ from models import calibration, float_model
 from compiler import reference
 from compiler.build import compile_model
 from compiler.ir import Grid, IRError
-from compiler.passes.assign import assign_rows, pe_work
+from compiler.passes.assign import assign_rows, block_counts, interleaved, nnz_balanced, pe_work
 from compiler.passes.encode import _encode_column, choose_grid
 from compiler.serialize import load_program, save_program
 
@@ -112,6 +112,34 @@ def test_assignment_beats_interleaving_on_skewed_rows(grid_rows, grid_cols):
                        per_group.max(axis=1) / grid_rows).mean()
     assert worst(balanced) < worst(interleaved)
     assert worst(balanced) < 1.1 * floor
+
+
+def test_a_layer_balanced_under_interleaved_rows_keeps_them():
+    # every PE block of a 4x2 grid holds 3 nonzeros under row i -> group i mod 4
+    rng = np.random.default_rng(2)
+    mask = np.zeros((12, 8), dtype=bool)
+    col_group = np.arange(8) % 2
+    for r, rows in enumerate(interleaved(12, 4)):
+        for c in range(2):
+            cols = np.flatnonzero(col_group == c)
+            block = np.zeros(len(rows) * len(cols), dtype=bool)
+            block[rng.choice(block.size, 3, replace=False)] = True
+            mask[np.ix_(rows, cols)] = block.reshape(len(rows), len(cols))
+    assert (block_counts(mask, col_group, interleaved(12, 4), 2) == 3).all()
+    assert nnz_balanced(mask, col_group, interleaved(12, 4), 2)
+    mask[np.ix_([0, 4], [0, 2, 4, 6])] = True             # PE (0, 0): 8 or more
+    assert not nnz_balanced(mask, col_group, interleaved(12, 4), 2)
+
+
+def test_the_compiler_keeps_interleaved_rows_only_for_a_balanced_model():
+    model = float_model([16, 12, 4], sparsity=0.0, seed=3)    # dense: balanced as it is
+    program = compile_model(model, calibration(16), 8)
+    assert [r.rows[0].tolist() for r in program.reducers] == [
+        rows.tolist() for rows in interleaved(12, 4)]
+    skewed = float_model([16, 12, 4], sparsity=0.8, seed=3)
+    program = compile_model(skewed, calibration(16), 8)
+    assert [r.rows[0].tolist() for r in program.reducers] != [
+        rows.tolist() for rows in interleaved(12, 4)]
 
 
 def test_dense_mode_stores_every_weight():

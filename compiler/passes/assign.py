@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["assign_rows", "pe_work"]
+__all__ = ["assign_rows", "pe_work", "interleaved", "block_counts", "nnz_balanced"]
 
 
 def pe_work(mask: np.ndarray, col_group: np.ndarray, owner: np.ndarray, grid_rows: int,
@@ -26,6 +26,33 @@ def pe_work(mask: np.ndarray, col_group: np.ndarray, owner: np.ndarray, grid_row
     out = np.zeros((grid_rows, per.shape[1], grid_cols), dtype=np.int64)
     np.add.at(out, owner, per)
     return out.transpose(1, 0, 2)
+
+
+def interleaved(rows: int, grid_rows: int) -> list[np.ndarray]:
+    """Row ``i`` to group ``i mod R`` (EIE, ESE): the assignment a load-balance-aware pruned
+    model is pruned for (:mod:`compiler.prune.methods.balanced`)."""
+    return [np.arange(r, rows, grid_rows) for r in range(grid_rows)]
+
+
+def block_counts(mask: np.ndarray, col_group: np.ndarray, groups, grid_cols: int
+                 ) -> np.ndarray:
+    """int [R, C]: the nonzero weights of every PE block; -1 where a block has no rows or no
+    columns. ``groups``: each row group's rows."""
+    m = np.asarray(mask).astype(np.int64)
+    out = np.full((len(groups), grid_cols), -1, dtype=np.int64)
+    for r, rows in enumerate(groups):
+        for c in range(grid_cols):
+            cols = np.flatnonzero(col_group == c)
+            if len(rows) and len(cols):
+                out[r, c] = int(m[np.ix_(rows, cols)].sum())
+    return out
+
+
+def nnz_balanced(mask: np.ndarray, col_group: np.ndarray, groups, grid_cols: int) -> bool:
+    """Every PE block with rows and columns holds the same nonzero count, give or take one."""
+    counts = block_counts(mask, col_group, groups, grid_cols)
+    busy = counts[counts >= 0]
+    return busy.size == 0 or int(busy.max() - busy.min()) <= 1
 
 
 def _per_group_work(mask, col_group, grid_cols, active) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..ir import (ACT_MIN, MULTIPLIER_BITS, Grid, Model, PEImage, ReducerImage, SparseProgram,
                   Widths, column_sources)
-from .assign import assign_rows, pe_work
+from .assign import assign_rows, interleaved, nnz_balanced, pe_work
 
 __all__ = ["encode", "choose_grid"]
 
@@ -91,7 +91,10 @@ def encode(model: Model, pes: int, *, grid: Grid | str | None = None,
     relative row index (None: the narrowest with <= 1 % padding).
 
     ``activity``: optional list, per layer, of bool [S, in_features] (which inputs are nonzero
-    on calibration data, model order), used to balance the PEs. With
+    on calibration data, model order), used to balance the PEs' work
+    (:func:`~compiler.passes.assign.assign_rows`). A layer whose nonzero weights already fall
+    evenly on the PEs under interleaved rows (a load-balance-aware pruned model) keeps that
+    assignment. With
     ``skip_zero_activations=False`` the images describe a dense array: every weight is stored
     and every input column is processed, zero or not (the baseline for benchmarks).
     """
@@ -134,7 +137,10 @@ def encode(model: Model, pes: int, *, grid: Grid | str | None = None,
             # entries there
             onward = (_activity(activity, m + 1, layers[m + 1].in_features).T
                       * stored[m + 1].sum(axis=0)[:, None])
-        outputs = assign_rows(per_output, R, col_group, C, act, prior=prior, onward=onward)
+        outputs = interleaved(layer.out_features, R)
+        if not nnz_balanced(per_output, col_group, outputs, C):
+            outputs = assign_rows(per_output, R, col_group, C, act, prior=prior,
+                                  onward=onward)
         owner = np.empty(layer.out_features, dtype=np.int64)
         for r, o in enumerate(outputs):
             owner[o] = r

@@ -1,25 +1,21 @@
 """``balanced``: load-balance-aware pruning for ``P`` processing elements (Han et al., ESE,
 FPGA 2017).
 
-The compiler gives each PE a set of output rows (:func:`compiler.passes.assign.assign_rows`,
-called per layer with the activity measured on calibration data, as
-:func:`compiler.build.encode_calibrated` does). A PE holding more nonzero weights than the
-others makes them wait, so this method prunes every layer to the *same* nonzero count in every
-PE's rows, under the assignment the compiler will actually use:
-
-* a layer whose row count is a multiple of ``P`` gets the same number of nonzeros in every row;
-  every PE then owns ``rows / P`` rows, so the counts are equal under *any* assignment the
-  compiler may pick (its assignment depends on the mask and on the activity, both of which
-  pruning changes, and chasing it does not converge);
-* any other layer gets the same count in every PE's rows under the compiler's own assignment of
-  the current model, recomputed at every pruning step and again after fine-tuning until the
-  compiled program is balanced (``info["pe_nonzero"]`` holds the final counts).
+The compiler puts the PEs on an R x C grid (the default grid for ``P``,
+:func:`compiler.passes.encode.choose_grid`): PE ``(r, c)`` holds the weights of row group
+``r`` in the columns of group ``c``. A PE holding more nonzero weights than the others makes
+them wait, so this method prunes every layer to the *same* nonzero count in every PE's block
+under interleaved rows (output ``i`` to row group ``i mod R``; layer 0's input ``j`` in column
+group ``j mod C``, a later layer's input ``j`` on the bus of row group ``j mod R``). The
+compiler keeps that assignment for a layer balanced under it
+(:func:`compiler.passes.encode.encode`), so the program ``build --pes P`` compiles holds
+exactly these counts (``info["pe_nonzero"]``, per layer and PE).
 
 How many weights each layer keeps comes from a global magnitude ranking (or the per-layer
-targets of ``--sparsity auto``), rounded to whole rows/PEs. Pruning follows the cubic schedule
-over the first two thirds of the budget; the rest fine-tunes. Finally surviving weights too
-small to survive int8 quantization (below half a step of their row's scale) are raised to one
-step, so the compiled program keeps exactly these nonzeros.
+targets of ``--sparsity auto``), rounded to whole PEs. Pruning follows the cubic schedule over
+the first two thirds of the budget; the rest fine-tunes. Finally surviving weights too small
+to survive int8 quantization (below half a step of their row's scale) are raised to one step,
+so the compiled program keeps exactly these nonzeros.
 """
 
 from __future__ import annotations
@@ -37,7 +33,7 @@ from ..schedule import cubic_sparsity, pruning_steps
 from ..train import Session, fine_tune
 from .base import MethodResult
 
-__all__ = ["balanced_prune", "compiler_assignment", "pe_nonzero", "EVENTS"]
+__all__ = ["balanced_prune", "interleaved_blocks", "pe_nonzero", "EVENTS"]
 
 EVENTS = 8
 #: Rounds of re-balancing after fine-tuning.
@@ -53,25 +49,41 @@ def _ir(model: nn.Module):
                          f"another method") from None
 
 
-def compiler_assignment(model: nn.Module, calibration: np.ndarray, pes: int):
-    """Rows of each PE in each layer, as ``build`` would assign them: ``[layer][pe] ->
-    rows``, plus the quantized IR."""
-    from ...passes.assign import assign_rows
-    from ...passes.quantize import quantize
-    from ... import reference
+def interleaved_blocks(model: nn.Module, pes: int) -> list:
+    """Each layer's PE blocks under interleaved rows on the default grid for ``pes``:
+    ``[layer] -> [(rows, cols)]``, one pair per PE in PE order."""
+    from ...passes.encode import choose_grid
 
-    quantized = quantize(_ir(model), calibration)
-    x = reference.quantize_input(calibration, quantized.input_scale)
-    _, acts = reference.run_dense(quantized, x[:256], return_activations=True)
-    owners = [assign_rows(layer.quant.weight != 0, pes, acts[m] != 0)
-              for m, layer in enumerate(quantized.layers)]
-    return owners, quantized
+    grid = choose_grid(pes)
+    R, C = grid.rows, grid.cols
+    out = []
+    for m, (_, layer) in enumerate(prunable_layers(model)):
+        rows_n, cols_n = layer.weight.shape[0], layer.weight[0].numel()
+        cols = np.arange(cols_n)
+        group = cols % C if m == 0 else (cols % R) % C      # lanes, or buses (Grid.bus_of)
+        out.append([(np.arange(r, rows_n, R), np.flatnonzero(group == c))
+                    for r in range(R) for c in range(C)])
+    return out
+
+
+def _blocks(program) -> list:
+    grid = program.grid
+    out = []
+    for m in range(len(program.layers)):
+        blocks = []
+        for r, red in enumerate(program.reducers):
+            for c in range(grid.cols):
+                cols = program.column_sources(m, c)
+                blocks.append((red.rows[m], cols[cols >= 0]))
+        out.append(blocks)
+    return out
 
 
 def pe_nonzero(program) -> list[list[int]]:
     """Nonzero weights each PE holds, per layer, in a compiled ``SparseProgram``."""
-    return [[int(np.count_nonzero(layer.quant.weight[lane.rows[m]])) for lane in program.lanes]
-            for m, layer in enumerate(program.layers)]
+    return [[int(np.count_nonzero(layer.quant.weight.reshape(layer.weight.shape[0], -1)
+                                  [np.ix_(rows, cols)])) for rows, cols in blocks]
+            for layer, blocks in zip(program.layers, _blocks(program))]
 
 
 def _layer_budgets(model: nn.Module, targets: Targets) -> dict[str, int]:
@@ -80,49 +92,38 @@ def _layer_budgets(model: nn.Module, targets: Targets) -> dict[str, int]:
     return {name: int(m.sum()) for name, m in masks.items()}
 
 
-def _row_uniform(scores: torch.Tensor, keep: int) -> torch.Tensor:
+def _per_pe(scores: torch.Tensor, keep: int, blocks) -> torch.Tensor:
+    """The same number of the highest scores in every nonempty PE block."""
     rows = scores.reshape(scores.shape[0], -1)
-    per_row = max(1, min(rows.shape[1], int(round(keep / rows.shape[0]))))
-    mask = torch.zeros_like(rows, dtype=torch.bool)
-    for r in range(rows.shape[0]):
-        mask[r] = keep_top(rows[r], per_row)
-    return mask.reshape(scores.shape)
-
-
-def _per_pe(scores: torch.Tensor, keep: int, owners: list[np.ndarray]) -> torch.Tensor:
-    rows = scores.reshape(scores.shape[0], -1)
-    busy = [o for o in owners if len(o)]
-    capacity = min(len(o) for o in busy) * rows.shape[1]
+    busy = [(r, c) for r, c in blocks if len(r) and len(c)]
+    capacity = min(len(r) * len(c) for r, c in busy)
     per_pe = max(1, min(capacity, int(round(keep / len(busy)))))
     mask = torch.zeros_like(rows, dtype=torch.bool)
-    for o in busy:
-        idx = torch.as_tensor(o, dtype=torch.long, device=rows.device)
-        mask[idx] = keep_top(rows[idx], per_pe)
+    for r, c in busy:
+        ri = torch.as_tensor(r, dtype=torch.long, device=rows.device)
+        ci = torch.as_tensor(c, dtype=torch.long, device=rows.device)
+        sub = rows[ri][:, ci]
+        mask[ri.unsqueeze(1), ci.unsqueeze(0)] = keep_top(sub, per_pe)
     return mask.reshape(scores.shape)
 
 
 def _balanced_masks(model, scores: dict[str, torch.Tensor], budgets: dict[str, int],
-                    pes: int, owners_fn) -> Masks:
-    layers = prunable_layers(model)
-    owners = None
-    masks = {}
-    for m, (name, layer) in enumerate(layers):
-        if layer.weight.shape[0] % pes == 0:
-            masks[name] = _row_uniform(scores[name], budgets[name])
-        else:
-            owners = owners if owners is not None else owners_fn()
-            masks[name] = _per_pe(scores[name], budgets[name], owners[m])
-    return masks
+                    blocks) -> Masks:
+    return {name: _per_pe(scores[name], budgets[name], blocks[m])
+            for m, (name, _) in enumerate(prunable_layers(model))}
 
 
 @torch.no_grad()
 def _quantization_safe(model: nn.Module, masks: Masks) -> int:
-    """Raise kept weights that int8 would round to zero to one step; returns how many."""
+    """Raise kept weights that int8 would round to zero to one step; returns how many. A row
+    whose kept weights all drifted to nearly zero gets the step of the layer's / 256 (its int8
+    scale would be too fine to hold its bias in int32)."""
     raised = 0
     for name, layer in prunable_layers(model):
         w = layer.weight.reshape(layer.weight.shape[0], -1)
         mask = masks[name].reshape(w.shape)
-        step = w.abs().amax(dim=1, keepdim=True) / 127
+        floor = w.abs().max() / 127 / 256
+        step = torch.maximum(w.abs().amax(dim=1, keepdim=True) / 127, floor)
         small = mask & (w.abs() <= 0.5 * step) & (step > 0)
         if small.any():
             sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
@@ -145,9 +146,7 @@ def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> Meth
     dense = {name: m.weight.detach().clone() for name, m in layers}
     budgets_final = _layer_budgets(model, targets)
 
-    def owners_now():
-        return compiler_assignment(model, calib, pes)[0]
-
+    blocks = interleaved_blocks(model, pes)
     masks: Masks = {}
     events: list[int] = []
     levels: list[float] = []
@@ -156,7 +155,7 @@ def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> Meth
         levels.append(level)
         budgets = {name: m.weight.numel() - int(round(level * (m.weight.numel() - budgets_final[
             name]))) for name, m in layers}
-        new = _balanced_masks(model, magnitude_scores(model), budgets, pes, owners_now)
+        new = _balanced_masks(model, magnitude_scores(model), budgets, blocks)
         masks.clear()
         masks.update(new)
         apply_masks(model, masks)
@@ -178,32 +177,36 @@ def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> Meth
 
 
 def _final_balance(model, masks: Masks, dense: dict, pes: int, calib, compile_model) -> dict:
-    """Re-balance the non-uniform layers under the compiled program's assignment until the
-    program itself is balanced; returns the figures."""
+    """Make the kept weights survive int8, compile, and re-balance a layer whose compiled
+    blocks still differ (a kept weight int8 rounded away) until the program is balanced;
+    returns the figures."""
     layers = prunable_layers(model)
+    blocks = interleaved_blocks(model, pes)
     raised = _quantization_safe(model, masks)
     counts: list[list[int]] = []
     for rounds in range(1, ROUNDS + 1):
         program = compile_model(_ir(model), calib, pes)
         counts = pe_nonzero(program)
-        owners = [[lane.rows[m] for lane in program.lanes] for m in range(len(layers))]
-        bad = [m for m, c in enumerate(counts)
-               if max(c) - min(x for x, o in zip(c, owners[m]) if len(o)) > 1]
+        bad = [m for m, c in enumerate(counts) if _spread(c, _blocks(program)[m]) > 1]
         if not bad:
             break
         with torch.no_grad():
             for m in bad:
                 name, layer = layers[m]
-                # regrow from the dense weights where the PE's share must grow
+                # regrow from the dense weights where a PE's share must grow
                 shadow = torch.where(layer.weight != 0, layer.weight, dense[name])
-                keep = int(masks[name].sum())
-                masks[name] = _per_pe(shadow.abs(), keep, owners[m])
+                masks[name] = _per_pe(shadow.abs(), int(masks[name].sum()), blocks[m])
                 layer.weight.copy_(shadow * masks[name])
         raised += _quantization_safe(model, masks)
-    entries = [[int(lane.ptr_count[program.ptr_base[m]:program.ptr_base[m]
-                                   + program.column_count(m)].sum()) for lane in program.lanes]
-               for m in range(len(layers))]
-    balanced = all(max(c) - min(x for x, o in zip(c, [lane.rows[m] for lane in program.lanes])
-                                if len(o)) <= 1 for m, c in enumerate(counts))
-    return {"pes": pes, "pe_nonzero": counts, "pe_entries": entries, "balanced": balanced,
-            "rounds": rounds, "raised_for_int8": raised}
+    entries = [[int(np.diff(pe.ptr[program.ptr_base[m]:program.ptr_base[m]
+                                   + program.col_slots[m] + 1]).sum())
+                for pe in program.pe_images] for m in range(len(layers))]
+    balanced = all(_spread(c, b) <= 1 for c, b in zip(counts, _blocks(program)))
+    return {"pes": pes, "grid": str(program.grid), "pe_nonzero": counts, "pe_entries": entries,
+            "balanced": balanced, "rounds": rounds, "raised_for_int8": raised}
+
+
+def _spread(counts, blocks) -> int:
+    """Largest difference of nonzero counts between nonempty blocks."""
+    busy = [n for n, (r, c) in zip(counts, blocks) if len(r) and len(c)]
+    return max(busy) - min(busy) if busy else 0
