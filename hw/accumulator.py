@@ -16,7 +16,8 @@ row per cycle (reading a row clears it) and releases it for the next inference. 
 
 Pipeline::
 
-    distributed: D: row decode, product -> A0: read (LUT RAM) -> A1: add (forwarded), write
+    distributed: D: row decode, product -> A0: read (LUT RAM, per-bank registers)
+                 -> A1: select the bank, add (forwarded), write
     block:       D: row decode, address, product -> A0: read -> A1: add (forwarded), write
 """
 
@@ -77,11 +78,11 @@ class MacBanks(wiring.Component):
     @staticmethod
     def drain_latency(geo: Geometry) -> int:
         """Cycles from a drain request at the PE's port to its ``partial``: the PE's own
-        register of the request (the reducer's reaches C PEs), then the read into a register
-        (distributed); or through the walker's issue and entry stages, decode and the
+        register of the request (the reducer's reaches C PEs), the read into its bank's register,
+        the bank's selected into ``partial`` (distributed); or through the walker's issue and entry stages, decode and the
         two-stage read (block)."""
         if geo.accumulators == "distributed":
-            return 2
+            return 3
         return 1 + ColumnWalker.latency(geo) + 3
 
     def elaborate(self, platform):
@@ -143,11 +144,15 @@ class MacBanks(wiring.Component):
         # A1: the op and what was read for it, the drain and what it read
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
         m.d.sync += [a[name].eq(value) for name, value in d.items()]
+        # every bank's read into its own register: the slot selects come after, from
+        # registers (selecting among LUT-RAM outputs directly costs several times the logic)
+        held = [Signal(signed(width), name=f"read{s}") for s in range(geo.slots)]
+        m.d.sync += [h.eq(r) for h, r in zip(held, reads)]
         a_read = Signal(signed(width))
-        m.d.sync += [a_read.eq(_select(reads, d["slot"])),
-                     self.partial.eq(_select(reads, drain.slot))]
+        m.d.comb += a_read.eq(_select(held, a["slot"]))
         a_drain_valid, a_drain = Signal(), Signal.like(drain)
-        m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain)]
+        m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain),
+                     self.partial.eq(_select(held, a_drain.slot))]
         # the op before wrote the same row in the cycle this one read it: take its sum
         writes = d["valid"] & ~d["end"]
         a_writes = a["valid"] & ~a["end"]

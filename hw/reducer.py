@@ -30,7 +30,6 @@ from .adder import AdderTree
 from .images import Geometry, bus_layout, drain_layout, pack_rows, result_layout, row_layout
 from .pool import POOL_AVG, POOL_MAX, POOL_NONE, Pooler
 from .requant import Requantizer
-from .walker import _count
 
 __all__ = ["Reducer"]
 
@@ -105,7 +104,7 @@ class Reducer(wiring.Component):
         rank = prog.grid.rank(r)
         return {
             "rows": ([red.row_count(m) for m in range(L)], range(max(geo.row_slots) + 1)),
-            "group": (list(geo.groups), range(max(geo.groups) + 1)),
+            "group_last": ([g - 1 for g in geo.groups], range(max(geo.groups))),
             "row_base": (list(geo.row_base), range(sum(geo.row_slots) + 1)),
             "col_base": ([rank * geo.out_slots[m] for m in range(L)],
                          range(max(geo.col_slots) + 1)),
@@ -173,22 +172,23 @@ class Reducer(wiring.Component):
                                  "out_bank": 1})
         cur = Signal(job)
         rows = Signal(consts["rows"][1])
-        group = Signal(consts["group"][1])
+        group_last = Signal(consts["group_last"][1])    # a pooling window's last row
         row_base = Signal(consts["row_base"][1])
         row = Signal.like(rows)
         in_group = Signal(range(max(geo.groups) + 1))
         k_out = Signal(range(max(geo.out_slots) + 1))
         q = geo.reducer_fifo_depth
-        in_flight = Signal(range(64))     # issued items that will enter the FIFO, not yet there
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=item.size, depth=q)
-        held = Signal(range(q + 64))      # fifo.level + in_flight, as one sum
-        m.d.comb += held.eq(fifo.level + in_flight)
+        # items in the FIFO or on their way to it; `space`: fewer than q, as a register (the
+        # issue decision must not wait on a sum and a compare)
+        held = Signal(range(q + 64))
+        space = Signal(init=1)
         to_fifo = cur.layer != L - 1      # this job's outputs and marker go to the bus
-        room = ~to_fifo | (held < q)
+        room = ~to_fifo | space
 
         issue, marker = Signal(), Signal()
         first = in_group == 0
-        last = in_group == group - 1
+        last = in_group == group_last
         with m.FSM():
             with m.State("IDLE"):
                 for n in range(L):                  # later layers win: they come last
@@ -198,7 +198,7 @@ class Reducer(wiring.Component):
                         m.d.sync += [cur.layer.eq(n), cur.slot.eq(s), cur.target.eq(target),
                                      cur.out_bank.eq(fills[L]),
                                      rows.eq(consts["rows"][0][n]),
-                                     group.eq(consts["group"][0][n]),
+                                     group_last.eq(consts["group_last"][0][n]),
                                      row_base.eq(consts["row_base"][0][n]),
                                      row.eq(0), in_group.eq(0), k_out.eq(0)]
                         m.d.comb += cleared.eq(1 << s)
@@ -238,8 +238,11 @@ class Reducer(wiring.Component):
         m.d.sync += [issued.valid.eq(issue | marker), issued.marker.eq(marker),
                      issued.first.eq(first), issued.last.eq(last | marker), issued.k.eq(k_out),
                      issued.job.eq(cur)]
-        fifo_bound = Signal()                     # an item left the pooler for the FIFO
-        _count(m, in_flight, ((issue & last) | marker) & to_fifo, fifo_bound)
+        dropped = Signal()                        # a zero left the pooler: not kept
+        popped = fifo.r_en & fifo.r_rdy
+        held_next = Signal.like(held)
+        m.d.comb += held_next.eq(held + (((issue & last) | marker) & to_fifo) - dropped - popped)
+        m.d.sync += [held.eq(held_next), space.eq(held_next < q)]
 
         # the bank is free to its PEs once its last read is done: `latency` after the marker
         done_at = data.StructLayout({"valid": 1, "marker": 1, "slot": slot_shape})
@@ -311,7 +314,7 @@ class Reducer(wiring.Component):
             self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.out.ready),
         ]
-        m.d.comb += fifo_bound.eq(pool.o.valid & hidden)
+        m.d.comb += dropped.eq(pool.o.valid & hidden & ~(done.marker | keep))
         # the output buffer is complete once the last layer's marker is out: the output unit
         # reads this parity
         with m.If(pool.o.valid & done.marker & ~hidden):
