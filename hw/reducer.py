@@ -187,8 +187,9 @@ class Reducer(wiring.Component):
         room = ~to_fifo | space
 
         issue, marker = Signal(), Signal()
-        first = in_group == 0
-        last = in_group == group_last
+        # row == rows, in_group == 0 and in_group == group_last, kept as registers: the issue
+        # decision reads only flags
+        at_end, first, last = Signal(), Signal(), Signal()
         with m.FSM():
             with m.State("IDLE"):
                 for n in range(L):                  # later layers win: they come last
@@ -200,12 +201,14 @@ class Reducer(wiring.Component):
                                      rows.eq(consts["rows"][0][n]),
                                      group_last.eq(consts["group_last"][0][n]),
                                      row_base.eq(consts["row_base"][0][n]),
-                                     row.eq(0), in_group.eq(0), k_out.eq(0)]
+                                     row.eq(0), in_group.eq(0), k_out.eq(0),
+                                     at_end.eq(consts["rows"][0][n] == 0), first.eq(1),
+                                     last.eq(consts["group_last"][0][n] == 0)]
                         m.d.comb += cleared.eq(1 << s)
                         m.next = "DRAIN"
             with m.State("DRAIN"):
                 with m.If(room):
-                    with m.If(row == rows):
+                    with m.If(at_end):
                         m.d.comb += marker.eq(1)
                         m.next = "IDLE"
                     with m.Else():
@@ -231,18 +234,24 @@ class Reducer(wiring.Component):
         m.d.comb += param_addr.eq(row_base + row)
         with m.If(issue):
             m.d.sync += [row.eq(row + 1), in_group.eq(Mux(last, 0, in_group + 1)),
-                         k_out.eq(k_out + last)]
+                         k_out.eq(k_out + last), at_end.eq(row + 1 == rows),
+                         first.eq(last),
+                         last.eq(Mux(last, group_last == 0, in_group + 1 == group_last))]
         side = data.StructLayout({"valid": 1, "marker": 1, "first": 1, "last": 1,
                                   "k": unsigned(len(k_out)), "job": job})
         issued = Signal(side)
         m.d.sync += [issued.valid.eq(issue | marker), issued.marker.eq(marker),
                      issued.first.eq(first), issued.last.eq(last | marker), issued.k.eq(k_out),
                      issued.job.eq(cur)]
+        # the events that change `held` are registered before they count: one item issued in
+        # the cycle before is not in `held` yet, so `space` leaves room for it
         dropped = Signal()                        # a zero left the pooler: not kept
-        popped = fifo.r_en & fifo.r_rdy
+        events = [Signal(name=f"held_{n}") for n in ("in", "dropped", "popped")]
+        m.d.sync += [events[0].eq(((issue & last) | marker) & to_fifo),
+                     events[1].eq(dropped), events[2].eq(fifo.r_en & fifo.r_rdy)]
         held_next = Signal.like(held)
-        m.d.comb += held_next.eq(held + (((issue & last) | marker) & to_fifo) - dropped - popped)
-        m.d.sync += [held.eq(held_next), space.eq(held_next < q)]
+        m.d.comb += held_next.eq(held + events[0] - events[1] - events[2])
+        m.d.sync += [held.eq(held_next), space.eq(held_next < q - 1)]
 
         # the bank is free to its PEs once its last read is done: `latency` after the marker
         done_at = data.StructLayout({"valid": 1, "marker": 1, "slot": slot_shape})
