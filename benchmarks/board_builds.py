@@ -8,8 +8,11 @@ batch-1 latency on this machine. Prints a Markdown table (and writes it with --o
     python benchmarks/board_builds.py --boards ulx3s --pes 4 --pipeline deep     # a style
     python benchmarks/board_builds.py --fit-only                      # estimates, seconds
 
-Cycles per inference are the build's PE bound (busiest PE per layer, mean over the calibration
-inputs); `python -m compiler simulate DIR` measures the RTL's (a few % above it).
+Cycles per inference are streaming cycles (inferences overlap in the array): the plan's
+prediction from the PE bound over the calibration inputs, or with ``--simulate N`` the RTL's,
+measured on Verilator over the first N calibration inputs (every output checked bit-exactly).
+
+    python benchmarks/board_builds.py --boards ulx3s --pes 64 --models lenet --simulate 100
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from hw.options import MEMORY_STYLES, PIPELINES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_PES = {"icebreaker": (1, 2, 4, 8), "ulx3s": (1, 2, 4, 8, 16, 32)}
+DEFAULT_PES = {"icebreaker": (1, 2, 4, 8), "ulx3s": (1, 2, 4, 8, 16, 32, 64)}
 
 
 def lenet_model(work: Path) -> tuple[Path, Path]:
@@ -71,7 +74,8 @@ def cpu_latency_us(model_path: Path, features: int, runs: int = 2000) -> float:
 
 
 def run_one(model, calibration, board, pes, work: Path, fit_only: bool, *,
-            memory: str | None = None, pipeline: str | None = None, seed: int = 1) -> dict:
+            memory: str | None = None, pipeline: str | None = None, seed: int = 1,
+            simulate: int = 0) -> dict:
     style = "".join(f"-{v}" for v in (memory, pipeline) if v)
     out = work / f"{Path(model).stem}-{board}-p{pes}{style}-s{seed}"
     config = BuildConfig(model=str(model), board=board, pes=pes, calibration=calibration,
@@ -82,9 +86,15 @@ def run_one(model, calibration, board, pes, work: Path, fit_only: bool, *,
         r = build(config).report
     except FitError as e:
         return {"board": board, "pes": pes, "fits": False, "why": str(e)}
+    cycles, basis = r["plan"]["predicted_cycles"], "predicted"
+    if simulate:
+        from compiler.simulate import simulate as run_simulation
+        cycles = run_simulation(out, simulator="verilator", limit=simulate).cycles_per_inference
+        basis = f"Verilator, {simulate} inputs"
     row = {"board": board, "pes": pes, "fits": True, "fmax": r["fmax_mhz"], "seed": seed,
-           "style": f"{r['memory_style']}, {r['pipeline']}",
-           "cycles": r["cycles"]["pe_bound"], "ideal": r["cycles"]["ideal"],
+           "style": f"{r['memory_style']}, {r['accumulators']} acc., {r['pipeline']}",
+           "grid": r["grid"], "cycles": cycles, "cycles_basis": basis,
+           "ideal": r["cycles"]["ideal"],
            "seconds": round(time.perf_counter() - started, 1), "resources": r["resources"],
            "fit": r.get("fit"), "target": (r.get("timing") or {}).get("target_mhz")}
     return row
@@ -102,31 +112,35 @@ def _util(res: dict, *kinds) -> str:
 
 
 def table(rows, cpu_us) -> str:
-    lines = ["| model | board | P | style | seed | Fmax MHz (target) | logic | BRAM | DSP "
-             "| cycles/inf | inf/s on board | x PyTorch CPU b=1 | build s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | board | P | grid | style | seed | Fmax MHz (target) | logic | FF | BRAM "
+             "| DSP | cycles/inf (basis) | / ideal | inf/s on board | x PyTorch CPU b=1 "
+             "| build s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         model = row["model"]
         if not row["fits"]:
-            lines.append(f"| {model} | {row['board']} | {row['pes']} | | | does not fit "
-                         f"| | | | | | | |")
+            lines.append(f"| {model} | {row['board']} | {row['pes']} | | | | does not fit "
+                         f"| | | | | | | | | |")
             continue
         res = row["resources"] or {}
         if "ICESTORM_LC" in res:
-            util = _util(res, "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_DSP")
+            util = (_util(res, "ICESTORM_LC") + " | (in LCs) | "
+                    + _util(res, "ICESTORM_RAM", "ICESTORM_DSP"))
         elif "TRELLIS_COMB" in res:
-            util = _util(res, "TRELLIS_COMB", "DP16KD", "MULT18X18D")
+            util = _util(res, "TRELLIS_COMB", "TRELLIS_FF", "DP16KD", "MULT18X18D")
         else:
             fit = row["fit"] or {}
             util = " | ".join(f"~{fit[k]['used']}/{fit[k]['available']}"
-                              for k in ("luts", "bram_blocks", "dsps")) if fit else "- | - | -"
+                              for k in ("luts", "ffs", "bram_blocks", "dsps")
+                              if k in fit) if fit else "- | - | - | -"
         fmax = row["fmax"]
         rate = fmax * 1e6 / row["cycles"] if fmax else None
         speedup = rate * cpu_us[model] * 1e-6 if rate else None
         lines.append(
-            f"| {model} | {row['board']} | {row['pes']} | {row['style']} | {row['seed']} "
-            f"| {fmax if fmax else '-'} ({row['target'] or '-'}) | {util} "
-            f"| {row['cycles']:.1f} | {f'{rate:,.0f}' if rate else '-'} "
+            f"| {model} | {row['board']} | {row['pes']} | {row['grid']} | {row['style']} "
+            f"| {row['seed']} | {fmax if fmax else '-'} ({row['target'] or '-'}) | {util} "
+            f"| {row['cycles']:.1f} ({row['cycles_basis']}) "
+            f"| {row['cycles'] / row['ideal']:.3f} | {f'{rate:,.0f}' if rate else '-'} "
             f"| {f'{speedup:.1f}' if speedup else '-'} | {row['seconds']} |")
     return "\n".join(lines)
 
@@ -141,6 +155,9 @@ def main(argv=None):
     p.add_argument("--memory", choices=MEMORY_STYLES, help="default: the board's")
     p.add_argument("--pipeline", choices=PIPELINES, help="default: the board's")
     p.add_argument("--seeds", default="1", help="comma-separated nextpnr seeds (default 1)")
+    p.add_argument("--simulate", type=int, default=0, metavar="N",
+                   help="measure streaming cycles on Verilator over N inputs (default: the "
+                   "plan's prediction)")
     p.add_argument("--out", help="also write the table (Markdown) and rows (JSON) here")
     args = p.parse_args(argv)
     work = Path(args.work)
@@ -158,7 +175,8 @@ def main(argv=None):
             for pes in pes_list:
                 for seed in (int(v) for v in args.seeds.split(",")):
                     row = run_one(path, cal, board, pes, work, args.fit_only,
-                                  memory=args.memory, pipeline=args.pipeline, seed=seed)
+                                  memory=args.memory, pipeline=args.pipeline, seed=seed,
+                                  simulate=args.simulate)
                     row["model"] = name
                     rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("resources", "fit")}),

@@ -37,8 +37,13 @@ from compiler.build import compile_model
 from compiler.datasets import DIGITS_IMAGE, digits_split
 from compiler.frontend import load_model, load_module
 from compiler.simulate import run_rtl
-from hw.options import (ACCUMULATOR_STYLES, MEMORY_STYLES, PIPELINES, POINTER_STYLES,
-                        HardwareOptions)
+from hw.options import (
+    ACCUMULATOR_STYLES,
+    MEMORY_STYLES,
+    PIPELINES,
+    POINTER_STYLES,
+    HardwareOptions,
+)
 from hw.verilog import generate_verilog
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -101,8 +101,8 @@ def main(argv=None):
             model = component_logic(geo, family)
             rows.append((name, pes, str(program.grid), banks, comb(pe, family), flops(pe),
                          comb(red, family), flops(red), model, logic_terms(geo, family)))
-    print(f"| model | P | grid | banks | PE LUT (model) | PE FF (model) | reducer LUT (model) "
-          f"| reducer FF (model) |")
+    print("| model | P | grid | banks | PE LUT (model) | PE FF (model) | reducer LUT (model) "
+          "| reducer FF (model) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, pes, grid, banks, pl, pf, rl, rf, mod, _ in rows:
         print(f"| {name} | {pes} | {grid} | {banks} | {pl} ({mod['pe_lut']}) | {pf} "

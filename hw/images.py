@@ -20,7 +20,8 @@ from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
 
 from .options import HardwareOptions
 
-__all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "row_layout",
+__all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "loader_queue_depth",
+           "row_layout",
            "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
            "pack_rows", "memory_bits",
            "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH"]
@@ -338,10 +339,19 @@ def memories(geo: Geometry) -> list[MemorySpec]:
                           row_layout(geo).size, count=geo.rows, kind="row_parameters"))
     out.append(MemorySpec("reducer.fifo", geo.reducer_fifo_depth, item, count=geo.rows,
                           kind="fifo"))
-    out.append(MemorySpec("loader.queues", max(4, 2 * geo.beats + 2), item, count=geo.cols,
+    out.append(MemorySpec("loader.queues", loader_queue_depth(geo), item, count=geo.cols,
                           kind="fifo"))
     out.append(MemorySpec("output.buffers", geo.out_depth, 8, count=geo.rows, kind="outputs"))
     return out
+
+
+def loader_queue_depth(geo: Geometry) -> int:
+    """Entries of each bus's input queue in the loader: two inferences' layer-0 activations,
+    so a bus whose PEs are busy with a long column does not hold up the beats and with them
+    the other buses; with one bus there are no others, and a few entries do."""
+    if geo.cols == 1:
+        return 4
+    return max(4, 2 * geo.beats + 2)
 
 
 #: Depth of each PE's walker queue (columns looked up, waiting for the walker).

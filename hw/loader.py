@@ -12,7 +12,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .images import Geometry, bus_layout
+from .images import Geometry, bus_layout, loader_queue_depth
 
 __all__ = ["InputLoader"]
 
@@ -29,11 +29,6 @@ class InputLoader(wiring.Component):
     started : Out(1)
         An inference's first beat was taken this cycle.
     """
-
-    #: each bus's queue holds two inferences' layer-0 activations (at least this many): a bus
-    #: whose PEs are busy with a long column must not hold up the beats, and so the other
-    #: buses (block RAM where large)
-    QUEUE = 4
 
     def __init__(self, geo: Geometry):
         if not isinstance(geo, Geometry):
@@ -54,7 +49,7 @@ class InputLoader(wiring.Component):
         C, T, B = geo.cols, geo.beats, geo.banks[0]
         item = bus_layout(geo)
         queues = []
-        depth = max(self.QUEUE, 2 * T + 2)
+        depth = loader_queue_depth(geo)
         for c in range(C):
             q = SyncFIFOBuffered(width=item.size, depth=depth)
             m.submodules[f"queue{c}"] = q

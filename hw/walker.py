@@ -117,7 +117,6 @@ class ColumnWalker(wiring.Component):
         geo = self.geo
         block = geo.memory == "block"
         job = job_layout(geo)
-        ptr_w = geo.ptr_width
 
         # ---- lookup: pointer addresses from the column, both pointer words ---------------
         # `reserved`: columns popped and not yet taken by the walker (or dropped); never more

@@ -95,13 +95,14 @@ def test_memory_list(digits):
 
 def test_default_gateware_style_per_family(digits):
     """Block RAM for weights but on small 7-series designs; on iCE40 (no LUT RAM) block-RAM
-    accumulators, the deep pipeline and 8-entry FIFOs; choices override."""
+    accumulators, counted pointers and the deep pipeline; 16-entry FIFOs everywhere (an EBR
+    holds 16 as well as 8); choices override."""
     from hw.options import Choices, options_for
 
     for pes in (1, 4, 8):
         ice, ecp, xc7 = (options_for(digits(pes), f) for f in ("ice40", "ecp5", "xc7"))
-        assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory) == \
-            ("block", "deep", 8, "block")
+        assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory, ice.pointers) == \
+            ("block", "deep", 16, "block", "counted")
         assert (ecp.accumulators, ecp.pipeline, ecp.fifo_depth, ecp.memory) == \
             ("distributed", "short", 16, "block")
         # LUT RAM for weights when every PE's memory is small (P = 1 holds all 1702 entries)
