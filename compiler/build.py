@@ -71,6 +71,7 @@ class BuildConfig:
     dense: bool = False                  # store every weight, skip nothing (baseline)
     memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
     accumulators: str | None = None      # "distributed" / "block"; None: by board
+    pointers: str | None = None          # "csc" / "counted"; None: by board
     pipeline: str | None = None          # "short" / "deep"; None: by board
     weights: str | None = None           # "bitstream" / "uploaded"; None: by the fit check
     # boards (boards/): the clock target (None: the board's), UART rate, timing policy
@@ -82,7 +83,7 @@ class BuildConfig:
 
     def validate(self) -> "BuildConfig":
         from hw.options import (ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES,
-                                WEIGHT_STORES)
+                                POINTER_STYLES, WEIGHT_STORES)
 
         if self.pes not in (None, "auto") and (not isinstance(self.pes, int) or self.pes < 1):
             raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
@@ -106,6 +107,7 @@ class BuildConfig:
             raise InputError(f"--fifo-depth must be in 4..1024, not {self.fifo_depth}")
         for name, value, allowed in (("memory", self.memory, MEMORY_STYLES),
                                      ("accumulators", self.accumulators, ACCUMULATOR_STYLES),
+                                     ("pointers", self.pointers, POINTER_STYLES),
                                      ("pipeline", self.pipeline, PIPELINES),
                                      ("weights", self.weights, WEIGHT_STORES)):
             if value not in (None, *allowed):
@@ -124,7 +126,8 @@ class BuildConfig:
         from hw.options import Choices
         banks = tuple(self.banks) if isinstance(self.banks, list) else self.banks
         return Choices(memory=self.memory, pipeline=self.pipeline, weights=self.weights,
-                       banks=banks, fifo_depth=self.fifo_depth, accumulators=self.accumulators)
+                       banks=banks, fifo_depth=self.fifo_depth, accumulators=self.accumulators,
+                       pointers=self.pointers)
 
     @property
     def requested_pes(self) -> int | None:

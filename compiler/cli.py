@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from hw.options import ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES, WEIGHT_STORES
+from hw.options import (ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES, POINTER_STYLES,
+                        WEIGHT_STORES)
 
 from .argtypes import whole_number
 from .errors import InputError, SparsemacError
@@ -60,7 +61,7 @@ def cmd_build(args) -> int:
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
-                         accumulators=args.accumulators,
+                         accumulators=args.accumulators, pointers=args.pointers,
                          bitstream=not args.no_bitstream)
     console = _console()
     with console.status("building") as status:
@@ -150,6 +151,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="accumulator banks in LUT RAM (distributed: drained for free) or one "
                         "block RAM per PE (block: each drained row costs a cycle; the iCE40 "
                         "default, which has no LUT RAM)")
+    p.add_argument("--pointers", choices=POINTER_STYLES,
+                   help="column pointers: csc (start and end of every column, two reads) or "
+                        "counted (start and count in one word, one read: the iCE40 default, "
+                        "whose block RAM has one read port)")
     p.add_argument("--pipeline", choices=PIPELINES,
                    help="pipeline depth (default: deep on iCE40, short elsewhere)")
     p.add_argument("--weights", choices=WEIGHT_STORES,

@@ -56,6 +56,7 @@ def build_report(state) -> dict:
         "index_bits": program.index_bits,
         "memory_style": geo.memory,
         "accumulators": geo.accumulators,
+        "pointers": geo.pointers,
         "pipeline": geo.pipeline,
         "banks": list(geo.banks),
         "fifo_depth": geo.fifo_depth,
@@ -141,8 +142,8 @@ def _markdown(r: dict) -> str:
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']} on a {r['grid']} grid, relative index bits: "
         f"{r['index_bits']}, FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
-        f"memories: {r['memory_style']}, accumulators: {r['accumulators']}, pipeline: "
-        f"{r['pipeline']}",
+        f"memories: {r['memory_style']}, accumulators: {r['accumulators']}, pointers: "
+        f"{r['pointers']}, pipeline: {r['pipeline']}",
         *([f"- plan: {r['plan']['reason']}"] if r.get("plan") else []),
         f"- weights: {r['totals']['weights']}, nonzero: {r['totals']['nnz']} "
         f"(sparsity {100 * r['totals']['sparsity']:.1f} %)",

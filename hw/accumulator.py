@@ -135,7 +135,10 @@ class MacBanks(wiring.Component):
         reads, ports = [], []
         for s in range(geo.slots):
             depth = geo.row_slots[geo.layer_of(s)]
-            bank = memory.Memory(shape=signed(width), depth=depth, init=[])
+            # LUT RAM even where Yosys would take the read register for a block RAM's (its
+            # clock-to-out then starts the add path)
+            bank = memory.Memory(shape=signed(width), depth=depth, init=[],
+                                 attrs={"ram_style": "distributed"})
             m.submodules[f"bank{s}"] = bank
             wp, rp = bank.write_port(), bank.read_port(domain="comb")
             m.d.comb += rp.addr.eq(Mux(drain_valid & (drain.slot == s), drain.addr, d["row"]))
@@ -190,14 +193,22 @@ class MacBanks(wiring.Component):
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
         a_addr = Signal(addr_w)
         m.d.sync += [a[name].eq(value) for name, value in d.items()] + [a_addr.eq(addr)]
-        last_wrote, last_addr, last_value = Signal(), Signal(addr_w), Signal(signed(width))
-        hit = last_wrote & (last_addr == a_addr)
-        old = Mux(hit, last_value, rp.data)
-        written = Signal(signed(width))
+        # the op before wrote the same row in the cycle this one read it: take its sum (the
+        # match is registered, from the two ops' bank and row, off the add path)
+        last_value, hit = Signal(signed(width)), Signal()
         writes = a["valid"] & ~a["end"]
-        m.d.comb += [written.eq(Mux(a["drain"], 0, old + a["product"])),
+        m.d.sync += hit.eq(writes & d["valid"] & ~d["end"] & (d["slot"] == a["slot"])
+                           & (d["row"] == a["row"]))
+        old = Mux(hit, last_value, rp.data)
+        # a drain writes 0: what it read is masked before the adder (its act, so its product, is
+        # 0: the walker's contract, see op_layout), one
+        # LUT a bit in front of the carry chain and none behind it
+        kept = Signal(signed(width))
+        m.d.comb += kept.eq(Mux(a["drain"], 0, old))
+        written = Signal(signed(width))
+        m.d.comb += [written.eq(kept + a["product"]),
                      wp.addr.eq(a_addr), wp.data.eq(written), wp.en.eq(writes)]
-        m.d.sync += [last_wrote.eq(writes), last_addr.eq(a_addr), last_value.eq(written)]
+        m.d.sync += last_value.eq(written)
         with m.If(a["valid"] & a["drain"]):
             m.d.sync += self.partial.eq(old)
         return a

@@ -64,15 +64,19 @@ class InputLoader(wiring.Component):
         bank = Signal(range(B))
         fill = Signal(B)                          # fill parity of each layer-0 bank
         ending = Signal()                         # the end tokens are next
-        free = Mux(fill.bit_select(bank, 1), self.drained_odd.bit_select(bank, 1),
-                   self.drained_even.bit_select(bank, 1))
+        # the handshake reads registers only: whether the bank is free (a cycle late; `settle`
+        # masks the cycle after the bank pointer moved, when it still tells of the old bank),
+        # and whether the next beat is an inference's first
+        free, settle = Signal(), Signal()
+        m.d.sync += free.eq(Mux(fill.bit_select(bank, 1), self.drained_odd.bit_select(bank, 1),
+                                self.drained_even.bit_select(bank, 1)))
+        first, last = Signal(init=1), Signal(init=T == 1)
         take = Signal()
         m.d.comb += [
-            self.input.ready.eq(room & ~ending & ((beat != 0) | free)),
+            self.input.ready.eq(room & ~ending & ~settle & (~first | free)),
             take.eq(self.input.valid & self.input.ready),
-            self.started.eq(take & (beat == 0)),
+            self.started.eq(take & first),
         ]
-        last = beat == T - 1
         for i, q in enumerate(queues):
             value = self.input.payload[i]
             real = (T - 1) * C + i < geo.in_features      # lane i of the last beat is an input
@@ -85,9 +89,11 @@ class InputLoader(wiring.Component):
                 m.d.comb += q.w_en.eq(take & keep & (Const(int(real)) | ~last))
             m.d.comb += q.w_data.eq(word)
         with m.If(take):
-            m.d.sync += beat.eq(Mux(last, 0, beat + 1))
+            m.d.sync += [beat.eq(Mux(last, 0, beat + 1)), first.eq(last),
+                         last.eq(Mux(last, T == 1, beat + 2 == T))]
             with m.If(last):
                 m.d.sync += ending.eq(1)
+        m.d.sync += settle.eq(ending & room)
         with m.If(ending & room):
             m.d.sync += [ending.eq(0), fill.eq(fill ^ (1 << bank)),
                          bank.eq(Mux(bank == B - 1, 0, bank + 1))]

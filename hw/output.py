@@ -83,8 +83,12 @@ class OutputUnit(wiring.Component):
         index = Signal(range(N + 1))
         in_flight = Signal(range(self.QUEUE + 1))
         issue = Signal()
-        ready = Mux(self.parity.bit_select(buf, 1), self.filled_even.bit_select(buf, 1),
-                    self.filled_odd.bit_select(buf, 1))
+        # registered (the reducers' fill parities come from far away); a cycle's SETTLE after
+        # a buffer was read lets it see the next buffer before IDLE reads it
+        ready = Signal()
+        m.d.sync += ready.eq(Mux(self.parity.bit_select(buf, 1),
+                                 self.filled_even.bit_select(buf, 1),
+                                 self.filled_odd.bit_select(buf, 1)))
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.idle.eq(~queue.r_rdy)
@@ -97,9 +101,11 @@ class OutputUnit(wiring.Component):
                     with m.If(in_flight == 0):
                         m.d.sync += [self.parity.eq(self.parity ^ Mux(buf, 2, 1)),
                                      buf.eq(~buf)]
-                        m.next = "IDLE"
+                        m.next = "SETTLE"
                 with m.Elif(queue.level + in_flight < self.QUEUE):
                     m.d.comb += issue.eq(1)
+            with m.State("SETTLE"):
+                m.next = "IDLE"
         # issue: the place of output `index` (a ROM read), then its buffer word, then the queue
         m.d.comb += place_rp.addr.eq(index)
         with m.If(issue):

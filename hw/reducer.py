@@ -165,7 +165,13 @@ class Reducer(wiring.Component):
         fills.append(Signal(name="out_bank"))
         fill = Signal(S)                            # fill parities of the banks I fill
         written = Signal(2)                         # output buffers' fills begun, mod 2
-        ready = self._pick(all_done, seen_low, drains, fills, fill, written)
+        # registered: the pick reads flags, not the bank selects behind them. A flag a cycle
+        # old is only ever late, never wrong: it turns false only by this reducer's own pick
+        # (DRAIN follows) or marker (the drained bank's flag was false since the pick)
+        ready = []
+        for n, now in enumerate(self._pick(all_done, seen_low, drains, fills, fill, written)):
+            ready.append(Signal(name=f"ready{n}"))
+            m.d.sync += ready[n].eq(now)
 
         # ---- the job being issued --------------------------------------------------------
         job = data.StructLayout({"layer": range(L), "slot": slot_shape, "target": slot_shape,

@@ -33,7 +33,8 @@ def _count(m, counter, up, down):
 
 def op_layout(geo: Geometry) -> data.StructLayout:
     """One weight entry with its activation (``first``: the column's first entry), or an end
-    token (``end``), or (block-style accumulators) a drain of row ``row`` (``drain``)."""
+    token (``end``), or (block-style accumulators) a drain of row ``row`` (``drain``, with
+    ``act`` 0, so that its product is 0)."""
     return data.StructLayout({
         "slot": bus_layout(geo)["slot"].shape,
         "first": unsigned(1),
@@ -167,7 +168,7 @@ class ColumnWalker(wiring.Component):
                          free.eq(walk_one), walk_one.eq(walk_left == 2)]
         issue = {"valid": take | ~free | hold, "first": take, "end": take & head.end,
                  "drain": hold, "row": 0,
-                 "act": Mux(take, head.value, walk_value),
+                 "act": Mux(hold, 0, Mux(take, head.value, walk_value)),
                  "slot": Mux(take, head.slot, walk_slot)}
         if geo.accumulators == "block":
             issue["row"] = self.drain.payload.addr

@@ -170,14 +170,17 @@ def test_simulation_inputs_of_the_wrong_shape(bad_files, tmp_path):
 
 def test_gateware_choices_reach_the_gateware(tmp_path):
     reports = {}
-    for memory, pipeline, banks in (("block", "deep", "1"), ("distributed", "short", "2,1,2")):
+    for memory, pipeline, banks, pointers in (("block", "deep", "1", "counted"),
+                                              ("distributed", "short", "2,1,2", "csc")):
         out = tmp_path / f"{memory}-{pipeline}"
         result = cli("build", EXAMPLE, "--board", "arty_a7", "--pes", "6", "--grid", "3x2",
                      "--memory", memory, "--pipeline", pipeline, "--banks", banks,
-                     "--fifo-depth", "12", "--out", out, "--no-bitstream")
+                     "--pointers", pointers, "--fifo-depth", "12", "--out", out,
+                     "--no-bitstream")
         assert result.returncode == 0, result.stderr
         reports[memory] = report = json.loads((out / "report.json").read_text())
-        assert (report["memory_style"], report["pipeline"]) == (memory, pipeline)
+        assert (report["memory_style"], report["pipeline"], report["pointers"]) == \
+            (memory, pipeline, pointers)
         assert report["banks"] == [int(b) for b in banks.split(",")] * (3 if banks == "1" else 1)
         assert report["grid"] == "3x2" and report["fifo_depth"] == 12
         verilog = (out / "sparsemac_top.v").read_text()

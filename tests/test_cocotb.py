@@ -39,6 +39,10 @@ CASES = {
     # the iCE40 style: block RAM, prefetch queues, registered control (hw/options.py)
     "deep-pipeline-p1": ([32, 24, 10], 0.8, 1, {}, {"pipeline": "deep"}),
     "deep-pipeline-p3": ([20, 16, 12, 5], 0.5, 3, {}, {"pipeline": "deep"}),
+    # the whole iCE40 default: block-RAM accumulators (drains in the op stream), counted
+    # pointers (one read port), the deep pipeline
+    "ice40-style-p4": ([28, 20, 12, 6], 0.6, 4, {},
+                       {"pipeline": "deep", "accumulators": "block", "pointers": "counted"}),
     # weights uploaded over the weights stream first (iCE40 SPRAM), three-byte entries
     "uploaded-weights-p2": ([24, 16, 6], 0.6, 2, {},
                             {"pipeline": "deep", "weights": "uploaded", "index_bits": 12}),
@@ -72,7 +76,9 @@ def test_rtl_is_bit_exact(case, simulator, tmp_path):
                               banks=compile_args.pop("banks", 2),
                               memory=compile_args.pop("memory", "block"),
                               pipeline=compile_args.pop("pipeline", "short"),
-                              weights=compile_args.pop("weights", "bitstream"))
+                              weights=compile_args.pop("weights", "bitstream"),
+                              accumulators=compile_args.pop("accumulators", "distributed"),
+                              pointers=compile_args.pop("pointers", "csc"))
     program = compile_model(model, calibration(shapes[0], seed=3), pes, **compile_args)
     verilog = generate_verilog(program, tmp_path / "top.v", options)
     x = adversarial_inputs(shapes[0], 6, seed=len(case))

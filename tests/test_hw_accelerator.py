@@ -16,10 +16,11 @@ from hw.simulation import input_beats, run_accelerator, stream_get, stream_put, 
 from hw.top import SparseAccelerator
 
 
-@pytest.mark.parametrize("memory, pipeline, banks", [("block", "short", 2),
-                                                     ("block", "deep", 1),
-                                                     ("distributed", "short", 1),
-                                                     ("distributed", "deep", 2)])
+@pytest.mark.parametrize("memory, pipeline, banks, accumulators, pointers", [
+    ("block", "short", 2, "distributed", "csc"),
+    ("block", "deep", 1, "block", "counted"),              # the iCE40 default
+    ("distributed", "short", 1, "distributed", "csc"),
+    ("distributed", "deep", 2, "block", "counted")])
 @pytest.mark.parametrize("pes, grid, shapes, sparsity", [
     (1, None, [10, 7, 4], 0.5),
     (3, None, [12, 9, 8, 5], 0.7),
@@ -27,13 +28,14 @@ from hw.top import SparseAccelerator
     (6, "3x2", [13, 10, 7], 0.6),
 ])
 def test_accelerator_in_amaranth_simulation(pes, grid, shapes, sparsity, memory, pipeline,
-                                            banks):
+                                            banks, accumulators, pointers):
     model = float_model(shapes, sparsity=sparsity, seed=pes, zero_rows=[(0, 1)],
                         zero_cols=[(0, 2)])
     program = compile_model(model, calibration(shapes[0]), pes, grid=grid)
     x = reference.quantize_input(calibration(shapes[0], n=4, seed=8), program.model.input_scale)
     x = np.vstack([x, np.zeros(shapes[0], dtype=np.int64)])      # a layer input of all zeros
-    options = HardwareOptions(memory=memory, pipeline=pipeline, banks=banks)
+    options = HardwareOptions(memory=memory, pipeline=pipeline, banks=banks,
+                              accumulators=accumulators, pointers=pointers)
     hw, cycles, _ = run_accelerator(program, x, options, ready_probability=0.5,
                                     valid_probability=0.7)
     expected = reference.run(program, x)
