@@ -9,7 +9,7 @@ row per cycle (reading a row clears it) and releases it for the next inference. 
 - ``"distributed"``: one LUT-RAM memory per bank, read asynchronously into a register,
   accumulated a cycle later. A drain reads its bank beside an entry going into another:
   draining costs no MAC cycle.
-- ``"block"``: one block RAM for all banks (iCE40 has no LUT RAM), a two-stage
+- ``"block"``: one block RAM for all banks (iCE40 has no LUT RAM), a three-stage
   read-add-write with forwarding. A drain is an op in the same stream, put there by the
   walker in place of an entry (:class:`~hw.walker.ColumnWalker`): each drained row costs its
   PE one cycle, and the block RAM one read and one write.
@@ -18,7 +18,8 @@ Pipeline::
 
     distributed: D: row decode, product -> A0: read (LUT RAM, per-bank registers)
                  -> A1: select the bank, add (forwarded), write
-    block:       D: row decode, address, product -> A0: read -> A1: add (forwarded), write
+    block:       D: row decode, address, product -> R: read, registered (forwarded)
+                 -> A: add (forwarded), write
 """
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
@@ -80,10 +81,10 @@ class MacBanks(wiring.Component):
         """Cycles from a drain request at the PE's port to its ``partial``: the PE's own
         register of the request (the reducer's reaches C PEs), the read into its bank's register,
         the bank's selected into ``partial`` (distributed); or through the walker's issue and entry stages, decode and the
-        two-stage read (block)."""
+        three-stage read-add (block)."""
         if geo.accumulators == "distributed":
             return 3
-        return 1 + ColumnWalker.latency(geo) + 3
+        return 1 + ColumnWalker.latency(geo) + 4
 
     def elaborate(self, platform):
         m = Module()
@@ -174,9 +175,12 @@ class MacBanks(wiring.Component):
         return a
 
     def _block(self, m, d):
-        """One block RAM for every bank (bank ``s`` from ``base[s]``). A0: read the row; A1:
-        add the product to what was read - or to what the op just before wrote there, which
-        the read missed - and write the sum (a drain op writes 0 and hands what it read on)."""
+        """One block RAM for every bank (bank ``s`` from ``base[s]``). R: the read's data into a
+        register (or the sum the op two ahead wrote in the cycle of the read, which it
+        missed); A: add the product to it - or to the sum the op just ahead wrote, which the
+        read missed too - and write (a drain op writes 0 and hands what it read on). Both
+        matches are registered a cycle before they are used: no compare and at most one LUT
+        ahead of the adder's carry chain."""
         geo = self.geo
         width = geo.partial_width
         depths = [geo.row_slots[geo.layer_of(s)] for s in range(geo.slots)]
@@ -190,25 +194,36 @@ class MacBanks(wiring.Component):
         addr = Signal(addr_w)
         m.d.comb += [addr.eq(Array(Const(b, addr_w) for b in bases)[d["slot"]] + d["row"]),
                      rp.addr.eq(addr)]
+        r = {name: Signal.like(value, name=f"r_{name}") for name, value in d.items()}
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
-        a_addr = Signal(addr_w)
-        m.d.sync += [a[name].eq(value) for name, value in d.items()] + [a_addr.eq(addr)]
-        # the op before wrote the same row in the cycle this one read it: take its sum (the
-        # match is registered, from the two ops' bank and row, off the add path)
-        last_value, hit = Signal(signed(width)), Signal()
-        writes = a["valid"] & ~a["end"]
-        m.d.sync += hit.eq(writes & d["valid"] & ~d["end"] & (d["slot"] == a["slot"])
-                           & (d["row"] == a["row"]))
-        old = Mux(hit, last_value, rp.data)
-        # a drain writes 0: what it read is masked before the adder (its act, so its product, is
-        # 0: the walker's contract, see op_layout), one
-        # LUT a bit in front of the carry chain and none behind it
-        kept = Signal(signed(width))
-        m.d.comb += kept.eq(Mux(a["drain"], 0, old))
+        r_addr, a_addr = Signal(addr_w), Signal(addr_w)
+        m.d.sync += [r[name].eq(value) for name, value in d.items()] + [r_addr.eq(addr)]
+        m.d.sync += [a[name].eq(value) for name, value in r.items()] + [a_addr.eq(r_addr)]
+
+        # ops that write (entries and drains), as a flag a stage
+        w_d, w_r, w_a = Signal(), Signal(), Signal()
+        m.d.sync += [w_d.eq(self.i.valid & ~self.i.payload.end), w_r.eq(w_d), w_a.eq(w_r)]
+
+        def same(x, wx, y, wy):
+            return wx & wy & (x["slot"] == y["slot"]) & (x["row"] == y["row"])
+
+        last_value = Signal(signed(width))          # what A wrote in the cycle before
+        hit_two, hit_one, next_one = Signal(), Signal(), Signal()
+        # D and A now: R and the op two ahead (which writes at the edge R's read happens at);
+        # D and R now: A and the op one ahead, a cycle later (the pipeline never stalls)
+        m.d.sync += [hit_two.eq(same(d, w_d, a, w_a)), next_one.eq(same(d, w_d, r, w_r))]
+        # R: what the read missed from the op two ahead, and a drain's 0 (it writes 0: its act,
+        # so its product, is 0 - the walker's contract, see op_layout) resolved into registers,
+        # so that A puts one 2:1 multiplexer in front of the adder's carry chain
+        fresh = Mux(hit_two, last_value, rp.data)
+        read, kept_read, use_last = Signal(signed(width)), Signal(signed(width)), Signal()
+        m.d.sync += [read.eq(fresh), kept_read.eq(Mux(r["drain"], 0, fresh)),
+                     use_last.eq(next_one & ~r["drain"]), hit_one.eq(next_one)]
         written = Signal(signed(width))
-        m.d.comb += [written.eq(kept + a["product"]),
+        writes = w_a
+        m.d.comb += [written.eq(Mux(use_last, last_value, kept_read) + a["product"]),
                      wp.addr.eq(a_addr), wp.data.eq(written), wp.en.eq(writes)]
         m.d.sync += last_value.eq(written)
         with m.If(a["valid"] & a["drain"]):
-            m.d.sync += self.partial.eq(old)
+            m.d.sync += self.partial.eq(Mux(hit_one, last_value, read))
         return a

@@ -128,7 +128,7 @@ class ColumnWalker(wiring.Component):
         pop = self.i.valid & can_pop
         m.d.comb += self.i.ready.eq(can_pop)
         base = [geo.ptr_base[geo.layer_of(s)] for s in range(geo.slots)]
-        start, count, p_valid, p_item = self._lookup(m, pop, base)
+        start, count, nonzero, p_valid, p_item = self._lookup(m, pop, base)
 
         # ---- queue: columns with entries here, and end tokens ----------------------------
         m.submodules.queue = queue = SyncFIFOBuffered(width=job.size, depth=_WALKER_QUEUE)
@@ -136,8 +136,8 @@ class ColumnWalker(wiring.Component):
         drop = Signal()
         pushed = Signal(job)
         m.d.comb += [
-            push.eq(p_valid & (p_item.end | (count != 0))),
-            drop.eq(p_valid & ~p_item.end & (count == 0)),
+            push.eq(p_valid & (p_item.end | nonzero)),
+            drop.eq(p_valid & ~p_item.end & ~nonzero),
             pushed.start.eq(start), pushed.count.eq(count), pushed.single.eq(count == 1),
             pushed.value.eq(p_item.value), pushed.slot.eq(p_item.slot),
             pushed.end.eq(p_item.end),
@@ -199,7 +199,8 @@ class ColumnWalker(wiring.Component):
 
     def _lookup(self, m, pop, base):
         """L0: the column's pointer-table address; L1: the table's words; [L2: them in a
-        register]. Returns ``(start, count, valid, item)`` of the column at the last stage:
+        register]. Returns ``(start, count, nonzero, valid, item)`` of the column at the last
+        stage (``nonzero``: ``count != 0``):
         "csc" tables read the column's start and the next column's (two ports), "counted"
         ones a word holding both."""
         geo = self.geo
@@ -223,16 +224,25 @@ class ColumnWalker(wiring.Component):
         m.d.sync += [l1_valid.eq(l0_valid), l1_item.eq(l0_item)]
         valid, item = l1_valid, l1_item
         words = [port.data for port in ports]
+
+        def has_entries(w):
+            return (w[1] != w[0]) if csc else w[0][ptr_w:].any()
+
+        nonzero = has_entries(words)
         if block:           # block RAM's output into a register before any logic
             l2_valid, l2_item = Signal(), Signal(bus_layout(geo))
             held = [Signal.like(w, name=f"word{k}") for k, w in enumerate(words)]
             m.d.sync += [l2_valid.eq(l1_valid), l2_item.eq(l1_item)]
             m.d.sync += [h.eq(w) for h, w in zip(held, words)]
+            # whether the column has entries here, registered beside the words: the push
+            # decision reads a flag, not a compare
+            nonzero = Signal()
+            m.d.sync += nonzero.eq(has_entries(words))
             valid, item, words = l2_valid, l2_item, held
         start = words[0][:ptr_w]
         count = Signal(geo.count_bits)
         m.d.comb += count.eq(words[1] - words[0] if csc else words[0][ptr_w:])
-        return start, count, valid, item
+        return start, count, nonzero, valid, item
 
     def _entry_read(self, m, addr):
         """The entry memory (bitstream-initialised, or uploaded in SPRAM-deep chunks): its word

@@ -18,6 +18,8 @@ from compiler.errors import SparsemacError, ToolError
 __all__ = ["SIMULATORS", "SimulationFailed", "simulator_env", "run_cocotb"]
 
 SIMULATORS = ("icarus", "verilator")
+#: environment variable: the C++ optimisation level of Verilator's model (default Verilator's -Os)
+VERILATOR_OPT_ENV = "SPARSEMAC_VERILATOR_OPT"
 
 
 class SimulationFailed(SparsemacError):
@@ -47,6 +49,14 @@ def simulator_env(simulator: str) -> dict:
         # flag that includes precompiled headers are wrong here; override them for make.
         env["MAKEFLAGS"] = (f"{env.get('MAKEFLAGS', '')} CXX=c++ LINK=c++ AR=ar "
                             f"CFG_CXXFLAGS_PCH_I=-include").strip()
+        # SPARSEMAC_VERILATOR_OPT=-O0: the model's C++ built unoptimised, several times faster
+        # to compile and slower to run (what a few inputs want: the test suite sets it)
+        opt = os.environ.get(VERILATOR_OPT_ENV)
+        if opt:
+            if not re.fullmatch(r"-O[0-3sgz]", opt):
+                raise ToolError(f"{VERILATOR_OPT_ENV}={opt!r} is not a compiler optimisation "
+                                f"level: use -O0, -O1, -O2, -O3, -Os or -Og")
+            env["MAKEFLAGS"] += f" OPT_FAST={opt} OPT_SLOW={opt} OPT_GLOBAL={opt}"
         if shutil.which("perl") is None:
             raise ToolError("Verilator needs perl: `sudo apt-get install perl`")
     else:
