@@ -40,6 +40,7 @@ def lenet_model(work: Path) -> tuple[Path, Path]:
     model_path, cal_path = work / "lenet300_100.pt", work / "lenet300_100_cal.npy"
     if model_path.is_file() and cal_path.is_file():
         return model_path, cal_path
+    work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(784, 300), torch.nn.ReLU(),

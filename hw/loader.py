@@ -7,7 +7,7 @@ bank. An inference starts only once that bank is free: every reducer has drained
 loader last filled it.
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -27,7 +27,7 @@ class InputLoader(wiring.Component):
     drained_even, drained_odd : In(slots)
         Every reducer's drain parity of each bank is 0 / 1.
     started : Out(1)
-        An inference's first beat was taken this cycle.
+        An inference's first beat was taken the cycle before.
     """
 
     def __init__(self, geo: Geometry):
@@ -56,9 +56,11 @@ class InputLoader(wiring.Component):
             bus = getattr(self, f"bus{c}")
             m.d.comb += [bus.valid.eq(q.r_rdy), bus.payload.eq(q.r_data), q.r_en.eq(bus.ready)]
             queues.append(q)
+        # room in every queue, as a register: writes reach a queue a cycle after the beat is
+        # taken (from registers), so three entries free a cycle ago leave one for this beat
+        # after the one in flight (at most one write a cycle)
         room = Signal()
-        m.d.comb += room.eq(Array(q.w_rdy for q in queues)[0] if C == 1 else
-                            _all([q.w_rdy for q in queues]))
+        m.d.sync += room.eq(_all([q.level < depth - 2 for q in queues]))
 
         beat = Signal(range(T))
         bank = Signal(range(B))
@@ -75,19 +77,21 @@ class InputLoader(wiring.Component):
         m.d.comb += [
             self.input.ready.eq(room & ~ending & ~settle & (~first | free)),
             take.eq(self.input.valid & self.input.ready),
-            self.started.eq(take & first),
         ]
+        m.d.sync += self.started.eq(take & first)
         for i, q in enumerate(queues):
             value = self.input.payload[i]
             real = (T - 1) * C + i < geo.in_features      # lane i of the last beat is an input
             keep = (value != 0) if geo.skip_zero_activations else Const(1)
-            word = Signal(item, name=f"word{i}")
+            word, write = Signal(item, name=f"word{i}"), Signal(name=f"write{i}")
             m.d.comb += [word.column.eq(beat), word.value.eq(value), word.slot.eq(bank)]
             with m.If(ending):
-                m.d.comb += [word.end.eq(1), q.w_en.eq(room)]
+                m.d.comb += [word.end.eq(1), write.eq(room)]
             with m.Else():
-                m.d.comb += q.w_en.eq(take & keep & (Const(int(real)) | ~last))
-            m.d.comb += q.w_data.eq(word)
+                m.d.comb += write.eq(take & keep & (Const(int(real)) | ~last))
+            # into the queue a cycle later, from registers (the FIFO's own level logic then
+            # starts at a flip-flop)
+            m.d.sync += [q.w_en.eq(write), q.w_data.eq(word)]
         with m.If(take):
             m.d.sync += [beat.eq(Mux(last, 0, beat + 1)), first.eq(last),
                          last.eq(Mux(last, T == 1, beat + 2 == T))]

@@ -315,27 +315,35 @@ class Reducer(wiring.Component):
 
         # out: nonzero activations of the next layer, the end token at each marker; in the
         # last layer, results and (at the marker) the output buffer's fill parity
-        done = data.View(side, pool.o.payload.tag)
-        value = pool.o.payload.value
-        hidden = done.job.layer != L - 1
-        keep = (value != 0) if geo.skip_zero_activations else Const(1)
+        # (the pooler's output into registers first, with what becomes of it decided on the
+        # way: the FIFO's write enable and the result's valid are flags)
+        now = data.View(side, pool.o.payload.tag)
+        hidden_now = now.job.layer != L - 1
+        keep = (pool.o.payload.value != 0) if geo.skip_zero_activations else Const(1)
+        to_bus, to_result, flip = Signal(), Signal(), Signal()
+        value, tag = Signal(signed(8)), Signal(side)
+        m.d.sync += [value.eq(pool.o.payload.value), tag.eq(pool.o.payload.tag),
+                     to_bus.eq(pool.o.valid & hidden_now & (now.marker | keep)),
+                     dropped.eq(pool.o.valid & hidden_now & ~(now.marker | keep)),
+                     to_result.eq(pool.o.valid & ~hidden_now & ~now.marker),
+                     flip.eq(pool.o.valid & now.marker & ~hidden_now)]
+        done = data.View(side, tag)
         pushed = Signal(item)
         m.d.comb += [
             pushed.column.eq(_table(*consts["col_base"])[done.job.layer] + done.k),
             pushed.value.eq(value), pushed.slot.eq(done.job.target),
             pushed.end.eq(done.marker),
             fifo.w_data.eq(pushed),
-            fifo.w_en.eq(pool.o.valid & hidden & (done.marker | keep)),
+            fifo.w_en.eq(to_bus),
             self.out.valid.eq(fifo.r_rdy), self.out.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.out.ready),
         ]
-        m.d.comb += dropped.eq(pool.o.valid & hidden & ~(done.marker | keep))
         # the output buffer is complete once the last layer's marker is out: the output unit
         # reads this parity
-        with m.If(pool.o.valid & done.marker & ~hidden):
+        with m.If(flip):
             m.d.sync += self.fill_parity.eq(self.fill_parity ^ Mux(done.job.out_bank, 2, 1))
         m.d.comb += [
-            self.result.valid.eq(pool.o.valid & ~hidden & ~done.marker),
+            self.result.valid.eq(to_result),
             self.result.payload.addr.eq(Mux(done.job.out_bank, geo.out_slots[-1], 0)
                                         + done.k),
             self.result.payload.value.eq(value),

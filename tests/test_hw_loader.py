@@ -63,6 +63,7 @@ def _run(geo, x, rng, *, ready_probability=1.0, valid_probability=1.0, drain_del
         nxt = 0                          # next beat to offer
         offering = False
         cycle = 0
+        first_taken_before = False
         while nxt < len(beats) or any(e < C for e in ends) or pending:
             assert cycle < 40 * len(beats) + 4000, f"the loader hung (beat {nxt}, ends {ends})"
             # the reducers' drain parities of the layer-0 banks
@@ -104,9 +105,11 @@ def _run(geo, x, rng, *, ready_probability=1.0, valid_probability=1.0, drain_del
                         f"(drains {drains[b]}, fill {k}, part-way {partway[b]})")
                     if not in_ready and not free:
                         log["refused"] += 1
-            assert started == (taken and beats[nxt][1] == 0), f"cycle {cycle}: started"
+            # `started` a cycle after an inference's first beat was taken (a register)
+            assert started == first_taken_before, f"cycle {cycle}: started"
             if started:
-                log["started"].append(cycle)
+                log["started"].append(cycle - 1)
+            first_taken_before = bool(taken and beats[nxt][1] == 0)
             if taken:
                 if beats[nxt][1] == 0:
                     log["taken_first"][beats[nxt][0]] = cycle
