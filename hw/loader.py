@@ -70,12 +70,13 @@ class InputLoader(wiring.Component):
         # masks the cycle after the bank pointer moved, when it still tells of the old bank),
         # and whether the next beat is an inference's first
         free, settle = Signal(), Signal()
+        blocked = Signal()                        # ending | settle, as one register
         m.d.sync += free.eq(Mux(fill.bit_select(bank, 1), self.drained_odd.bit_select(bank, 1),
                                 self.drained_even.bit_select(bank, 1)))
         first, last = Signal(init=1), Signal(init=T == 1)
         take = Signal()
         m.d.comb += [
-            self.input.ready.eq(room & ~ending & ~settle & (~first | free)),
+            self.input.ready.eq(room & ~blocked & (~first | free)),
             take.eq(self.input.valid & self.input.ready),
         ]
         m.d.sync += self.started.eq(take & first)
@@ -97,7 +98,7 @@ class InputLoader(wiring.Component):
                          last.eq(Mux(last, T == 1, beat + 2 == T))]
             with m.If(last):
                 m.d.sync += ending.eq(1)
-        m.d.sync += settle.eq(ending & room)
+        m.d.sync += [settle.eq(ending & room), blocked.eq(ending | (take & last))]
         with m.If(ending & room):
             m.d.sync += [ending.eq(0), fill.eq(fill ^ (1 << bank)),
                          bank.eq(Mux(bank == B - 1, 0, bank + 1))]

@@ -36,12 +36,16 @@ class LanePacker(wiring.Component):
         m.d.comb += [self.o.valid.eq(full), self.o.payload.eq(beat),
                      self.i.ready.eq(~full)]
         with m.If(full & self.o.ready):
-            m.d.sync += [full.eq(0), beat.eq(0)]
+            m.d.sync += full.eq(0)
+        # the beat register is written only while not full, each lane as its value comes, the
+        # lanes after a vector's last value zeroed with it (nothing waits on o.ready)
         with m.If(self.i.valid & self.i.ready):
+            last = index == self.length - 1
             for k in range(lanes):
                 with m.If(lane == k):
                     m.d.sync += beat[k].eq(self.i.payload)
-            last = index == self.length - 1
+                with m.Elif(last & (lane < k)):
+                    m.d.sync += beat[k].eq(0)
             with m.If(last):
                 m.d.sync += [index.eq(0), lane.eq(0), full.eq(1)]
             with m.Else():

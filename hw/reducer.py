@@ -177,10 +177,11 @@ class Reducer(wiring.Component):
         job = data.StructLayout({"layer": range(L), "slot": slot_shape, "target": slot_shape,
                                  "out_bank": 1})
         cur = Signal(job)
-        rows = Signal(consts["rows"][1])
+        last_row = Signal(consts["rows"][1])            # the job's last row
         group_last = Signal(consts["group_last"][1])    # a pooling window's last row
+        group_before = Signal.like(group_last)          # ... and the one before it
         row_base = Signal(consts["row_base"][1])
-        row = Signal.like(rows)
+        row = Signal.like(last_row)
         in_group = Signal(range(max(geo.groups) + 1))
         k_out = Signal(range(max(geo.out_slots) + 1))
         q = geo.reducer_fifo_depth
@@ -193,7 +194,7 @@ class Reducer(wiring.Component):
         room = ~to_fifo | space
 
         issue, marker = Signal(), Signal()
-        # row == rows, in_group == 0 and in_group == group_last, kept as registers: the issue
+        # row past the last row, in_group == 0 and in_group == group_last, kept as registers: the issue
         # decision reads only flags
         at_end, first, last = Signal(), Signal(), Signal()
         with m.FSM():
@@ -204,8 +205,9 @@ class Reducer(wiring.Component):
                         target = self._slot(n + 1, fills[n + 1]) if n + 1 < L else 0
                         m.d.sync += [cur.layer.eq(n), cur.slot.eq(s), cur.target.eq(target),
                                      cur.out_bank.eq(fills[L]),
-                                     rows.eq(consts["rows"][0][n]),
+                                     last_row.eq(max(consts["rows"][0][n] - 1, 0)),
                                      group_last.eq(consts["group_last"][0][n]),
+                                     group_before.eq(max(consts["group_last"][0][n] - 1, 0)),
                                      row_base.eq(consts["row_base"][0][n]),
                                      row.eq(0), in_group.eq(0), k_out.eq(0),
                                      at_end.eq(consts["rows"][0][n] == 0), first.eq(1),
@@ -240,9 +242,9 @@ class Reducer(wiring.Component):
         m.d.comb += param_addr.eq(row_base + row)
         with m.If(issue):
             m.d.sync += [row.eq(row + 1), in_group.eq(Mux(last, 0, in_group + 1)),
-                         k_out.eq(k_out + last), at_end.eq(row + 1 == rows),
+                         k_out.eq(k_out + last), at_end.eq(row == last_row),
                          first.eq(last),
-                         last.eq(Mux(last, group_last == 0, in_group + 1 == group_last))]
+                         last.eq(Mux(last, group_last == 0, in_group == group_before))]
         side = data.StructLayout({"valid": 1, "marker": 1, "first": 1, "last": 1,
                                   "k": unsigned(len(k_out)), "job": job})
         issued = Signal(side)
