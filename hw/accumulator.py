@@ -9,7 +9,7 @@ row per cycle (reading a row clears it) and releases it for the next inference. 
 - ``"distributed"``: one LUT-RAM memory per bank, read asynchronously into a register,
   accumulated a cycle later. A drain reads its bank beside an entry going into another:
   draining costs no MAC cycle.
-- ``"block"``: one block RAM for all banks (iCE40 has no LUT RAM), a three-stage
+- ``"block"``: one block RAM for all banks (iCE40 has no LUT RAM), a four-stage
   read-add-write with forwarding. A drain is an op in the same stream, put there by the
   walker in place of an entry (:class:`~hw.walker.ColumnWalker`): each drained row costs its
   PE one cycle, and the block RAM one read and one write.
@@ -18,7 +18,7 @@ Pipeline::
 
     distributed: D: row decode, product -> A0: read (LUT RAM, per-bank registers)
                  -> A1: select the bank, add (forwarded), write
-    block:       D: row decode, address, product -> R: read, registered (forwarded)
+    block:       D: row decode, product -> D2: address, read -> R: registered (forwarded)
                  -> A: add (forwarded), write
 """
 
@@ -81,10 +81,10 @@ class MacBanks(wiring.Component):
         """Cycles from a drain request at the PE's port to its ``partial``: the PE's own
         register of the request (the reducer's reaches C PEs), the read into its bank's register,
         the bank's selected into ``partial`` (distributed); or through the walker's issue and entry stages, decode and the
-        three-stage read-add (block)."""
+        four-stage read-add (block)."""
         if geo.accumulators == "distributed":
             return 3
-        return 1 + ColumnWalker.latency(geo) + 4
+        return 1 + ColumnWalker.latency(geo) + 5
 
     def elaborate(self, platform):
         m = Module()
@@ -190,10 +190,16 @@ class MacBanks(wiring.Component):
         m.submodules.banks = banks = memory.Memory(shape=signed(width), depth=total_depth,
                                                    init=[], attrs={"no_rw_check": 1})
         wp, rp = banks.write_port(), banks.read_port()
-        # D's address: the bank's base plus the row
+        # D's address, the bank's base plus the row, into a register with the op (stage D2,
+        # which reads): the add is not on the block RAM's address path
         addr = Signal(addr_w)
-        m.d.comb += [addr.eq(Array(Const(b, addr_w) for b in bases)[d["slot"]] + d["row"]),
-                     rp.addr.eq(addr)]
+        d2 = {name: Signal.like(value, name=f"d2_{name}") for name, value in d.items()}
+        m.d.sync += [d2[name].eq(value) for name, value in d.items()]
+        m.d.sync += addr.eq(Array(Const(b, addr_w) for b in bases)[d["slot"]] + d["row"])
+        m.d.comb += rp.addr.eq(addr)
+        w_in = Signal()
+        m.d.sync += w_in.eq(self.i.valid & ~self.i.payload.end)
+        d = d2
         r = {name: Signal.like(value, name=f"r_{name}") for name, value in d.items()}
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
         r_addr, a_addr = Signal(addr_w), Signal(addr_w)
@@ -202,7 +208,7 @@ class MacBanks(wiring.Component):
 
         # ops that write (entries and drains), as a flag a stage
         w_d, w_r, w_a = Signal(), Signal(), Signal()
-        m.d.sync += [w_d.eq(self.i.valid & ~self.i.payload.end), w_r.eq(w_d), w_a.eq(w_r)]
+        m.d.sync += [w_d.eq(w_in), w_r.eq(w_d), w_a.eq(w_r)]
 
         def same(x, wx, y, wy):
             return wx & wy & (x["slot"] == y["slot"]) & (x["row"] == y["row"])

@@ -207,8 +207,14 @@ class SparseAccelerator(wiring.Component):
                      starts.r_en.eq(out.completed)]
         last = Signal(32)
         first = Signal(init=1)                   # no inference completed yet
+        # the times into registers at the completion, the differences a cycle later (the
+        # first output leaves the output unit cycles after that)
+        done, at, began, before = Signal(), Signal(32), Signal(32), Signal(32)
+        m.d.sync += done.eq(out.completed)
         with m.If(out.completed):
-            m.d.sync += [self.cycles.eq(now - starts.r_data),
-                         self.interval.eq(now - Mux(first, starts.r_data, last)),
+            m.d.sync += [at.eq(now), began.eq(starts.r_data),
+                         before.eq(Mux(first, starts.r_data, last)),
                          last.eq(now), first.eq(0)]
+        with m.If(done):
+            m.d.sync += [self.cycles.eq(at - began), self.interval.eq(at - before)]
         m.d.comb += self.busy.eq(starts.r_rdy | ~out.idle)

@@ -20,7 +20,7 @@ def _geometry(banks, accumulators="distributed", pes=6, grid="3x2"):
 
 
 #: cycles from an op at the banks' input to ``partial`` (block style: a drain is an op)
-_OP_LATENCY = 4
+_OP_LATENCY = 5
 
 
 def _fills(geo, col, rng, uses):
