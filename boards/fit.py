@@ -114,7 +114,7 @@ _ICE40_FF_PAIRING = 0.9
 
 # Fmax model, per family: MHz = a - b * log2(P) for the default gateware style, fitted to the
 # placed builds of docs/benchmarks.md. A plan predicts a clock met when the model reaches it.
-_FMAX_MODEL = {"ice40": (66.0, 1.5), "ecp5": (118.0, 2.0), "xc7": (150.0, 3.0)}
+_FMAX_MODEL = {"ice40": (53.0, 1.5), "ecp5": (118.0, 2.0), "xc7": (150.0, 3.0)}
 
 
 def _lutram_terms(geo) -> tuple[int, int, int]:

@@ -34,7 +34,7 @@ def _count(m, counter, up, down):
 def op_layout(geo: Geometry) -> data.StructLayout:
     """One weight entry with its activation (``first``: the column's first entry), or an end
     token (``end``), or (block-style accumulators) a drain of row ``row`` (``drain``, with
-    ``act`` 0, so that its product is 0)."""
+    ``act`` and ``weight`` 0, so that its product is 0)."""
     return data.StructLayout({
         "slot": bus_layout(geo)["slot"].shape,
         "first": unsigned(1),
@@ -193,7 +193,10 @@ class ColumnWalker(wiring.Component):
             self.o.payload.slot.eq(out["slot"]), self.o.payload.first.eq(out["first"]),
             self.o.payload.end.eq(out["end"]), self.o.payload.act.eq(out["act"]),
             self.o.payload.drain.eq(out["drain"]), self.o.payload.row.eq(out["row"]),
-            self.o.payload.weight.eq(word.value), self.o.payload.gap.eq(word.index),
+            # a drain's weight is 0 as well as its act: the entry word read beside it can be
+            # any (in RTL simulation an X, which 0 x X does not clear)
+            self.o.payload.weight.eq(Mux(out["drain"], 0, word.value)),
+            self.o.payload.gap.eq(word.index),
         ]
         return m
 
@@ -234,11 +237,12 @@ class ColumnWalker(wiring.Component):
             held = [Signal.like(w, name=f"word{k}") for k, w in enumerate(words)]
             m.d.sync += [l2_valid.eq(l1_valid), l2_item.eq(l1_item)]
             m.d.sync += [h.eq(w) for h, w in zip(held, words)]
-            # whether the column has entries here, registered beside the words: the push
-            # decision reads a flag, not a compare
-            nonzero = Signal()
-            m.d.sync += nonzero.eq(has_entries(words))
             valid, item, words = l2_valid, l2_item, held
+            if csc:         # a compare of the two registered words
+                nonzero = has_entries(held)
+            else:           # counted: the count's bits registered as one flag beside the words
+                nonzero = Signal()           # (the push decision then reads a flag)
+                m.d.sync += nonzero.eq(has_entries([port.data for port in ports]))
         start = words[0][:ptr_w]
         count = Signal(geo.count_bits)
         m.d.comb += count.eq(words[1] - words[0] if csc else words[0][ptr_w:])
