@@ -66,11 +66,11 @@ class InputLoader(wiring.Component):
         bank = Signal(range(B))
         fill = Signal(B)                          # fill parity of each layer-0 bank
         ending = Signal()                         # the end tokens are next
-        # the handshake reads registers only: whether the bank is free (a cycle late; `settle`
-        # masks the cycle after the bank pointer moved, when it still tells of the old bank),
-        # and whether the next beat is an inference's first
-        free, settle = Signal(), Signal()
-        blocked = Signal()                        # ending | settle, as one register
+        # the handshake reads registers only: whether the bank is free (a cycle late;
+        # `blocked` covers the end tokens and the cycle after the bank pointer moved, when
+        # `free` still tells of the old bank), and whether the next beat is an inference's first
+        free = Signal()
+        blocked = Signal()                        # ending, or ending the cycle before
         m.d.sync += free.eq(Mux(fill.bit_select(bank, 1), self.drained_odd.bit_select(bank, 1),
                                 self.drained_even.bit_select(bank, 1)))
         first, last = Signal(init=1), Signal(init=T == 1)
@@ -98,7 +98,7 @@ class InputLoader(wiring.Component):
                          last.eq(Mux(last, T == 1, beat + 2 == T))]
             with m.If(last):
                 m.d.sync += ending.eq(1)
-        m.d.sync += [settle.eq(ending & room), blocked.eq(ending | (take & last))]
+        m.d.sync += blocked.eq(ending | (take & last))
         with m.If(ending & room):
             m.d.sync += [ending.eq(0), fill.eq(fill ^ (1 << bank)),
                          bank.eq(Mux(bank == B - 1, 0, bank + 1))]
