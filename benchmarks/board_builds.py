@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from compiler.build import BuildConfig, build
-from compiler.errors import FitError
+from core.errors import FitError
 from hw.options import MEMORY_STYLES, PIPELINES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict, dataclass, replace
 
-from compiler.errors import InputError
+from core.errors import InputError
 
 __all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform"]
 

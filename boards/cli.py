@@ -10,7 +10,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from compiler.errors import InputError, ToolError
+from core.errors import InputError, ToolError
 
 from . import get_board
 from .toolchain import TOOLS, openfpgaloader

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from compiler.errors import FitError
-from compiler.ir import MULTIPLIER_BITS, Grid
+from core.errors import FitError
+from core.arith import MULTIPLIER_BITS
+from core.ir import Grid
 from hw.images import SPRAM_DEPTH, MemorySpec, bus_layout, geometry, memories
 from hw.options import Choices, needed_banks, options_for
 

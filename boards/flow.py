@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from compiler.errors import FitError, ToolError
+from core.errors import FitError, ToolError
 
 from .toolchain import find_tool, flow_environment, which
 from .top import DEFAULT_BAUD, BoardTop

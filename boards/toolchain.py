@@ -18,7 +18,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import ToolError
+from core.errors import ToolError
 
 __all__ = ["Tool", "TOOLS", "find_tool", "flow_environment", "openfpgaloader", "which"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from core.errors import InputError
 
 __all__ = ["load_features"]
 

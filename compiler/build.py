@@ -23,9 +23,9 @@ from boards import Board, get_board, with_clock
 from . import reference
 from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
-from .errors import InputError
+from core.errors import InputError
 from .frontend import first_layer, load_module, to_ir
-from .ir import Grid, IRError, Model, SparseProgram
+from core.ir import Grid, IRError, Model, SparseProgram
 from .passes.encode import encode
 from .passes.quantize import quantize
 from .report import build_report, write_report

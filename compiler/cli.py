@@ -1,7 +1,7 @@
 """``python -m compiler`` / ``sparsemac``: argument parsing and printing only; every command
 calls a library function that the tests call too.
 
-Any :class:`~compiler.errors.SparsemacError` becomes one line on stderr and exit status 2
+Any :class:`~core.errors.SparsemacError` becomes one line on stderr and exit status 2
 (1 for a hardware/reference mismatch); unexpected exceptions are reported in one line too,
 with ``SPARSEMAC_DEBUG=1`` for the traceback.
 """
@@ -16,7 +16,7 @@ from hw.options import (ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES, POI
                         WEIGHT_STORES)
 
 from .argtypes import whole_number
-from .errors import InputError, SparsemacError
+from core.errors import InputError, SparsemacError
 
 __all__ = ["main"]
 

@@ -23,7 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .ir import ACT_MAX, ACT_MIN, Layer, Model, SparseProgram
+from core.arith import ACT_MAX, ACT_MIN
+from core.ir import Layer, Model, SparseProgram
 
 __all__ = [
     "quantize_input", "dequantize", "requantize", "pool", "run_dense", "run", "decode_pes",

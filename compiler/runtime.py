@@ -24,7 +24,7 @@ import numpy as np
 
 from boards import protocol as proto
 
-from .errors import InputError, SparsemacError, ToolError
+from core.errors import InputError, SparsemacError, ToolError
 
 __all__ = ["BoardLink", "LinkError", "RunResult", "open_port", "run"]
 

@@ -1,4 +1,4 @@
-"""Save and load a compiled :class:`~compiler.ir.SparseProgram` without pickle.
+"""Save and load a compiled :class:`~core.ir.SparseProgram` without pickle.
 
 A build folder keeps its program as ``program.npz``: plain arrays plus one JSON header, read
 back with ``allow_pickle=False``, so ``simulate`` can check the hardware against the very images
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .ir import (Conv2dShape, Grid, Layer, LayerKind, Model, PEImage, Pool, Quantization,
-                 ReducerImage, SparseProgram, Widths)
+from core.errors import InputError
+from core.ir import (Conv2dShape, Grid, Layer, LayerKind, Model, PEImage, Pool, Quantization,
+    ReducerImage, SparseProgram, Widths)
 
 __all__ = ["save_program", "load_program"]
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import reference
 from .arrays import load_features
-from .errors import InputError, SparsemacError
+from core.errors import InputError, SparsemacError
 from .reference import dense_cycles
 from .report import read_report, record_simulation
 from .serialize import load_program

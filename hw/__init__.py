@@ -1,2 +1,2 @@
 """Amaranth 0.5 gateware of the sparse MAC array. Every parameter comes from the compiler's
-:class:`~compiler.ir.SparseProgram`."""
+:class:`~core.ir.SparseProgram`."""

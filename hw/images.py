@@ -1,7 +1,7 @@
-"""Host side of the memory images: packs a :class:`~compiler.ir.SparseProgram` into the words
+"""Host side of the memory images: packs a :class:`~core.ir.SparseProgram` into the words
 the gateware memories are initialised with, and derives every width and depth from it.
 
-The reference model reads the same :class:`~compiler.ir.PEImage` arrays, so the two cannot
+The reference model reads the same :class:`~core.ir.PEImage` arrays, so the two cannot
 drift: this module only fixes bit positions. :func:`memories` lists every memory the design
 holds (what the fit check weighs against a board); the components build theirs from the same
 :class:`Geometry`.
@@ -16,7 +16,8 @@ import numpy as np
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from compiler.ir import MULTIPLIER_BITS, SHIFT_MAX, SparseProgram
+from core.arith import MULTIPLIER_BITS, SHIFT_MAX
+from core.ir import SparseProgram
 
 from .options import HardwareOptions
 

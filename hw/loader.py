@@ -1,7 +1,7 @@
 """The input loader: an inference's inputs, C values a beat, onto the C buses.
 
 Beat ``t`` carries the inputs ``t * C + i`` (lane ``i``, model order); lane ``i`` goes to bus
-``i`` as local column ``t`` of layer 0 (see :class:`~compiler.ir.SparseProgram`). Zero inputs
+``i`` as local column ``t`` of layer 0 (see :class:`~core.ir.SparseProgram`). Zero inputs
 stay off the bus. After the last beat every bus gets the end token of the inference's layer-0
 bank. An inference starts only once that bank is free: every reducer has drained it since the
 loader last filled it.

@@ -12,7 +12,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 
 from .images import Geometry, result_layout
 from .walker import _count

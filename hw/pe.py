@@ -13,7 +13,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 
 from .accumulator import MacBanks
 from .images import Geometry, bus_layout, drain_layout, entry_layout, pack_entries, pack_pointers

@@ -5,7 +5,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import MULTIPLIER_BITS
+from core.arith import MULTIPLIER_BITS
 
 from .requant import Requantizer
 

@@ -23,7 +23,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import MULTIPLIER_BITS, SparseProgram
+from core.arith import MULTIPLIER_BITS
+from core.ir import SparseProgram
 
 from .accumulator import MacBanks
 from .adder import AdderTree

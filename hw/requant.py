@@ -12,7 +12,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import ACT_MAX, ACT_MIN, MULTIPLIER_BITS, SHIFT_MAX
+from core.arith import ACT_MAX, ACT_MIN, MULTIPLIER_BITS, SHIFT_MAX
 
 __all__ = ["Requantizer"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 
 from .images import weight_image
 from .top import SparseAccelerator

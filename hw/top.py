@@ -23,7 +23,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 
 from .bus import ColumnBus
 from .images import geometry

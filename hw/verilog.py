@@ -4,7 +4,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 
 from .options import HardwareOptions
 from .top import SparseAccelerator

@@ -55,7 +55,7 @@ class ColumnWalker(wiring.Component):
     geo : Geometry
     pointers : list of int
         The PE's pointer table as words (:func:`hw.images.pack_pointers`; for "csc" tables the
-        CSC starts themselves, :attr:`compiler.ir.PEImage.ptr`).
+        CSC starts themselves, :attr:`core.ir.PEImage.ptr`).
     entries : list of int or None
         Packed entry words (:func:`hw.images.pack_entries`); None for uploaded weights.
     depth : int or None

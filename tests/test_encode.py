@@ -8,7 +8,7 @@ from models import calibration, float_model
 
 from compiler import reference
 from compiler.build import compile_model
-from compiler.ir import Grid, IRError
+from core.ir import Grid, IRError
 from compiler.passes.assign import assign_rows, block_counts, interleaved, nnz_balanced, pe_work
 from compiler.passes.encode import _encode_column, choose_grid
 from compiler.serialize import load_program, save_program

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 from models import torch_mlp
 
-from compiler.errors import FrontendError
+from core.errors import FrontendError
 from compiler.frontend import load_model
 from compiler.passes.quantize import float_forward
 

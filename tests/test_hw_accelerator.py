@@ -9,7 +9,7 @@ from models import calibration, float_model
 
 from compiler import reference
 from compiler.build import compile_model
-from compiler.ir import SparseProgram
+from core.ir import SparseProgram
 from hw.images import entry_bytes, geometry, weight_image
 from hw.options import HardwareOptions
 from hw.simulation import input_beats, run_accelerator, stream_get, stream_put, upload_weights

@@ -10,7 +10,7 @@ from amaranth.hdl import unsigned
 from amaranth.sim import Simulator
 
 from compiler import reference
-from compiler.ir import MULTIPLIER_BITS
+from core.arith import MULTIPLIER_BITS
 from hw.pool import POOL_AVG, POOL_MAX, POOL_NONE, Pooler
 
 TAG_BITS = 10

@@ -7,7 +7,7 @@ from amaranth.hdl import unsigned
 from amaranth.sim import Simulator
 
 from compiler import reference
-from compiler.ir import MULTIPLIER_BITS
+from core.arith import MULTIPLIER_BITS
 from hw.requant import Requantizer
 
 

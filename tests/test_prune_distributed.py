@@ -49,7 +49,7 @@ def test_two_gloo_processes_give_the_one_process_result(method, tmp_path):
 
 
 def test_torchrun_variables_are_read_and_checked():
-    from compiler.errors import InputError
+    from core.errors import InputError
     assert torchrun_env({}) is None
     assert torchrun_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == (1, 2, 1)
     with pytest.raises(InputError, match="inconsistent"):

@@ -128,7 +128,7 @@ def test_balanced_gives_every_pe_the_same_nonzero_count(pes):
 
 
 def test_balanced_refuses_a_model_build_cannot_compile():
-    from compiler.errors import InputError
+    from core.errors import InputError
     model = nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
     with pytest.raises(InputError, match="balanced pruning needs a model that build can"):
         _prune("balanced", 0.5, model=model)

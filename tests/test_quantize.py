@@ -7,7 +7,7 @@ import pytest
 from models import calibration, float_model
 
 from compiler import reference
-from compiler.ir import MULTIPLIER_BITS
+from core.arith import MULTIPLIER_BITS
 from compiler.passes.quantize import QuantizationError, quantize, quantize_multiplier
 
 

@@ -7,7 +7,7 @@ from models import calibration, float_model
 
 from compiler import reference
 from compiler.build import compile_model
-from compiler.ir import ACT_MAX, ACT_MIN
+from core.arith import ACT_MAX, ACT_MIN
 from compiler.passes.quantize import quantize
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from boards import protocol as proto
 from compiler import reference
-from compiler.errors import InputError
+from core.errors import InputError
 from compiler.runtime import BoardLink, LinkError, run
 
 EXAMPLE = "examples/digits_mlp.pt"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FrontendError
-from ..ir import Conv2dShape, Layer, LayerKind, Model, Pool
+from core.errors import FrontendError
+from core.ir import Conv2dShape, Layer, LayerKind, Model, Pool
 from ..passes.quantize import float_forward
 from .handlers import SUPPORTED, Op, module_ops
 from .loader import SAFE_CLASSES, load_module

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import FrontendError
+from core.errors import FrontendError
 
 __all__ = ["Op", "HANDLERS", "SUPPORTED", "type_name", "module_ops"]
 

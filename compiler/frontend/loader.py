@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from ..errors import FrontendError
+from core.errors import FrontendError
 
 __all__ = ["load_module", "SAFE_CLASSES"]
 

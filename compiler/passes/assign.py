@@ -1,6 +1,6 @@
 """PE assignment: which row group owns which outputs of each layer.
 
-The PEs sit on an R x C grid (:class:`~compiler.ir.Grid`): PE ``(r, c)`` works on the weights of
+The PEs sit on an R x C grid (:class:`~core.ir.Grid`): PE ``(r, c)`` works on the weights of
 row group ``r`` in the columns of group ``c``, so the work of a row group is spread over C PEs
 by the columns it touches. EIE interleaves rows and balances nothing; balancing total nonzero
 counts (ESE) still leaves PEs idle whenever the *active* columns (those whose input is nonzero)

@@ -19,8 +19,8 @@ import dataclasses
 
 import numpy as np
 
-from ..ir import (ACT_MIN, MULTIPLIER_BITS, Grid, Model, PEImage, ReducerImage, SparseProgram,
-                  Widths, column_sources)
+from core.arith import ACT_MIN, MULTIPLIER_BITS
+from core.ir import Grid, Model, PEImage, ReducerImage, SparseProgram, Widths, column_sources
 from .assign import assign_rows, interleaved, nnz_balanced, pe_work
 
 __all__ = ["encode", "choose_grid"]

@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
-from ..errors import SparsemacError
-from ..ir import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX, Layer, Model, Quantization
+from core.errors import SparsemacError
+from core.arith import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX
+from core.ir import Layer, Model, Quantization
 
 __all__ = ["quantize", "quantize_multiplier", "quantize_multipliers", "float_forward",
            "QuantizationError"]

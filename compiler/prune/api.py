@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import FrontendError, InputError
+from core.errors import FrontendError, InputError
 from .data import PruneData, check_model_fits, load_data
 from .distributed import DEVICES, Runtime, resolve_device, runtime
 from .layers import check_prunable

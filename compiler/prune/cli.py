@@ -16,7 +16,7 @@ _positive_float = real_number(above=0)
 
 
 def _sparsity(text: str):
-    from ..errors import InputError
+    from core.errors import InputError
     from .api import parse_sparsity
     try:
         return parse_sparsity(text)

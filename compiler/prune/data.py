@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
+from core.errors import InputError
 
 __all__ = ["PruneData", "load_data", "check_model_fits", "HOLDOUT"]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError
+from core.errors import InputError
 
 __all__ = ["Runtime", "DEVICES", "torchrun_env", "resolve_device", "runtime", "ordered_sum_hook",
            "wrap_ddp"]

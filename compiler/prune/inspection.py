@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
-from ..errors import InputError
+from core.errors import InputError
 from .layers import check_prunable, prunable_layers, rows_of
 from .metrics import SparsityReport, sparsity_report
 

@@ -12,7 +12,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
+from core.errors import InputError
 
 __all__ = ["PRUNABLE", "prunable_layers", "check_prunable", "rows_of", "copy_model",
            "set_train_mode", "weight_count"]

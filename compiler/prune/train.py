@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import InputError
+from core.errors import InputError
 from .data import PruneData
 from .distributed import Runtime, wrap_ddp
 from .layers import set_train_mode

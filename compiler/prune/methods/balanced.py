@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...errors import FrontendError, InputError
+from core.errors import FrontendError, InputError
 from ..layers import prunable_layers
 from ..masks import Masks, Targets, apply_masks, keep_top, magnitude_scores, select
 from ..schedule import cubic_sparsity, pruning_steps

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...errors import InputError
+from core.errors import InputError
 from ..layers import PRUNABLE
 from ..masks import Targets, apply_masks
 from ..metrics import Kept

@@ -14,20 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arith import MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX
+
 __all__ = [
     "LayerKind", "Conv2dShape", "Pool", "Quantization", "Layer", "Model", "Widths", "Grid",
     "PEImage", "ReducerImage", "SparseProgram", "column_sources",
-    "IRError", "ACT_MIN", "ACT_MAX", "WEIGHT_MAX", "MULTIPLIER_BITS", "SHIFT_MAX",
+    "IRError",
 ]
-
-#: Activations are signed 8-bit; zero point 0 so that a real zero is an integer zero (skippable).
-ACT_MIN, ACT_MAX = -128, 127
-#: Weights are symmetric int8: -127..127 (no -128, so negation never overflows).
-WEIGHT_MAX = 127
-#: Requantization multipliers are unsigned fixed-point numbers below ``2**MULTIPLIER_BITS``.
-MULTIPLIER_BITS = 15
-#: Largest right shift a requantization may use.
-SHIFT_MAX = 62
 
 
 class IRError(ValueError):
