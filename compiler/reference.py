@@ -28,7 +28,7 @@ from core.ir import Layer, Model, SparseProgram
 
 __all__ = [
     "quantize_input", "dequantize", "requantize", "pool", "run_dense", "run", "decode_pes",
-    "RunResult", "ideal_cycles", "dense_cycles",
+    "RunResult", "ideal_cycles", "dense_cycles", "synthetic_run",
 ]
 
 
@@ -188,6 +188,14 @@ def run(program: SparseProgram, x: np.ndarray) -> RunResult:
         activations.append(out)
         act = out
     return RunResult(act, activations, pe_entries, pe_lookups, nnz_active)
+
+
+def synthetic_run(program: SparseProgram, *, seed: int = 0) -> RunResult:
+    """A run of ``program`` on 16 synthetic dense inputs: a calibration run for the fit
+    check's plan (``boards.fit.plan``) where no calibration data is at hand (tests,
+    benchmarks)."""
+    rng = np.random.default_rng(seed)
+    return run(program, rng.integers(-64, 64, (16, program.model.in_features)))
 
 
 def ideal_cycles(nnz_active: np.ndarray, pes: int) -> np.ndarray:

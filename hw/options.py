@@ -1,12 +1,19 @@
-"""Implementation choices of the gateware that do not change what it computes."""
+"""Implementation choices of the gateware that do not change what it computes.
+
+What the styles are and which values are valid lives here (checked once, by
+:class:`HardwareOptions` and :class:`Choices`); which style a board gets by default is its FPGA
+family's decision (``boards.families``): the gateware knows no family.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
-__all__ = ["HardwareOptions", "Choices", "MEMORY_STYLES", "ACCUMULATOR_STYLES",
-           "POINTER_STYLES", "PIPELINES",
-           "WEIGHT_STORES", "BANKS", "DEFAULT_FIFO_DEPTH", "options_for", "needed_banks"]
+from core.errors import InputError
+
+__all__ = ["HardwareOptions", "Choices", "OptionError", "MEMORY_STYLES", "ACCUMULATOR_STYLES",
+           "POINTER_STYLES", "PIPELINES", "WEIGHT_STORES", "BANKS", "DEFAULT_FIFO_DEPTH",
+           "DISTRIBUTED_MAX_DEPTH", "deepest_memory", "needed_banks"]
 
 #: Weight and pointer memories. "block": block RAM, whose slow clock-to-out (ECP5: 5.6 ns)
 #: gets a register of its own behind every read. "distributed": LUT RAM, read into a register
@@ -41,6 +48,45 @@ BANKS = (1, 2, 3, 4)
 DEFAULT_FIFO_DEPTH = 16
 
 
+class OptionError(InputError, ValueError):
+    """A gateware option outside its range: one line for the CLI (an :class:`InputError`), a
+    ``ValueError`` for library callers."""
+
+
+#: The options, their allowed values and the build flag that sets each.
+_ALLOWED = {"memory": MEMORY_STYLES, "pipeline": PIPELINES, "pointers": POINTER_STYLES,
+            "accumulators": ACCUMULATOR_STYLES, "weights": WEIGHT_STORES}
+
+
+def _check(options, *, flags: bool) -> None:
+    """The one validation of gateware options, for :class:`HardwareOptions` (every option has
+    a value) and :class:`Choices` (``flags``: None is "not chosen", and the messages name the
+    build flag the user typed, ``--fifo-depth``, rather than the field)."""
+    def name(field: str) -> str:
+        return "--" + field.replace("_", "-") if flags else field
+
+    def given(field: str) -> bool:
+        value = getattr(options, field)
+        if value is None and not flags:
+            raise OptionError(f"{name(field)} needs a value")
+        return value is not None
+
+    for field, allowed in _ALLOWED.items():
+        value = getattr(options, field)
+        if given(field) and value not in allowed:
+            raise OptionError(f"{name(field)} must be one of {', '.join(allowed)}, not "
+                              f"{value!r}")
+    banks = options.banks
+    if given("banks") and any(b not in BANKS for b in
+                              (banks if isinstance(banks, tuple) else (banks,))):
+        raise OptionError(f"{name('banks')} must be one of {', '.join(map(str, BANKS))} (or a "
+                          f"tuple of them, one per layer), not {banks!r}")
+    depth = options.fifo_depth
+    if given("fifo_depth") and (not isinstance(depth, int) or not 4 <= depth <= 1024):
+        raise OptionError(f"{name('fifo_depth')} must be a whole number in 4..1024, not "
+                          f"{depth!r}")
+
+
 @dataclass(frozen=True)
 class HardwareOptions:
     memory: str = "block"
@@ -61,30 +107,14 @@ class HardwareOptions:
         return (self.banks,) * layers
 
     def __post_init__(self):
-        if self.memory not in MEMORY_STYLES:
-            raise ValueError(f"memory must be one of {MEMORY_STYLES}, not {self.memory!r}")
-        if self.pipeline not in PIPELINES:
-            raise ValueError(f"pipeline must be one of {PIPELINES}, not {self.pipeline!r}")
-        if self.pointers not in POINTER_STYLES:
-            raise ValueError(f"pointers must be one of {POINTER_STYLES}, not {self.pointers!r}")
-        if self.accumulators not in ACCUMULATOR_STYLES:
-            raise ValueError(f"accumulators must be one of {ACCUMULATOR_STYLES}, not "
-                             f"{self.accumulators!r}")
-        if self.weights not in WEIGHT_STORES:
-            raise ValueError(f"weights must be one of {WEIGHT_STORES}, not {self.weights!r}")
-        for banks in (self.banks if isinstance(self.banks, tuple) else (self.banks,)):
-            if banks not in BANKS:
-                raise ValueError(f"banks must be one of {BANKS} (or a tuple of them, one per "
-                                 f"layer), not {self.banks!r}")
-        if not isinstance(self.fifo_depth, int) or not 4 <= self.fifo_depth <= 1024:
-            raise ValueError(f"fifo_depth must be an integer in 4..1024, not "
-                             f"{self.fifo_depth!r}")
+        _check(self, flags=False)
 
 
 @dataclass(frozen=True)
 class Choices:
     """What the user asked for (``build --memory/--pipeline/--weights/--banks/--fifo-depth``);
-    None: let :func:`options_for` decide (weights: the fit check, boards/fit.py)."""
+    None: left to the board's family (``boards.families``; weights: the fit check,
+    boards/fit.py). Checked when made, naming the build flags."""
     memory: str | None = None
     pipeline: str | None = None
     weights: str | None = None
@@ -93,28 +123,21 @@ class Choices:
     accumulators: str | None = None
     pointers: str | None = None
 
+    def __post_init__(self):
+        if isinstance(self.banks, list):
+            object.__setattr__(self, "banks", tuple(self.banks))
+        _check(self, flags=True)
 
-def options_for(program, family: str | None, choices: Choices | None = None
-                ) -> HardwareOptions:
-    """The options a board family calls for; ``choices`` override.
+    def over(self, defaults: HardwareOptions) -> HardwareOptions:
+        """``defaults`` (a family's, boards.families) with what was chosen in their place."""
+        return replace(defaults, **{f.name: getattr(self, f.name) for f in fields(self)
+                                    if getattr(self, f.name) is not None})
 
-    Block RAM for weights and pointers everywhere but on 7-series, where LUT RAM holds small
-    per-PE memories well; on iCE40 (no LUT RAM, one read port an EBR) block-RAM accumulators,
-    counted pointers and the deep pipeline."""
-    choices = choices or Choices()
-    deepest = max([len(pe.entry_value) for pe in program.pe_images]
-                  + [sum(program.col_slots) + 1])
-    small = deepest <= DISTRIBUTED_MAX_DEPTH
-    memory = choices.memory or ("distributed" if family == "xc7" and small else "block")
-    pipeline = choices.pipeline or ("deep" if family == "ice40" else "short")
-    ice40 = family == "ice40"
-    return HardwareOptions(memory=memory, pipeline=pipeline,
-                           weights=choices.weights or "bitstream",
-                           banks=choices.banks or 2,
-                           fifo_depth=choices.fifo_depth or DEFAULT_FIFO_DEPTH,
-                           accumulators=choices.accumulators or ("block" if ice40
-                                                                 else "distributed"),
-                           pointers=choices.pointers or ("counted" if ice40 else "csc"))
+
+def deepest_memory(program) -> int:
+    """Words of the deepest per-PE memory of ``program``: a PE's weights or the pointer table."""
+    return max([len(pe.entry_value) for pe in program.pe_images]
+               + [sum(program.col_slots) + 1])
 
 
 def needed_banks(program, run) -> tuple:

@@ -41,7 +41,8 @@ def test_unknown_board_lists_known_ones():
 
 def test_platform_module_class():
     board = get_board("amaranth_boards.tinyfpga_bx:TinyFPGABXPlatform")
-    assert (board.family, board.device, board.luts) == ("ice40", "iCE40LP8K", 7680)
+    assert (board.family.name, board.device, board.luts) == ("ice40", "iCE40LP8K", 7680)
+    assert board.flow == "nextpnr-ice40" and board.as_dict()["family"] == "ice40"
     assert get_board("amaranth_boards.icebreaker:ICEBreakerPlatform") is BOARDS["icebreaker"]
     with pytest.raises(InputError, match="module:Class"):
         get_board("amaranth_boards.icebreaker:")
@@ -97,10 +98,11 @@ def test_default_gateware_style_per_family(digits):
     """Block RAM for weights but on small 7-series designs; on iCE40 (no LUT RAM) block-RAM
     accumulators, counted pointers and the deep pipeline; 16-entry FIFOs everywhere (an EBR
     holds 16 as well as 8); choices override."""
-    from hw.options import Choices, options_for
+    from boards.families import ECP5, ICE40, XC7
+    from hw.options import Choices
 
     for pes in (1, 4, 8):
-        ice, ecp, xc7 = (options_for(digits(pes), f) for f in ("ice40", "ecp5", "xc7"))
+        ice, ecp, xc7 = (f.options_for(digits(pes)) for f in (ICE40, ECP5, XC7))
         assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory, ice.pointers) == \
             ("block", "deep", 16, "block", "counted")
         assert (ecp.accumulators, ecp.pipeline, ecp.fifo_depth, ecp.memory) == \
@@ -108,13 +110,14 @@ def test_default_gateware_style_per_family(digits):
         # LUT RAM for weights when every PE's memory is small (P = 1 holds all 1702 entries)
         assert xc7.memory == ("block" if pes == 1 else "distributed")
         assert xc7.accumulators == "distributed"
-    chosen = options_for(digits(4), "ecp5", Choices(memory="distributed", pipeline="deep",
+    chosen = ECP5.options_for(digits(4), Choices(memory="distributed", pipeline="deep",
                                                     accumulators="block", banks=1))
     assert (chosen.memory, chosen.pipeline, chosen.accumulators, chosen.banks) == \
         ("distributed", "deep", "block", 1)
 
 
 def test_dsps_are_one_per_pe_and_the_requantizers_per_reducer(digits):
+    from boards.families import ECP5, ICE40
     from boards.fit import dsps
 
     for pes, reducers in ((1, 1), (4, 2), (8, 4), (16, 4), (64, 8)):
@@ -122,30 +125,34 @@ def test_dsps_are_one_per_pe_and_the_requantizers_per_reducer(digits):
         assert program.grid.rows == reducers
         # ECP5 MULT18X18D: 8 x 8 in one; the requantizer's 19-bit x 16 product in two
         assert program.widths.biased == 19
-        assert dsps(program, "ecp5") == (pes, 2 * reducers)
-        assert dsps(program, "ice40") == (pes, 2 * reducers)
+        assert dsps(program, ECP5) == (pes, 2 * reducers)
+        assert dsps(program, ICE40) == (pes, 2 * reducers)
 
 
 def test_fit_numbers(digits):
     from boards.fit import check_fit, estimate, resolve_options
-    from hw.options import HardwareOptions, options_for
+    from compiler.reference import synthetic_run
+    from hw.options import HardwareOptions
 
     ice, ulx = get_board("icebreaker"), get_board("ulx3s")
     # iCE40: each PE's pointer table is read twice a cycle: two EBRs (one read port each)
     program = digits(2)
-    one = estimate(program, ice, options_for(program, "ice40"))
+    one = estimate(program, ice, ice.family.options_for(program))
     both = estimate(program, ice, HardwareOptions(accumulators="block", pipeline="deep",
                                                   fifo_depth=8, weights="uploaded"))
     assert both.spram_blocks == 2 and both.bram_blocks < one.bram_blocks
     options, est = resolve_options(program, ulx)
     assert est.fits and est.dsps == 2 + 2 * 2 and est.weights == "bitstream"
     with pytest.raises(FitError) as e:
-        check_fit(digits(64), ice, compile_for=lambda p, g=None: digits(p))
+        check_fit(digits(64), ice, compile_for=lambda p, g=None: digits(p),
+                  calibration_run=synthetic_run)
     msg = str(e.value)
     assert "does not fit icebreaker" in msg and "DSPs: 80 needed (64 for the PEs' MACs, 16 " \
         "for the 8 reducers)" in msg
     assert "fits" in msg and "ulx3s" in msg                   # what would fit
     assert resolve_options(digits(16), ulx)[1].fits
+    with pytest.raises(TypeError, match="calibration_run"):
+        check_fit(digits(64), ice, compile_for=lambda p, g=None: digits(p))
 
 
 def _lenet(tmp_path, sparsity):
@@ -226,7 +233,9 @@ def test_nextpnr_report_and_timing_verdict(tmp_path):
     }
     path = tmp_path / "r.json"
     path.write_text(json.dumps(report))
-    r = parse_nextpnr_report(path, "ice40", 60.0)
+    from boards.families import ICE40
+    r = parse_nextpnr_report(path, ICE40, 60.0)
+    assert ICE40.parse_report(path, 60.0) == r
     assert r["fmax_mhz"] == 48.5 and r["clock_net"] == "clk"
     assert r["resources"]["ICESTORM_LC"] == {"used": 4000, "available": 5280, "percent": 75.8,
                                              "what": "logic cells (LUT4+FF)"}
@@ -325,7 +334,8 @@ def test_toolchain_choice(monkeypatch, tmp_path):
     fake.chmod(0o755)
     monkeypatch.setenv("YOSYS", str(fake))                       # the user's choice wins
     assert find_tool("yosys") == str(fake)
-    assert flow_environment("ice40")["YOSYS"] == str(fake)
+    from boards.families import ICE40
+    assert flow_environment(ICE40)["YOSYS"] == str(fake)
     monkeypatch.setenv("YOSYS", str(tmp_path / "missing"))
     with pytest.raises(ToolError, match="YOSYS="):
         find_tool("yosys")

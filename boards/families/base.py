@@ -1,0 +1,191 @@
+"""The :class:`Family` base: what every FPGA family provides, and the parts that families
+share (the block-RAM / DSP / logic arithmetic of the fit check, the nextpnr flow of
+:class:`NextpnrFamily`). See the package docstring for what a new family must fill in."""
+
+from __future__ import annotations
+
+import math
+
+from hw.options import Choices, HardwareOptions
+
+__all__ = ["Family", "NextpnrFamily"]
+
+
+class Family:
+    """One FPGA family: everything about a board that depends on its silicon and its tools.
+
+    Subclasses set the class attributes below and override the methods whose base behaviour
+    does not hold for them; the board table (``boards.BOARDS``) names one instance per row.
+    """
+
+    #: the family's key: ``boards.families.FAMILIES[name]``, ``synth_<name>``, report fields
+    name: str = ""
+    #: how messages name it ("iCE40")
+    title: str = ""
+    #: what builds its bitstream ("nextpnr-ice40", "xilinx"); ``Board.flow``
+    flow: str = ""
+    #: the clock target of a platform outside the board table (``--platform``)
+    default_clock_mhz: float = 100.0
+    #: the tools its open flow runs (names in ``boards.toolchain.TOOLS``)
+    flow_tools: tuple = ("yosys",)
+    #: the nextpnr tool of its open flow ("nextpnr-ice40"; "": none)
+    nextpnr: str = ""
+    #: the bitstream's file suffix (None: no open flow makes one)
+    bitstream_suffix: str | None = None
+    #: openFPGALoader arguments that write the configuration flash (``flash --persist``)
+    flash_persist_args: tuple = ("-f",)
+
+    # ---- the fit check's resource model (boards/fit.py) -----------------------------------
+    #: (width, depth) configurations of one block RAM
+    bram_configs: tuple = ()
+    #: bits of one block RAM as the block-RAM arithmetic counts it
+    bram_block_bits: int = 0
+    #: whether a block has two read ports (true dual port)
+    bram_dual_port: bool = True
+    #: what a block is called in a fit problem ("18 kbit DP16KD")
+    bram_unit: str = ""
+    #: memories at or below this many bits go to logic (what Yosys's cost model picks)
+    small_bits: int = 0
+    #: ... and, on families with LUT RAM, memories no deeper than this too
+    lutram_depth: int = 0
+    #: bits of one LUT's worth of LUT RAM (None: no LUT RAM)
+    lutram_bits_per_lut: int | None = None
+    #: DSP tile: (max A width, max B width, min width that still goes to a DSP)
+    dsp_tile: tuple = (18, 18, 2)
+    #: coefficients of the logic model's terms (``boards.fit.logic_terms``), per component
+    logic_model: dict = {}
+    #: Fmax model: MHz = a - b * log2(P) for the default gateware style
+    fmax_model: tuple = (100.0, 0.0)
+    #: the share of the LUTs a design may fill and still place
+    usable_luts: float = 0.95
+
+    def __repr__(self) -> str:
+        return f"<family {self.name}>"
+
+    # ---- boards ---------------------------------------------------------------------------
+    def claims(self, platform_cls) -> bool:
+        """Whether an Amaranth platform class is of this family (``--platform``)."""
+        raise NotImplementedError
+
+    def create_platform(self, platform_cls):
+        """An instance of the board's platform class, in the flavour our flow reads."""
+        return platform_cls()
+
+    # ---- default gateware styles ----------------------------------------------------------
+    def default_options(self, program) -> HardwareOptions:
+        """The gateware styles this family calls for, for ``program`` (hw.options says what
+        each style is; the family says which suits its fabric)."""
+        return HardwareOptions()
+
+    def options_for(self, program, choices: Choices | None = None) -> HardwareOptions:
+        """The family's options, with the user's ``choices`` in their place."""
+        return (choices or Choices()).over(self.default_options(program))
+
+    # ---- fit check ------------------------------------------------------------------------
+    def bram_blocks(self, spec) -> int:
+        """Whole blocks for one memory kind (``hw.images.MemorySpec``), best aspect ratio; a
+        memory read twice takes two copies where a block has one read port."""
+        one = min(math.ceil(spec.width / w) * math.ceil(spec.depth / d)
+                  for w, d in self.bram_configs)
+        copies = 1 if self.bram_dual_port or spec.ports == 1 else spec.ports
+        return one * spec.count * copies
+
+    def bram_units(self, blocks: int) -> tuple[int, int]:
+        """(blocks, bits of one) as the device counts them, from :meth:`bram_blocks`' sum."""
+        return blocks, self.bram_block_bits
+
+    def in_logic(self, spec) -> bool:
+        """Whether Yosys puts the memory in LUT RAM or flip-flops rather than block RAM."""
+        if spec.read == "async":
+            return True
+        if spec.depth * spec.width <= self.small_bits:
+            return True
+        return spec.depth <= self.lutram_depth
+
+    def dsp_tiles(self, a_width: int, b_width: int) -> int:
+        """DSP tiles of an ``a_width`` x ``b_width`` product, split as Yosys's ``mul2dsp``
+        splits it."""
+        a_max, b_max, minimum = self.dsp_tile
+        a, b = max(a_width, b_width), min(a_width, b_width)
+        if b > b_max:
+            a, b = b, a
+        return len(_split(a, a_max, minimum)) * len(_split(b, b_max, minimum))
+
+    def weights_in_spram(self, board, options) -> bool:
+        """Whether the fit check puts the uploaded weight memories in SPRAM."""
+        return False
+
+    def spram_blocks(self, spec) -> int:
+        raise NotImplementedError(f"{self.title} has no SPRAM")
+
+    def spram_blocks_available(self, board) -> int:
+        return 0
+
+    def logic_check(self, luts: int, ffs: int, board) -> tuple[int, str | None]:
+        """(the logic the estimate reports, the fit problem or None): leave room for
+        placement (nextpnr struggles above ~90 % on small parts)."""
+        usable = int(board.luts * self.usable_luts)
+        if luts > usable:
+            return luts, (f"logic: about {luts} LUTs estimated, {board.luts} available "
+                          f"({usable} usable)")
+        return luts, None
+
+    def predicted_fmax(self, pes: int) -> float:
+        a, b = self.fmax_model
+        return round(a - b * math.log2(pes), 1)
+
+    # ---- clocking -------------------------------------------------------------------------
+    def pll(self, f_in_mhz: float, f_out_mhz: float):
+        """The PLL settings that make ``f_out_mhz`` from the oscillator, or None: the design
+        runs at the oscillator's frequency."""
+        return None
+
+    def instantiate_pll(self, m, platform, pll, *, sync_clk, link_clk, locked) -> None:
+        """Add the PLL primitive for :meth:`pll`'s settings to ``m``: ``sync_clk`` gets its
+        output, ``link_clk`` the oscillator, ``locked`` its lock."""
+        raise NotImplementedError(f"{self.title}: no PLL")
+
+    # ---- flow -----------------------------------------------------------------------------
+    def synth_options(self, board, options=None) -> str:
+        """Options for Yosys's ``synth_<name>``."""
+        return ""
+
+    def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
+        """What a board build makes (a bitstream, or plans) and the report's board section
+        (without the timing verdict: ``boards.flow.check_timing``)."""
+        raise NotImplementedError
+
+    def __reduce__(self):
+        # one instance per family: copies (dataclasses.replace, pickling) are the instance
+        return (_family, (self.name,))
+
+
+def _family(name: str):
+    from . import FAMILIES
+    return FAMILIES[name]
+
+
+def _split(width: int, maximum: int, minimum: int) -> list:
+    parts = [maximum] * (width // maximum)
+    rest = width % maximum
+    if rest >= minimum:
+        parts.append(rest)
+    return parts or [width]
+
+
+class NextpnrFamily(Family):
+    """A family whose open flow is Amaranth's build plan: Yosys ``synth_<name>``, nextpnr with
+    ``--report``, a packer (``boards.flow.build_bitstream``)."""
+
+    #: what the report calls nextpnr's resource kinds ({"ICESTORM_LC": "logic cells ..."})
+    resource_names: dict = {}
+
+    def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
+        from .. import flow
+        return flow.build_bitstream(program, board, out_dir, baud=baud, options=options,
+                                    seed=seed)
+
+    def parse_report(self, path, target_mhz: float) -> dict:
+        """Fmax and utilisation from nextpnr's ``--report`` JSON."""
+        from ..flow import parse_nextpnr_report
+        return parse_nextpnr_report(path, self, target_mhz)

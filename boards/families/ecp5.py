@@ -1,0 +1,109 @@
+"""Lattice ECP5 (the ULX3S boards): how a board of this family is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import NextpnrFamily
+
+__all__ = ["ECP5", "ECP5PLL", "ecp5_pll"]
+
+
+@dataclass(frozen=True)
+class ECP5PLL:
+    clki_div: int
+    clkfb_div: int
+    clkop_div: int
+    clkop_cphase: int
+    f_in_mhz: float
+    f_out_mhz: float
+
+
+def ecp5_pll(f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
+    """``EHXPLLL`` dividers for the output closest to ``f_out_mhz`` (VCO nearest 600 MHz on a
+    tie, as ``ecppll`` (Project Trellis) chooses)."""
+    best = None
+    for clki_div in range(1, 129):
+        f_pfd = f_in_mhz / clki_div
+        if not 3.125 <= f_pfd <= 400:
+            continue
+        for clkfb_div in range(1, 81):
+            for clkop_div in range(1, 129):
+                f_vco = f_pfd * clkfb_div * clkop_div
+                if not 400 <= f_vco <= 800:
+                    continue
+                f_out = f_vco / clkop_div
+                key = (abs(f_out - f_out_mhz), abs(f_vco - 600))
+                if best is None or key < best[0]:
+                    best = (key, clki_div, clkfb_div, clkop_div, f_out)
+    if best is None:
+        raise ValueError(f"no ECP5 PLL setting turns {f_in_mhz} MHz into {f_out_mhz} MHz")
+    _, clki_div, clkfb_div, clkop_div, f_out = best
+    return ECP5PLL(clki_div, clkfb_div, clkop_div, max(0, clkop_div // 2 - 1), f_in_mhz,
+                   f_out)
+
+
+class ECP5Family(NextpnrFamily):
+    name = "ecp5"
+    title = "ECP5"
+    flow = "nextpnr-ecp5"
+    nextpnr = "nextpnr-ecp5"
+    default_clock_mhz = 100.0
+    flow_tools = ("yosys", "nextpnr-ecp5", "ecppack")
+    bitstream_suffix = ".bit"
+    resource_names = {
+        "TRELLIS_COMB": "LUT4", "TRELLIS_FF": "flip-flops",
+        "TRELLIS_RAMW": "LUT RAM write ports", "DP16KD": "block RAM (18 kbit DP16KD)",
+        "MULT18X18D": "DSP (MULT18X18D)", "EHXPLLL": "PLL", "TRELLIS_IO": "I/O",
+        "DCCA": "clock buffers"}
+
+    # DP16KD, true dual port
+    bram_configs = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+    bram_block_bits = 18432
+    bram_dual_port = True
+    bram_unit = "18 kbit DP16KD"
+    small_bits = 1024
+    lutram_depth = 64
+    lutram_bits_per_lut = 16      # DPR16X4: 16 x 4 in two slices' LUTs
+    dsp_tile = (18, 18, 1)        # MULT18X18D; Yosys gives even a one-bit remainder a MULT18
+    logic_model = {"pe_lut": (250, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
+                   "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
+                   "fixed_lut": 1800, "fixed_ff": 1200}
+    fmax_model = (118.0, 2.0)
+    usable_luts = 0.95
+
+    def claims(self, platform_cls) -> bool:
+        from amaranth.vendor import LatticeECP5Platform
+        return issubclass(platform_cls, LatticeECP5Platform)
+
+    # default_options: the base's (block RAM, distributed accumulators, short pipeline)
+
+    def pll(self, f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
+        return ecp5_pll(f_in_mhz, f_out_mhz)
+
+    def instantiate_pll(self, m, platform, pll, *, sync_clk, link_clk, locked) -> None:
+        """``EHXPLLL`` from the oscillator pin; the link runs on the oscillator."""
+        from amaranth.hdl import Instance, Signal
+
+        clk_in = platform.request(platform.default_clk, dir="i").i
+        p = pll
+        clkop = Signal()
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=f"{p.f_in_mhz:g}", a_FREQUENCY_PIN_CLKOP=f"{p.f_out_mhz:g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=p.clki_div, p_CLKOP_ENABLE="ENABLED", p_CLKOP_DIV=p.clkop_div,
+            p_CLKOP_CPHASE=p.clkop_cphase, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            p_CLKFB_DIV=p.clkfb_div,
+            i_RST=0, i_STDBY=0, i_CLKI=clk_in, i_CLKFB=clkop, i_PHASESEL0=0,
+            i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0,
+            o_CLKOP=clkop, o_LOCK=locked)
+        m.d.comb += [sync_clk.eq(clkop), link_clk.eq(clk_in)]
+
+
+ECP5 = ECP5Family()

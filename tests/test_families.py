@@ -1,0 +1,147 @@
+"""The FPGA family objects (boards/families/): each one's fit-check numbers, synthesis
+options, default gateware styles, PLLs and flow facts, pinned to what the code computed before
+the families owned them (issue 12)."""
+
+import pytest
+
+from boards import BOARDS, get_board
+from boards.families import ECP5, FAMILIES, ICE40, XC7, Family, family_of_platform, get_family
+from core.errors import InputError
+from hw.options import Choices, HardwareOptions
+
+EXAMPLE = "examples/digits_mlp.pt"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from compiler.build import compile_model
+    from compiler.datasets import digits_split
+    from compiler.frontend import load_model
+    x = digits_split()[0]
+    model = load_model(EXAMPLE)
+    return lambda pes: compile_model(model, x, pes)
+
+
+def _numbers(est):
+    d = est.as_dict()
+    return (d["bram_blocks"], d["spram_blocks"], d["dsps"], d["luts"], d["ffs"],
+            d["block_ram_bits"], d["logic_memory_bits"], d["fits"], d["problems"])
+
+
+def test_every_board_names_a_registered_family():
+    assert list(FAMILIES) == ["ice40", "ecp5", "xc7"]
+    for board in BOARDS.values():
+        assert isinstance(board.family, Family) and FAMILIES[board.family.name] is board.family
+    assert get_family("ecp5") is ECP5
+    with pytest.raises(InputError, match="unknown FPGA family"):
+        get_family("gowin")
+
+
+def test_platform_classes_map_to_families():
+    from amaranth_boards.arty_a7 import ArtyA7_35Platform
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    assert family_of_platform(ICEBreakerPlatform) is ICE40
+    assert family_of_platform(ULX3S_85F_Platform) is ECP5
+    assert family_of_platform(ArtyA7_35Platform) is XC7
+    assert family_of_platform(object) is None
+    board = get_board("amaranth_boards.nexys4ddr:Nexys4DDRPlatform")
+    assert (board.family, board.flow, board.clock_mhz) == (XC7, "xilinx", 100.0)
+    assert get_board("amaranth_boards.tinyfpga_bx:TinyFPGABXPlatform").clock_mhz == 48.0
+    # 7-series boards get the openXC7 flavour, whose files Yosys reads
+    assert get_board("arty_a7").create_platform().toolchain == "Xray"
+
+
+def test_fit_numbers_per_family(digits):
+    from boards.fit import estimate
+
+    p2, p8, p16 = digits(2), digits(8), digits(16)
+    ice, ulx25, arty = get_board("icebreaker"), get_board("ulx3s_25f"), get_board("arty_a7_35")
+    assert _numbers(estimate(p2, ice, ICE40.options_for(p2))) == (
+        {"used": 35, "available": 30}, {"used": 0, "available": 4},
+        {"used": 6, "available": 8}, {"used": 4943, "available": 5280},
+        {"used": 2850, "available": 5280}, 48258, 236, False,
+        ["block RAM: 35 x 4 kbit EBR needed (48258 bits of weights, pointers and buffers), "
+         "30 available",
+         "logic: about 4943 logic cells estimated (2378 LUT4 + 2850 flip-flops), 5280 "
+         "available (4857 usable)"])
+    up = estimate(digits(1), ice, HardwareOptions(weights="uploaded", memory="block",
+                                                  pipeline="deep", accumulators="block",
+                                                  pointers="counted"))
+    assert (up.spram_blocks, up.bram_blocks, up.luts, up.ffs, up.fits) == (1, 17, 3326, 1875,
+                                                                          True)
+    assert _numbers(estimate(p16, ulx25, ECP5.options_for(p16))) == (
+        {"used": 16, "available": 56}, {"used": 0, "available": 0},
+        {"used": 24, "available": 28}, {"used": 11516, "available": 24288},
+        {"used": 8024, "available": 24288}, 22126, 55248, True, [])
+    # RAMB36 units, DSP48E1 25 x 18 tiles
+    assert _numbers(estimate(p8, arty, XC7.options_for(p8))) == (
+        {"used": 9, "available": 50}, {"used": 0, "available": 0},
+        {"used": 12, "available": 90}, {"used": 6740, "available": 20800},
+        {"used": 5248, "available": 41600}, 32758, 28264, True, [])
+
+
+def test_logic_dsp_and_fmax_models(digits):
+    from boards.fit import component_logic, dsps
+    from hw.images import geometry
+
+    p8 = digits(8)
+    assert component_logic(geometry(p8, ECP5.options_for(p8)), ECP5) == {
+        "pe_lut": 499, "pe_ff": 336, "reducer_lut": 431, "reducer_ff": 340,
+        "fixed_lut": 1800, "fixed_ff": 1200}
+    assert dsps(p8, XC7) == (8, 4) and dsps(p8, ECP5) == (8, 8) and dsps(p8, ICE40) == (8, 8)
+    assert (ICE40.predicted_fmax(4), ECP5.predicted_fmax(16), XC7.predicted_fmax(8)) == \
+        (50.0, 110.0, 141.0)
+    assert (ICE40.dsp_tiles(19, 17), ECP5.dsp_tiles(19, 17), XC7.dsp_tiles(19, 17)) == (2, 2, 1)
+
+
+def test_synth_options_per_family():
+    uploaded = HardwareOptions(weights="uploaded")
+    ice, ulx, arty = get_board("icebreaker"), get_board("ulx3s"), get_board("arty_a7")
+    assert ICE40.synth_options(ice) == "-dsp -device u -dff"
+    assert ICE40.synth_options(ice, uploaded) == "-dsp -device u -dff -spram"
+    lp = get_board("amaranth_boards.tinyfpga_bx:TinyFPGABXPlatform")
+    assert ICE40.synth_options(lp) == "-dsp -device lp -dff"
+    assert ECP5.synth_options(ulx, uploaded) == "" and XC7.synth_options(arty) == ""
+    assert [f.flow_tools for f in (ICE40, ECP5, XC7)] == [
+        ("yosys", "nextpnr-ice40", "icepack"), ("yosys", "nextpnr-ecp5", "ecppack"),
+        ("yosys",)]
+    assert [(f.nextpnr, f.bitstream_suffix) for f in (ICE40, ECP5, XC7)] == [
+        ("nextpnr-ice40", ".bin"), ("nextpnr-ecp5", ".bit"), ("", ".bit")]
+    # flash --persist: iCE40 boards always program their flash
+    assert (ICE40.flash_persist_args, ECP5.flash_persist_args, XC7.flash_persist_args) == \
+        ((), ("-f",), ("-f",))
+    assert ICE40.resource_names["ICESTORM_LC"] == "logic cells (LUT4+FF)"
+    assert ECP5.resource_names["DP16KD"] == "block RAM (18 kbit DP16KD)"
+
+
+def test_default_gateware_styles_per_family(digits):
+    p1, p4, p8 = digits(1), digits(4), digits(8)
+    defaults = HardwareOptions()
+    assert ICE40.options_for(p4) == HardwareOptions(memory="block", pipeline="deep",
+                                                    accumulators="block", pointers="counted")
+    assert ECP5.options_for(p4) == defaults
+    assert XC7.options_for(p1) == defaults                 # P = 1: 1702 entries, block RAM
+    assert XC7.options_for(p8) == HardwareOptions(memory="distributed")
+    assert XC7.options_for(p8, Choices(memory="block", banks=(1, 2, 1))) == \
+        HardwareOptions(memory="block", banks=(1, 2, 1))
+
+
+def test_plls_per_family():
+    from boards.clocking import ClockReset
+
+    def clocking(board, mhz):
+        c = ClockReset(family=board.family, osc_hz=board.osc_hz, target_hz=mhz * 1e6)
+        return c.pll, c.actual_hz, c.link_hz
+
+    ice, ulx, arty = get_board("icebreaker"), get_board("ulx3s"), get_board("arty_a7")
+    pll, actual, link = clocking(ice, 48.0)
+    assert ((pll.divr, pll.divf, pll.divq, pll.filter_range), actual, link) == \
+        ((0, 63, 4, 1), 48e6, 12e6)
+    pll, actual, link = clocking(ulx, 60.0)
+    assert ((pll.clki_div, pll.clkfb_div, pll.clkop_div, pll.clkop_cphase), actual, link) == \
+        ((5, 12, 10, 4), 60e6, 25e6)
+    assert ECP5.pll(25, 100) == clocking(ulx, 100.0)[0]
+    # no PLL on 7-series: the design runs at the oscillator
+    assert clocking(arty, 50.0) == (None, 100e6, 100e6)
+    assert XC7.pll(100, 50) is None
