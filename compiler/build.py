@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from boards import Board, get_board, with_clock
+from hw.options import Choices, HardwareOptions
 
 from . import reference
 from .arrays import load_features
@@ -82,9 +83,8 @@ class BuildConfig:
     bitstream: bool = True               # False: fit check and Verilog only
 
     def validate(self) -> "BuildConfig":
-        from hw.options import (ACCUMULATOR_STYLES, BANKS, MEMORY_STYLES, PIPELINES,
-                                POINTER_STYLES, WEIGHT_STORES)
-
+        """Refuse a configuration that cannot build, in one line naming the flag. The gateware
+        options are checked where they are defined (:class:`hw.options.Choices`)."""
         if self.pes not in (None, "auto") and (not isinstance(self.pes, int) or self.pes < 1):
             raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
         if self.grid is not None:
@@ -103,31 +103,16 @@ class BuildConfig:
             raise InputError(f"--seed must be a whole number >= 1, not {self.seed!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
-        if self.fifo_depth is not None and not 4 <= self.fifo_depth <= 1024:
-            raise InputError(f"--fifo-depth must be in 4..1024, not {self.fifo_depth}")
-        for name, value, allowed in (("memory", self.memory, MEMORY_STYLES),
-                                     ("accumulators", self.accumulators, ACCUMULATOR_STYLES),
-                                     ("pointers", self.pointers, POINTER_STYLES),
-                                     ("pipeline", self.pipeline, PIPELINES),
-                                     ("weights", self.weights, WEIGHT_STORES)):
-            if value not in (None, *allowed):
-                raise InputError(f"--{name} must be one of {', '.join(map(str, allowed))}, "
-                                 f"not {value!r}")
-        banks = self.banks if isinstance(self.banks, (list, tuple)) else [self.banks]
-        if self.banks is not None and any(b not in BANKS for b in banks):
-            raise InputError(f"--banks: each must be one of {', '.join(map(str, BANKS))}, not "
-                             f"{self.banks!r}")
+        self.choices                     # hw.options checks the gateware options
         get_board(self.board)
         return self
 
     @property
-    def choices(self):
-        """The gateware options the user fixed (:class:`hw.options.Choices`)."""
-        from hw.options import Choices
-        banks = tuple(self.banks) if isinstance(self.banks, list) else self.banks
+    def choices(self) -> Choices:
+        """The gateware options the user fixed, checked (:class:`hw.options.Choices`)."""
         return Choices(memory=self.memory, pipeline=self.pipeline, weights=self.weights,
-                       banks=banks, fifo_depth=self.fifo_depth, accumulators=self.accumulators,
-                       pointers=self.pointers)
+                       banks=self.banks, fifo_depth=self.fifo_depth,
+                       accumulators=self.accumulators, pointers=self.pointers)
 
     @property
     def requested_pes(self) -> int | None:
@@ -149,17 +134,21 @@ class BuildConfig:
 
 @dataclass
 class BuildState:
+    """What the steps pass forward. The configuration is what the user asked and stays so;
+    ``board`` and ``choices`` are resolved from it once, before the first step; ``plan``
+    resolves the program and its options once, and every later step reads them here."""
     config: BuildConfig
     out_dir: Path
-    board: Board
+    board: Board                           # the configured board at the configured clock
+    choices: Choices                       # the gateware options the user fixed
     module: object = None                  # the torch module as loaded
     input_shape: tuple | None = None       # (C, H, W) for a model starting with Conv2d
     model: Model | None = None
     calibration: np.ndarray | None = None  # float [N, in_features] (flattened)
     quantized: Model | None = None
     plan: object = None                    # boards.fit.Plan: PEs, grid, options, estimate
-    program: SparseProgram | None = None
-    options: object = None                 # hw.options.HardwareOptions, resolved once
+    program: SparseProgram | None = None   # the plan's
+    options: HardwareOptions | None = None  # the plan's: resolved once, for every later step
     reference_run: reference.RunResult | None = None
     verilog: Path | None = None
     board_results: dict = field(default_factory=dict)
@@ -226,8 +215,7 @@ def step_plan(s: BuildState):
 
     x = reference.quantize_input(s.calibration, s.quantized.input_scale)[:256]
     s.plan = plan(compile_for, s.board, pes=config.requested_pes, grid=config.grid,
-                  choices=config.choices,
-                  calibration_run=lambda program: reference.run(program, x))
+                  choices=s.choices, calibration_run=lambda program: reference.run(program, x))
     s.program, s.options = s.plan.program, s.plan.options
     save_program(s.program, s.out_dir / "program.npz")
     s.board_results["fit"] = s.plan.estimate.as_dict()
@@ -300,7 +288,8 @@ def build(config: BuildConfig, *, on_step: Callable[[str], None] | None = None) 
     board = get_board(config.board)
     if config.clock_mhz is not None:
         board = with_clock(board, config.clock_mhz)
-    state = BuildState(config=config, out_dir=out_dir, board=board)
+    state = BuildState(config=config, out_dir=out_dir, board=board,
+                       choices=config.choices)
     (out_dir / "build_config.json").write_text(config.to_json())
     for name, step in STEPS:
         if on_step is not None:

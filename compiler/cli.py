@@ -34,14 +34,19 @@ def _pes(text: str):
 
 
 def _banks(text: str):
+    """N or N,N,... (the values are checked where every gateware option is: hw.options)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or N,N,... (one per layer), not "
                                          f"{text!r}") from None
-    if any(v not in BANKS for v in values):
-        raise argparse.ArgumentTypeError(f"banks are {', '.join(map(str, BANKS))}, not {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def _one_of(values) -> str:
+    """The metavar of a gateware style: its values, as argparse would list them (the values
+    themselves are checked once, by hw.options, when the build's choices are made)."""
+    return "{" + ",".join(values) + "}"
 
 
 def _console():
@@ -131,10 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickle that needs arbitrary classes (runs its code!)")
     p.add_argument("--index-bits", type=_positive, help="relative row index width")
-    p.add_argument("--fifo-depth", type=whole_number(4),
-                   help="each PE's activation FIFO (default 16)")
+    p.add_argument("--fifo-depth", type=_positive,
+                   help="each PE's activation FIFO, 4..1024 (default 16)")
     p.add_argument("--banks", type=_banks,
-                   help="accumulator banks per layer, N for all or N,N,... one per layer: "
+                   help=f"accumulator banks per layer ({', '.join(map(str, BANKS))}), N for "
+                        "all or N,N,... one per layer: "
                         "inferences that overlap in a layer (default: two where one would "
                         "hold the next inference back)")
     p.add_argument("--dense", action="store_true",
@@ -145,19 +151,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep a bitstream whose Fmax is below the clock target")
     p.add_argument("--seed", type=_positive, default=1,
                    help="nextpnr placement seed (default 1); Fmax varies a few MHz with it")
-    p.add_argument("--memory", choices=MEMORY_STYLES,
+    p.add_argument("--memory", metavar=_one_of(MEMORY_STYLES),
                    help="memory style (default: by board; see hw/options.py)")
-    p.add_argument("--accumulators", choices=ACCUMULATOR_STYLES,
+    p.add_argument("--accumulators", metavar=_one_of(ACCUMULATOR_STYLES),
                    help="accumulator banks in LUT RAM (distributed: drained for free) or one "
                         "block RAM per PE (block: each drained row costs a cycle; the iCE40 "
                         "default, which has no LUT RAM)")
-    p.add_argument("--pointers", choices=POINTER_STYLES,
+    p.add_argument("--pointers", metavar=_one_of(POINTER_STYLES),
                    help="column pointers: csc (start and end of every column, two reads) or "
                         "counted (start and count in one word, one read: the iCE40 default, "
                         "whose block RAM has one read port)")
-    p.add_argument("--pipeline", choices=PIPELINES,
+    p.add_argument("--pipeline", metavar=_one_of(PIPELINES),
                    help="pipeline depth (default: deep on iCE40, short elsewhere)")
-    p.add_argument("--weights", choices=WEIGHT_STORES,
+    p.add_argument("--weights", metavar=_one_of(WEIGHT_STORES),
                    help="bitstream: weights in the bitstream's memories; uploaded: empty "
                         "memories (iCE40: SPRAM) that `run` fills over the UART (default: "
                         "bitstream, uploaded when only that fits)")
