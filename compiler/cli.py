@@ -152,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_positive, default=1,
                    help="nextpnr placement seed (default 1); Fmax varies a few MHz with it")
     p.add_argument("--memory", metavar=_one_of(MEMORY_STYLES),
-                   help="memory style (default: by board; see hw/options.py)")
+                   help="memory style (default: by the board's family, boards/families/; see "
+                        "hw/options.py)")
     p.add_argument("--accumulators", metavar=_one_of(ACCUMULATOR_STYLES),
                    help="accumulator banks in LUT RAM (distributed: drained for free) or one "
                         "block RAM per PE (block: each drained row costs a cycle; the iCE40 "
