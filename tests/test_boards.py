@@ -106,7 +106,7 @@ def test_default_gateware_style_per_family(digits):
         assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory, ice.pointers) == \
             ("block", "deep", 16, "block", "counted")
         assert (ecp.accumulators, ecp.pipeline, ecp.fifo_depth, ecp.memory) == \
-            ("distributed", "deep", 16, "block")
+            ("distributed", "short", 16, "block")
         # LUT RAM for weights when every PE's memory is small (P = 1 holds all 1702 entries)
         assert xc7.memory == ("block" if pes == 1 else "distributed")
         assert xc7.accumulators == "distributed"

@@ -120,7 +120,7 @@ def test_default_gateware_styles_per_family(digits):
     defaults = HardwareOptions()
     assert ICE40.options_for(p4) == HardwareOptions(memory="block", pipeline="deep",
                                                     accumulators="block", pointers="counted")
-    assert ECP5.options_for(p4) == HardwareOptions(pipeline="deep")   # the MULT18 halves
+    assert ECP5.options_for(p4) == defaults
     assert XC7.options_for(p1) == defaults                 # P = 1: 1702 entries, block RAM
     assert XC7.options_for(p8) == HardwareOptions(memory="distributed")
     assert XC7.options_for(p8, Choices(memory="block", banks=(1, 2, 1))) == \

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hw.options import HardwareOptions
-
 from .base import NextpnrFamily
 
 __all__ = ["ECP5", "ECP5PLL", "ecp5_pll"]
@@ -78,12 +76,7 @@ class ECP5Family(NextpnrFamily):
         from amaranth.vendor import LatticeECP5Platform
         return issubclass(platform_cls, LatticeECP5Platform)
 
-    def default_options(self, program) -> HardwareOptions:
-        """Block RAM weights and pointers, LUT-RAM accumulators, and the deep pipeline: the
-        requantizer's (acc + bias) x multiplier is wider than one MULT18X18D, and the adder that
-        joins the two tiles' products was the critical path of the short pipeline at P = 8
-        (docs/benchmarks.md, section 0)."""
-        return HardwareOptions(pipeline="deep")
+    # default_options: the base's (block RAM, distributed accumulators, short pipeline)
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
         return ecp5_pll(f_in_mhz, f_out_mhz)
