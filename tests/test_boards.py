@@ -12,16 +12,6 @@ from core.errors import FitError, InputError
 EXAMPLE = "examples/digits_mlp.pt"
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from compiler.build import compile_model
-    from compiler.datasets import digits_split
-    from compiler.frontend import load_model
-    x = digits_split()[0]
-    model = load_model(EXAMPLE)
-    return lambda pes: compile_model(model, x, pes)
-
-
 def test_board_table_and_aliases():
     assert get_board("ulx3s").name == "ulx3s_85f"
     assert get_board("arty_a7").name == "arty_a7_35"

@@ -12,16 +12,6 @@ from hw.options import Choices, HardwareOptions
 EXAMPLE = "examples/digits_mlp.pt"
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from compiler.build import compile_model
-    from compiler.datasets import digits_split
-    from compiler.frontend import load_model
-    x = digits_split()[0]
-    model = load_model(EXAMPLE)
-    return lambda pes: compile_model(model, x, pes)
-
-
 def _numbers(est):
     d = est.as_dict()
     return (d["bram_blocks"], d["spram_blocks"], d["dsps"], d["luts"], d["ffs"],
