@@ -25,7 +25,7 @@ __all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "
            "row_layout",
            "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
            "pack_rows", "memory_bits",
-           "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH"]
+           "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH", "deepest_memory"]
 
 #: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
 #: chunks this deep.
@@ -189,6 +189,13 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         partial_width=program.widths.partial, acc_width=program.widths.accumulator,
         bias_width=program.widths.biased, fifo_depth=fifo_depth, reducer_fifo_depth=16,
         skip_zero_activations=program.skip_zero_activations)
+
+
+def deepest_memory(program: SparseProgram) -> int:
+    """Words of the deepest per-PE memory of ``program``: a PE's weights or its pointer
+    table."""
+    geo = geometry(program)
+    return max(max(geo.entry_depth), geo.ptr_depth)
 
 
 def _layer_shift(layer) -> int:

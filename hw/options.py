@@ -13,7 +13,7 @@ from core.errors import InputError
 
 __all__ = ["HardwareOptions", "Choices", "OptionError", "MEMORY_STYLES", "ACCUMULATOR_STYLES",
            "POINTER_STYLES", "PIPELINES", "WEIGHT_STORES", "BANKS", "DEFAULT_FIFO_DEPTH",
-           "DISTRIBUTED_MAX_DEPTH", "deepest_memory", "needed_banks"]
+           "DISTRIBUTED_MAX_DEPTH", "needed_banks"]
 
 #: Weight and pointer memories. "block": block RAM, whose slow clock-to-out (ECP5: 5.6 ns)
 #: gets a register of its own behind every read. "distributed": LUT RAM, read into a register
@@ -132,12 +132,6 @@ class Choices:
         """``defaults`` (a family's, boards.families) with what was chosen in their place."""
         return replace(defaults, **{f.name: getattr(self, f.name) for f in fields(self)
                                     if getattr(self, f.name) is not None})
-
-
-def deepest_memory(program) -> int:
-    """Words of the deepest per-PE memory of ``program``: a PE's weights or the pointer table."""
-    return max([len(pe.entry_value) for pe in program.pe_images]
-               + [sum(program.col_slots) + 1])
 
 
 def needed_banks(program, run) -> tuple:

@@ -16,7 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from hw.options import DISTRIBUTED_MAX_DEPTH, HardwareOptions, deepest_memory
+from hw.images import deepest_memory
+from hw.options import DISTRIBUTED_MAX_DEPTH, HardwareOptions
 
 from .base import Family
 
