@@ -8,7 +8,7 @@ from amaranth.build import ResourceError
 from amaranth.hdl import ClockDomain, Elaboratable, Module
 
 from .clocking import ClockReset
-from .link import LinkedAccelerator
+from .link.gateware import LinkedAccelerator
 
 __all__ = ["BoardTop", "DEFAULT_BAUD", "link_verilog", "LINK_TOPLEVEL"]
 

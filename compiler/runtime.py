@@ -1,7 +1,7 @@
 """Host side of a board running a sparsemac bitstream: send inputs over the UART, get outputs and
 cycle counts back (``python -m compiler run DIR --port /dev/ttyUSB1 --inputs X.npy``).
 
-:class:`BoardLink` speaks :mod:`boards.protocol` over any object with pyserial's ``read``,
+:class:`BoardLink` speaks :mod:`boards.link.protocol` over any object with pyserial's ``read``,
 ``write`` and ``reset_input_buffer`` (a :class:`serial.Serial`, or a fake in the tests). A reply
 counts only if its CRC checks, its type is right and its sequence number is the request's;
 anything else is thrown away and the request retried, so a corrupted or lost byte costs time,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boards import protocol as proto
+from boards.link import protocol as proto
 
 from core.errors import InputError, SparsemacError, ToolError
 

@@ -36,7 +36,7 @@ PIPELINES = ("short", "deep")
 
 #: "bitstream": the weight memories are initialised by the bitstream (block RAM, LUT RAM).
 #: "uploaded": they start empty and the host uploads the weights over the link before the
-#: first inference (boards/link.py, LOAD frames) - what iCE40 SPRAM needs, which no
+#: first inference (boards/link/gateware.py, LOAD frames) - what iCE40 SPRAM needs, which no
 #: bitstream can initialise; inferences are refused until a whole, in-order image arrived.
 WEIGHT_STORES = ("bitstream", "uploaded")
 

@@ -1,7 +1,7 @@
 """cocotb bench for the accelerator behind its UART link (``sparsemac_link``).
 
 A :class:`UartLinkBench` owns the clock, a cocotbext-uart source on ``rx`` and sink on ``tx``,
-and speaks :mod:`boards.protocol`. The cases: good frames (outputs bit-exact against the
+and speaks :mod:`boards.link.protocol`. The cases: good frames (outputs bit-exact against the
 reference model), a corrupted CRC, a dropped byte, a wrong length, an unknown type, a UART
 framing error, garbage between frames, and the INFO request. After every fault the next good
 frame must be answered correctly, and no fault may ever produce a RESULT. A design with uploaded
@@ -22,7 +22,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, Timer, with_timeout
 from cocotbext.uart import UartSink, UartSource
 
-from boards import protocol as proto
+from boards.link import protocol as proto
 
 __all__ = ["UartLinkBench"]
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from boards import protocol as proto
+from boards.link import protocol as proto
 from compiler import reference
 from core.errors import InputError
 from compiler.runtime import BoardLink, LinkError, run
@@ -35,7 +35,7 @@ class FakeBoard:
     """What the gateware does, in Python: parse requests, answer with the reference model.
     ``faults`` is a list consumed one per reply: None (good), "corrupt", "drop", "stale",
     "error", "truncate". ``uploaded``: the design takes its weights in LOAD frames, as
-    boards/link.py does (an ERROR to a LOAD spoils the image); ``loaded``: it holds them."""
+    boards/link/gateware.py does (an ERROR to a LOAD spoils the image); ``loaded``: it holds them."""
 
     def __init__(self, program, faults=(), design_id=None, uploaded=False, loaded=False):
         from hw.images import weight_image

@@ -4,7 +4,7 @@ when asked), against the reference model."""
 import numpy as np
 import pytest
 
-from boards import protocol as proto
+from boards.link import protocol as proto
 
 SIM_PERIOD_NS = 10           # the accelerator's clock
 SIM_LINK_PERIOD_NS = 16      # the link's clock: another frequency, so the FIFOs really cross
@@ -50,7 +50,7 @@ def test_result_and_info_payloads():
 
 
 def test_uart_divisor():
-    from boards.uart import uart_divisor
+    from boards.link.uart import uart_divisor
     assert uart_divisor(60e6, 115200) == 521
     assert uart_divisor(100e6, 12_500_000) == 8
     with pytest.raises(ValueError, match="too fast"):
@@ -64,7 +64,7 @@ def test_uart_loopback_amaranth():
     from amaranth.hdl import Module
     from amaranth.sim import Simulator
 
-    from boards.uart import UARTRx, UARTTx
+    from boards.link.uart import UARTRx, UARTTx
 
     m = Module()
     m.submodules.tx = tx = UARTTx(6)

@@ -1,11 +1,11 @@
-"""The accelerator behind a UART: :class:`UartLink` speaks :mod:`boards.protocol` and
+"""The accelerator behind a UART: :class:`UartLink` speaks :mod:`boards.link.protocol` and
 :class:`LinkedAccelerator` joins it to a :class:`~hw.top.SparseAccelerator`.
 
 A request's inputs are buffered and fed to the accelerator only after the frame's CRC checked
 out, so a corrupted or shortened frame can never produce a result: it produces an ERROR frame.
 A design with uploaded weights takes LOAD frames' bytes straight into its weight memories and
 counts them; it computes only once a whole image arrived in order through good frames (see
-:mod:`boards.protocol`).
+:mod:`boards.link.protocol`).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed

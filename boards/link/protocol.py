@@ -1,6 +1,6 @@
 """The UART link between a host and a board: framing, CRC, message types.
 
-Shared by the gateware (:mod:`boards.link`), the host runtime (:mod:`compiler.runtime`) and the
+Shared by the gateware (:mod:`boards.link.gateware`), the host runtime (:mod:`compiler.runtime`) and the
 tests, so the three cannot disagree. Plain Python, no Amaranth.
 
 Every frame, in both directions::
