@@ -1,6 +1,6 @@
-"""Board commands of ``python -m compiler``: ``run`` (inputs over the UART) and ``flash``
-(openFPGALoader). Argument parsing and printing only; the work is in
-:mod:`compiler.runtime` and :func:`flash_command`.
+"""``python -m compiler flash``: program a board with openFPGALoader. Argument parsing and
+printing here; the command line is :func:`flash_command`'s. (``run``, which needs the
+reference model, is :mod:`compiler.runtime`'s.)
 """
 
 from __future__ import annotations
@@ -62,44 +62,8 @@ def cmd_flash(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from compiler.runtime import run
-
-    result = run(args.dir, port=args.port, inputs=args.inputs, baud=args.baud,
-                 outputs=args.outputs, retries=args.retries, reload=args.reload_weights)
-    n = len(result.hw)
-    info = result.info
-    if result.uploaded_bytes:
-        print(f"weights uploaded: {result.uploaded_bytes} bytes in {result.upload_seconds:.1f} s")
-    cycles = float(result.cycles.mean()) if n else 0.0
-    print(f"{n} inferences on the board ({info.pes} PEs at {info.clock_hz / 1e6:g} MHz, design "
-          f"{info.design_id:08x}): {n - result.mismatches} equal the reference model"
-          + (f", {result.mismatches} DIFFER" if result.mismatches else " (bit-exact)"))
-    if n:
-        compute_s = cycles / info.clock_hz
-        print(f"  compute: {cycles:.1f} cycles per inference = {1e6 * compute_s:.2f} us "
-              f"({1 / compute_s:,.0f} inferences/s); over the UART: {n / result.seconds:.1f}/s"
-              f"{f', {result.retries} retries' if result.retries else ''}")
-    print(f"  outputs {result.outputs_path}")
-    return 1 if result.mismatches else 0
-
-
 def add_commands(sub) -> None:
-    """Register ``run`` and ``flash`` on the CLI's subparsers."""
-    p = sub.add_parser("run", help="run inputs on a board over its UART, check them against "
-                                   "the reference model")
-    p.add_argument("dir", help="build folder (its bitstream must be on the board)")
-    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
-    p.add_argument("--inputs", required=True, help=".npy float32 [N, in_features]")
-    p.add_argument("--baud", type=int, help="UART rate (default: the build's)")
-    p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
-                                     "cycles)")
-    p.add_argument("--retries", type=int, default=3, help="tries after a bad reply (default 3)")
-    p.add_argument("--reload-weights", action="store_true",
-                   help="upload the weights even if the board holds them (designs built with "
-                        "uploaded weights, e.g. iCE40 SPRAM)")
-    p.set_defaults(func=cmd_run)
-
+    """Register ``flash`` on the CLI's subparsers."""
     p = sub.add_parser("flash", help="program the board with openFPGALoader")
     p.add_argument("dir", help="build folder")
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")

@@ -3,8 +3,8 @@ the oscillator is slower, and a reset synchronizer that holds the design in rese
 PLL has locked.
 
 The PLLs are the families' (``boards/families/<family>.py``: iCE40 ``SB_PLL40_2_PAD``, ECP5
-``EHXPLLL``, whose divider searches reproduce ``icepll`` and ``ecppll``); their settings and
-searches are re-exported here.
+``EHXPLLL``, whose divider searches reproduce ``icepll`` and ``ecppll``); this module only asks
+the board's family for one.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from __future__ import annotations
 from amaranth.hdl import ClockSignal, Elaboratable, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
-from .families.ecp5 import ECP5PLL, ecp5_pll
-from .families.ice40 import ICE40PLL, ice40_pll
-
-__all__ = ["ICE40PLL", "ECP5PLL", "ice40_pll", "ecp5_pll", "ClockReset"]
+__all__ = ["ClockReset"]
 
 
 class ClockReset(Elaboratable):

@@ -26,6 +26,8 @@ from core.ir import Grid
 from hw.images import MemorySpec, bus_layout, geometry, memories
 from hw.options import Choices, HardwareOptions, needed_banks
 
+from . import BOARDS
+
 __all__ = ["FitEstimate", "Plan", "estimate", "resolve_options", "check_fit", "plan",
            "predicted_fmax", "predicted_cycles", "component_logic", "CANDIDATE_PES"]
 
@@ -365,8 +367,6 @@ def check_fit(program, board, est=None, *, compile_for=None, choices=None,
 
 
 def _bigger_boards(board, program, choices) -> list:
-    from . import BOARDS
-
     out = []
     for other in BOARDS.values():
         if other.name == board.name or other.luts <= board.luts:

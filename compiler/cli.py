@@ -186,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     # Commands of other features register themselves here (one line each).
     from .prune.cli import add_commands as _prune_commands; _prune_commands(sub)  # noqa: E702
     from boards.cli import add_commands as _board_commands; _board_commands(sub)  # noqa: E702
+    from .runtime import add_command as _run_command; _run_command(sub)  # noqa: E702
     return parser
 
 

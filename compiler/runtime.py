@@ -1,11 +1,9 @@
-"""Host side of a board running a sparsemac bitstream: send inputs over the UART, get outputs and
-cycle counts back (``python -m compiler run DIR --port /dev/ttyUSB1 --inputs X.npy``).
+"""``python -m compiler run DIR --port /dev/ttyUSB1 --inputs X.npy``: a build's inputs through
+the board, every output checked against the reference model.
 
-:class:`BoardLink` speaks :mod:`boards.link.protocol` over any object with pyserial's ``read``,
-``write`` and ``reset_input_buffer`` (a :class:`serial.Serial`, or a fake in the tests). A reply
-counts only if its CRC checks, its type is right and its sequence number is the request's;
-anything else is thrown away and the request retried, so a corrupted or lost byte costs time,
-never a wrong answer.
+The link itself - wire format, host client, serial transport - is :mod:`boards.link`; this is
+the session around it that needs the compiler's layer (the build folder, the program, the
+reference model), and the command's CLI.
 
 A bitstream built with uploaded weights (iCE40 SPRAM) starts without them: :func:`run` uploads
 the build's weight image (:func:`hw.images.weight_image`) in LOAD chunks when the board says it
@@ -14,8 +12,6 @@ does not hold it, starting over from the first chunk after any error.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from boards.link import protocol as proto
+from boards.link.host import BoardLink, open_port
+from core.errors import InputError
+from hw.images import weight_image
 
-from core.errors import InputError, SparsemacError, ToolError
+from . import reference
+from .arrays import load_features
+from .serialize import build_folder, load_program
 
-__all__ = ["BoardLink", "LinkError", "RunResult", "open_port", "run"]
-
-
-class LinkError(SparsemacError):
-    """The board did not answer correctly after every retry."""
+__all__ = ["RunResult", "run", "add_command"]
 
 
 @dataclass
@@ -48,174 +45,13 @@ class RunResult:
     upload_seconds: float = 0.0
 
 
-class BoardLink:
-    """Requests and replies over one serial port.
-
-    Parameters
-    ----------
-    port : serial-like
-        ``read(n)`` (returns what arrived within its timeout), ``write(data)``, and
-        optionally ``reset_input_buffer()``.
-    baud : int
-        The line rate, to size the reply deadlines.
-    retries : int
-        Extra tries per request after an error, a bad or a missing reply.
-    board_timeout_s : float
-        The board's inter-byte timeout (its quiet period after an error is the same).
-    """
-
-    def __init__(self, port, *, baud: int = 115200, retries: int = 3,
-                 board_timeout_s: float = 0.02, reply_slack_s: float = 0.25):
-        self.port, self.baud, self.retries = port, baud, retries
-        self.board_timeout_s, self.reply_slack_s = board_timeout_s, reply_slack_s
-        self._seq = 0
-        self.retried = 0
-        self.info: proto.BoardInfo | None = None
-
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) % 256
-        return self._seq
-
-    def _byte_s(self) -> float:
-        return 10.0 / self.baud
-
-    def request(self, kind: int, payload: bytes, expect: int, reply_bytes: int, *,
-                retry: bool = True) -> bytes:
-        """Send one request until a good ``expect`` reply with its seq arrives; its payload.
-        ``retry=False``: one try only."""
-        failures = []
-        for attempt in range(self.retries + 1 if retry else 1):
-            if attempt:
-                self.retried += 1
-                time.sleep(2 * self.board_timeout_s)      # the board drains after an error
-            if hasattr(self.port, "reset_input_buffer"):
-                self.port.reset_input_buffer()
-            seq = self._next_seq()
-            frame = proto.encode_frame(proto.SYNC_REQUEST, kind, seq, payload)
-            self.port.write(frame)
-            deadline = (time.monotonic() + (len(frame) + reply_bytes + 8) * self._byte_s()
-                        + self.board_timeout_s + self.reply_slack_s)
-            decoder = proto.FrameDecoder(proto.SYNC_REPLY,
-                                         max_length=max(reply_bytes, proto.INFO_BYTES))
-            outcome = self._await_reply(decoder, seq, expect, deadline)
-            if isinstance(outcome, bytes):
-                return outcome
-            failures.append(outcome)
-        raise LinkError(f"no good reply after {len(failures)} tries ({'; '.join(failures)}); "
-                        f"check the port, the baud rate and that the board runs this build "
-                        f"(`python -m compiler flash DIR`)")
-
-    def _await_reply(self, decoder, seq, expect, deadline):
-        while time.monotonic() < deadline:
-            data = self.port.read(max(1, decoder.max_length + proto.HEADER_BYTES + 2))
-            for frame in decoder.feed(data or b""):
-                if frame.seq != seq:
-                    continue                      # a late reply to an earlier request
-                if frame.kind == proto.ERROR:
-                    code = frame.payload[0] if frame.payload else 0
-                    return f"board error: {proto.ERRORS.get(code, f'code {code}')}"
-                if frame.kind != expect:
-                    return f"unexpected reply type 0x{frame.kind:02x}"
-                return frame.payload
-        if decoder.bad_crc:
-            return "reply with a bad CRC"
-        return "no reply" if not decoder.pending else "reply cut short"
-
-    def get_info(self) -> proto.BoardInfo:
-        self.info = proto.parse_info(self.request(proto.INFO, b"", proto.INFO_REPLY,
-                                                  proto.INFO_BYTES + 7))
-        return self.info
-
-    def upload(self, image: bytes, *, chunk: int = 1024) -> int:
-        """Upload a weight image in LOAD chunks; after any error (a chunk is written as it
-        arrives, so the board cannot take it again) start over from offset 0, up to
-        ``retries`` more times. Returns the bytes sent."""
-        if not image:
-            raise ValueError("an empty weight image")
-        sent, failures = 0, []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
-                time.sleep(2 * self.board_timeout_s)
-            try:
-                for offset in range(0, len(image), chunk):
-                    part = image[offset:offset + chunk]
-                    held, flags = proto.parse_loaded(self.request(
-                        proto.LOAD, proto.load_payload(offset, part), proto.LOADED,
-                        proto.LOADED_BYTES + 7, retry=False))
-                    sent += len(part)
-                    if held != offset + len(part):
-                        raise LinkError(f"the board holds {held} image bytes, not "
-                                        f"{offset + len(part)}")
-            except (LinkError, ValueError) as e:
-                failures.append(str(e))
-                continue
-            if not flags & proto.FLAG_LOADED:
-                raise LinkError(f"the board took all {len(image)} bytes of the weight image "
-                                f"but does not hold it (flags {flags:#04x}): the bitstream on "
-                                f"it was built from another program; flash this build")
-            if self.info is not None:
-                self.info = dataclasses.replace(self.info, flags=flags)
-            return sent
-        raise LinkError(f"weight upload failed {len(failures)} times (last: {failures[-1]})")
-
-    def infer(self, x) -> tuple[list[int], int]:
-        """One inference: int8 inputs -> (int8 outputs, compute cycles)."""
-        info = self.info or self.get_info()
-        x = np.asarray(x)
-        if x.shape != (info.in_features,):
-            raise InputError(f"the board takes {info.in_features} inputs, not {x.shape}")
-        if x.min(initial=0) < -128 or x.max(initial=0) > 127:
-            raise InputError("inputs must be int8 (quantize them first)")
-        payload = self.request(proto.INFER, bytes(int(v) & 0xFF for v in x), proto.RESULT,
-                               info.out_features + 4 + 7)
-        try:
-            return proto.parse_result(payload, info.out_features)
-        except ValueError as e:
-            raise LinkError(f"malformed result: {e}") from None
-
-    def infer_many(self, xq) -> tuple[np.ndarray, np.ndarray]:
-        xq = np.asarray(xq)
-        info = self.info or self.get_info()
-        outputs = np.zeros((len(xq), info.out_features), dtype=np.int64)
-        cycles = np.zeros(len(xq), dtype=np.int64)
-        for n, x in enumerate(xq):
-            outputs[n], cycles[n] = self.infer(x)
-        return outputs, cycles
-
-
-def open_port(port: str, baud: int, *, timeout_s: float = 0.02):
-    """A pyserial port (8N1, no flow control)."""
-    try:
-        import serial
-    except ImportError:
-        raise ToolError("pyserial is missing: pip install pyserial") from None
-    try:
-        return serial.Serial(port, baudrate=baud, timeout=timeout_s, write_timeout=2.0)
-    except (serial.SerialException, OSError) as e:
-        raise InputError(f"cannot open serial port {port}: {e}; check the cable and that you "
-                         f"may use the port (e.g. the dialout group)") from None
-
-
-def _build_folder(out_dir) -> tuple[Path, dict]:
-    out_dir = Path(out_dir)
-    if not (out_dir / "program.npz").is_file() or not (out_dir / "report.json").is_file():
-        raise InputError(f"{out_dir} is not a build folder (no program.npz / report.json); run "
-                         f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
-    return out_dir, json.loads((out_dir / "report.json").read_text())
-
-
 def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=None,
         link: BoardLink | None = None, retries: int = 3, reload: bool = False) -> RunResult:
     """Run ``inputs`` (.npy float [N, in] or an array) on the board behind ``port`` (a device
     path, or an open serial-like object) and compare every output with the reference model.
     A design with uploaded weights gets them first when it does not hold them (or always,
     ``reload``)."""
-    from . import reference
-    from .arrays import load_features
-    from .serialize import load_program
-
-    out_dir, report = _build_folder(out_dir)
+    out_dir, report = build_folder(out_dir)
     program = load_program(out_dir / "program.npz")
     flow = report.get("board_flow") or {}
     baud = baud or flow.get("baud") or 115200
@@ -242,7 +78,6 @@ def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=Non
                          f"{want:08x}: `python -m compiler flash {out_dir}` first")
     uploaded, upload_s = 0, 0.0
     if info.uploaded and (reload or not info.loaded):
-        from hw.images import weight_image
         t = time.monotonic()
         uploaded = link.upload(weight_image(program))
         upload_s = time.monotonic() - t
@@ -256,3 +91,40 @@ def run(out_dir, *, port=None, inputs=None, baud: int | None = None, outputs=Non
                      mismatches=mismatches, retries=link.retried, seconds=seconds,
                      outputs_path=outputs_path, info=info, uploaded_bytes=uploaded,
                      upload_seconds=upload_s)
+
+
+def cmd_run(args) -> int:
+    result = run(args.dir, port=args.port, inputs=args.inputs, baud=args.baud,
+                 outputs=args.outputs, retries=args.retries, reload=args.reload_weights)
+    n = len(result.hw)
+    info = result.info
+    if result.uploaded_bytes:
+        print(f"weights uploaded: {result.uploaded_bytes} bytes in {result.upload_seconds:.1f} s")
+    cycles = float(result.cycles.mean()) if n else 0.0
+    print(f"{n} inferences on the board ({info.pes} PEs at {info.clock_hz / 1e6:g} MHz, design "
+          f"{info.design_id:08x}): {n - result.mismatches} equal the reference model"
+          + (f", {result.mismatches} DIFFER" if result.mismatches else " (bit-exact)"))
+    if n:
+        compute_s = cycles / info.clock_hz
+        print(f"  compute: {cycles:.1f} cycles per inference = {1e6 * compute_s:.2f} us "
+              f"({1 / compute_s:,.0f} inferences/s); over the UART: {n / result.seconds:.1f}/s"
+              f"{f', {result.retries} retries' if result.retries else ''}")
+    print(f"  outputs {result.outputs_path}")
+    return 1 if result.mismatches else 0
+
+
+def add_command(sub) -> None:
+    """Register ``run`` on the CLI's subparsers."""
+    p = sub.add_parser("run", help="run inputs on a board over its UART, check them against "
+                                   "the reference model")
+    p.add_argument("dir", help="build folder (its bitstream must be on the board)")
+    p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
+    p.add_argument("--inputs", required=True, help=".npy float32 [N, in_features]")
+    p.add_argument("--baud", type=int, help="UART rate (default: the build's)")
+    p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
+                                     "cycles)")
+    p.add_argument("--retries", type=int, default=3, help="tries after a bad reply (default 3)")
+    p.add_argument("--reload-weights", action="store_true",
+                   help="upload the weights even if the board holds them (designs built with "
+                        "uploaded weights, e.g. iCE40 SPRAM)")
+    p.set_defaults(func=cmd_run)

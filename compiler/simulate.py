@@ -14,7 +14,7 @@ from .arrays import load_features
 from core.errors import InputError, SparsemacError
 from .reference import dense_cycles
 from .report import read_report, record_simulation
-from .serialize import load_program
+from .serialize import build_folder, load_program
 
 __all__ = ["simulate", "run_rtl", "RTLMismatch", "SimulationResult", "DEFAULT_LIMIT"]
 
@@ -39,14 +39,6 @@ class SimulationResult:
         return float(self.intervals.sum()) / len(self.intervals)
 
 
-def _build_dir(out_dir) -> Path:
-    out_dir = Path(out_dir)
-    if not (out_dir / "program.npz").is_file() or not (out_dir / "report.json").is_file():
-        raise InputError(f"{out_dir} is not a build folder (no program.npz / report.json); run "
-                         f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
-    return out_dir
-
-
 def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
              waves: bool = False, limit: int | None = None) -> SimulationResult:
     """Simulate build folder ``out_dir``; ``inputs``: .npy of real-valued inputs [N, in]
@@ -58,7 +50,7 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         raise InputError(f"unknown simulator {simulator!r}; choose {' or '.join(SIMULATORS)}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, not {limit}")
-    out_dir = _build_dir(out_dir)
+    out_dir, _ = build_folder(out_dir)
     program = load_program(out_dir / "program.npz")
     report = read_report(out_dir)
     config = json.loads((out_dir / "build_config.json").read_text())

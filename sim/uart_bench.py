@@ -1,13 +1,16 @@
 """cocotb bench for the accelerator behind its UART link (``sparsemac_link``).
 
 A :class:`UartLinkBench` owns the clock, a cocotbext-uart source on ``rx`` and sink on ``tx``,
-and speaks :mod:`boards.link.protocol`. The cases: good frames (outputs bit-exact against the
-reference model), a corrupted CRC, a dropped byte, a wrong length, an unknown type, a UART
-framing error, garbage between frames, and the INFO request. After every fault the next good
-frame must be answered correctly, and no fault may ever produce a RESULT. A design with uploaded
-weights (``image`` in the parameters) gets them first; ``uploaded_weights`` checks the upload
-itself: no result before a whole good image, a spoiled image (corrupted, dropped or
-out-of-order chunk) refused until a new one, then bit-exact results.
+and drives them with the host's own client (:class:`boards.link.client.LinkClient`, through
+:class:`CocotbTransport`): what ``python -m compiler run`` does to a board is what the
+simulated board gets. Faults are raw frames on the same line. The cases: good frames (outputs
+bit-exact against the reference model), a corrupted CRC, a dropped byte, a wrong length, an
+unknown type, a UART framing error, garbage between frames, and the INFO request. After every
+fault the next good frame must be answered correctly, and no fault may ever produce a RESULT.
+A design with uploaded weights (``image`` in the parameters) gets them first;
+``uploaded_weights`` checks the upload itself: no result before a whole good image, a spoiled
+image (corrupted, dropped or out-of-order chunk) refused until a new one, then bit-exact
+results.
 
 ``SPARSEMAC_UART_BENCH`` names an .npz with ``inputs``, ``expected`` (int), ``info`` (the
 BoardInfo fields), ``baud``, ``period_ns`` (the accelerator's clock), ``link_period_ns`` (the
@@ -19,12 +22,17 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Timer, with_timeout
+from cocotb.triggers import ClockCycles, Timer
 from cocotbext.uart import UartSink, UartSource
 
 from boards.link import protocol as proto
+from boards.link.client import LinkClient, drive_async
 
-__all__ = ["UartLinkBench"]
+__all__ = ["UartLinkBench", "CocotbTransport"]
+
+#: what the simulated board may take beyond the bytes' own time to answer (compute, clock
+#: crossings), in simulated seconds
+REPLY_SLACK_S = 200e-6
 
 
 def _params():
@@ -32,8 +40,29 @@ def _params():
         return {k: f[k] for k in f.files}
 
 
+class CocotbTransport:
+    """The host client's transport (:func:`~boards.link.client.drive_async`) on a simulated
+    UART: bytes out through a cocotbext-uart source, in through a sink, in simulated time."""
+
+    def __init__(self, source: UartSource, sink: UartSink):
+        self.source, self.sink = source, sink
+
+    async def send(self, data: bytes) -> None:
+        self.sink.clear()                     # as a host port's reset_input_buffer()
+        await self.source.write(data)
+        await self.source.wait()
+
+    async def receive(self, max_bytes: int, timeout_s: float) -> bytes:
+        await self.sink.wait(max(1, int(timeout_s * 1e9)), "ns")
+        return bytes(self.sink.read_nowait(min(max_bytes, self.sink.count())))
+
+    async def pause(self, seconds: float) -> None:
+        await Timer(max(1, int(seconds * 1e9)), "ns")
+
+
 class UartLinkBench:
-    """Clock, UART driver (``rx``) and monitor (``tx``) of one ``sparsemac_link``."""
+    """Clock, UART driver (``rx``) and monitor (``tx``) of one ``sparsemac_link``; good
+    requests through the host client (no retries: a fault must show), faults as raw bytes."""
 
     def __init__(self, dut, params):
         self.dut = dut
@@ -50,8 +79,14 @@ class UartLinkBench:
         dut.rx.value = 1
         self.source = UartSource(dut.rx, baud=self.baud, bits=8, stop_bits=1)
         self.sink = UartSink(dut.tx, baud=self.baud, bits=8, stop_bits=1)
-        self.decoder = proto.FrameDecoder(proto.SYNC_REPLY)
+        self.transport = CocotbTransport(self.source, self.sink)
+        self.client = LinkClient(baud=self.baud, retries=0, reply_slack_s=REPLY_SLACK_S,
+                                 board_timeout_s=self.timeout_cycles * self.period_ns * 1e-9)
         self.image = bytes(params["image"].tobytes()) if "image" in params else b""
+
+    async def run(self, operation):
+        """One of the client's operations, on this bench's UART."""
+        return await drive_async(operation, self.transport)
 
     async def reset(self):
         self.dut.rst.value = 1
@@ -62,27 +97,15 @@ class UartLinkBench:
         await ClockCycles(self.dut.link_clk, 5)
 
     async def send(self, data: bytes):
+        """Raw bytes on the line, whatever they are."""
         await self.source.write(data)
         await self.source.wait()
 
-    async def reply(self, *, max_bytes=None) -> proto.Frame:
-        """The next good reply frame (fails the test after a generous timeout)."""
-        n_bytes = max_bytes or (proto.HEADER_BYTES + self.info.out_features + 6)
-        budget_ns = (n_bytes + 4) * 10 * self.bit_ns + 4 * self.timeout_cycles * self.period_ns
-
-        async def collect():
-            while True:
-                data = await self.sink.read(1)
-                frames = self.decoder.feed(bytes(data))
-                if frames:
-                    assert len(frames) == 1, f"several frames at once: {frames}"
-                    return frames[0]
-
-        return await with_timeout(collect(), int(budget_ns + 200_000), "ns")
-
-    async def quiet(self, bit_times: float = 20):
-        await Timer(int(bit_times * self.bit_ns), "ns")
-        assert self.sink.empty(), f"unexpected bytes from the board: {bytes(self.sink.read_nowait())}"
+    async def reply(self, seq=None) -> proto.Frame:
+        """The next good reply frame (with sequence number ``seq``, unless None)."""
+        reply = await self.run(self.client.collect(seq, self.info.out_features + 4))
+        assert reply.frame is not None, f"no reply from the board: {reply.failure}"
+        return reply.frame
 
     def request(self, kind, seq, payload=b"") -> bytes:
         return proto.encode_frame(proto.SYNC_REQUEST, kind, seq, payload)
@@ -98,41 +121,30 @@ class UartLinkBench:
     def load_request(self, offset, chunk, seq) -> bytes:
         return self.request(proto.LOAD, seq, proto.load_payload(offset, chunk))
 
-    async def load(self, offset, chunk, seq):
-        """One LOAD chunk; returns (bytes held, flags) from the LOADED reply."""
-        await self.send(self.load_request(offset, chunk, seq))
-        frame = await self.reply()
-        assert frame.kind == proto.LOADED, f"expected LOADED, got {frame}"
-        assert frame.seq == seq
-        return proto.parse_loaded(frame.payload)
+    async def load(self, offset, chunk):
+        """One LOAD chunk through the client; returns (bytes held, flags)."""
+        return proto.parse_loaded(await self.run(self.client.request(
+            proto.LOAD, proto.load_payload(offset, chunk), proto.LOADED, proto.LOADED_BYTES)))
 
-    async def upload(self, chunk=256, seq=100):
-        """The whole weight image, in order; the board must then say it holds it."""
-        held, flags = 0, 0
-        for n, offset in enumerate(range(0, len(self.image), chunk)):
-            held, flags = await self.load(offset, self.image[offset:offset + chunk],
-                                          (seq + n) % 256)
-            assert held == min(offset + chunk, len(self.image))
-        assert flags == proto.FLAG_UPLOADED | proto.FLAG_LOADED, f"flags {flags:#x} after upload"
+    async def flags(self) -> int:
+        return (await self.run(self.client.get_info())).flags
 
-    async def infer(self, x, seq):
-        await self.send(self.infer_request(x, seq))
-        frame = await self.reply()
-        assert frame.kind == proto.RESULT, f"expected a RESULT, got {frame}"
-        assert frame.seq == seq, f"reply seq {frame.seq}, request seq {seq}"
-        return proto.parse_result(frame.payload, self.info.out_features)
+    async def upload(self, chunk=256):
+        """The whole weight image, through the client; the board must then hold it."""
+        sent = await self.run(self.client.upload(self.image, chunk=chunk))
+        assert sent == len(self.image)
+        assert await self.flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
 
     async def expect_error(self, code, seq=None):
-        frame = await self.reply()
+        frame = await self.reply(seq)
         assert frame.kind == proto.ERROR, f"expected an ERROR frame, got {frame}"
         assert frame.payload == bytes([code]), \
             f"expected error {code} ({proto.ERRORS[code]}), got {frame.payload!r}"
-        if seq is not None:
-            assert frame.seq == seq, f"error frame seq {frame.seq}, expected {seq}"
         return frame
 
-    async def check_good(self, n, seq):
-        outputs, cycles = await self.infer(self.p["inputs"][n], seq)
+    async def check_good(self, n):
+        """Inference ``n`` through the client: bit-exact against the reference model."""
+        outputs, cycles = await self.run(self.client.infer(self.p["inputs"][n]))
         expected = self.p["expected"][n]
         assert np.array_equal(np.array(outputs), expected), \
             f"inference {n}: board {outputs}, reference {list(expected)}"
@@ -152,10 +164,10 @@ async def _bench(dut, *, upload=True):
 async def info_request(dut):
     """INFO reports the shapes, PE count, design id and clock the host must match."""
     bench = await _bench(dut)
-    await bench.send(bench.request(proto.INFO, 7))
+    assert await bench.run(bench.client.get_info()) == bench.info
+    await bench.send(bench.request(proto.INFO, 7))          # and echoes any seq
     frame = await bench.reply()
     assert frame.kind == proto.INFO_REPLY and frame.seq == 7
-    assert proto.parse_info(frame.payload) == bench.info
 
 
 @cocotb.test()
@@ -164,7 +176,7 @@ async def good_frames(dut):
     bench = await _bench(dut)
     cycles = []
     for n in range(len(bench.p["inputs"])):
-        cycles.append(await bench.check_good(n, seq=(200 + n) % 256))
+        cycles.append(await bench.check_good(n))
     dut._log.info("cycles per inference: %s", cycles)
 
 
@@ -178,7 +190,7 @@ async def corrupted_crc(dut):
         frame[position] ^= 0x10
         await bench.send(bytes(frame))
         await bench.expect_error(proto.ERR_CRC)
-        await bench.check_good(1, seq=12)
+        await bench.check_good(1)
 
 
 @cocotb.test()
@@ -190,14 +202,14 @@ async def dropped_byte(dut):
     del frame[proto.HEADER_BYTES + 5]
     await bench.send(bytes(frame))
     await bench.expect_error(proto.ERR_TIMEOUT, seq=21)
-    await bench.check_good(2, seq=22)
+    await bench.check_good(2)
     # the sync byte lost: the rest is noise; no reply at all may come, and no result
     frame = bytearray(bench.infer_request(x, 23))
     await bench.send(bytes(frame[1:]))
     await bench.wait_timeouts(3)
-    for reply in bench.decoder.feed(bytes(bench.sink.read_nowait())):
+    for reply in proto.FrameDecoder(proto.SYNC_REPLY).feed(bytes(bench.sink.read_nowait())):
         assert reply.kind == proto.ERROR, f"noise produced {reply}"
-    await bench.check_good(0, seq=24)
+    await bench.check_good(0)
 
 
 @cocotb.test()
@@ -210,7 +222,7 @@ async def bad_length_and_type(dut):
     await bench.send(bench.request(0x33, 32, b"\x00" * 4))
     await bench.expect_error(proto.ERR_TYPE, seq=32)
     await bench.wait_timeouts(2)
-    await bench.check_good(0, seq=33)
+    await bench.check_good(0)
 
 
 @cocotb.test()
@@ -224,7 +236,7 @@ async def framing_error(dut):
     bench.dut.rx.value = 1
     await bench.expect_error(proto.ERR_FRAMING, seq=41)
     await bench.wait_timeouts(2)
-    await bench.check_good(1, seq=42)
+    await bench.check_good(1)
 
 
 @cocotb.test()
@@ -232,7 +244,7 @@ async def garbage_between_frames(dut):
     """Bytes outside frames are skipped while hunting for the sync byte."""
     bench = await _bench(dut)
     await bench.send(b"\x00\xff\x13\x37")
-    await bench.check_good(2, seq=51)
+    await bench.check_good(2)
 
 
 @cocotb.test()
@@ -242,12 +254,7 @@ async def uploaded_weights(dut):
     assert bench.image, "this bench's design takes its weights in the bitstream"
     # the fault cases work on the image's first bytes (a full upload takes long to simulate)
     image, half = bench.image, min(16, len(bench.image) // 2)
-
-    async def flags():
-        await bench.send(bench.request(proto.INFO, 1))
-        frame = await bench.reply()
-        return proto.parse_info(frame.payload).flags
-
+    flags = bench.flags
     assert await flags() == proto.FLAG_UPLOADED
     await bench.send(bench.infer_request(bench.p["inputs"][0], 2))
     await bench.expect_error(proto.ERR_NOT_LOADED, seq=2)
@@ -255,7 +262,7 @@ async def uploaded_weights(dut):
 
     # a corrupted byte in the middle chunk: an error; the image cannot be continued, and
     # gives no result
-    await bench.load(0, image[:half], 3)
+    await bench.load(0, image[:half])
     bad = bytearray(bench.load_request(half, image[half:half + 8], 4))
     bad[proto.HEADER_BYTES + 6] ^= 0x04
     await bench.send(bytes(bad))
@@ -269,7 +276,7 @@ async def uploaded_weights(dut):
     await bench.wait_timeouts(2)
 
     # a byte dropped inside a chunk: a timeout, and the image stays spoiled
-    await bench.load(0, image[:half], 11)
+    await bench.load(0, image[:half])
     short = bytearray(bench.load_request(half, image[half:half + 12], 12))
     del short[proto.HEADER_BYTES + 7]
     await bench.send(bytes(short))
@@ -288,4 +295,4 @@ async def uploaded_weights(dut):
     await bench.wait_timeouts(2)
     assert await flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
     for n in range(len(bench.p["inputs"])):
-        await bench.check_good(n, seq=(60 + n) % 256)
+        await bench.check_good(n)

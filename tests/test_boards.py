@@ -48,7 +48,8 @@ def test_cli_unknown_board(tmp_path, capsys):
 
 
 def test_plls_match_icepll_and_ecppll():
-    from boards.clocking import ecp5_pll, ice40_pll
+    from boards.families.ecp5 import ecp5_pll
+    from boards.families.ice40 import ice40_pll
     p = ice40_pll(12, 60)        # icepll -i 12 -o 60
     assert (p.divr, p.divf, p.divq, p.filter_range, p.f_out_mhz) == (0, 79, 4, 1, 60.0)
     e = ecp5_pll(25, 100)        # ecppll -i 25 -o 100

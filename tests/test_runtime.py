@@ -11,7 +11,9 @@ import pytest
 from boards.link import protocol as proto
 from compiler import reference
 from core.errors import InputError
-from compiler.runtime import BoardLink, LinkError, run
+from boards.link.client import LinkError
+from boards.link.host import BoardLink
+from compiler.runtime import run
 
 EXAMPLE = "examples/digits_mlp.pt"
 

@@ -8,6 +8,8 @@ import math
 
 from hw.options import Choices, HardwareOptions
 
+from .. import flow
+
 __all__ = ["Family", "NextpnrFamily"]
 
 
@@ -155,14 +157,20 @@ class Family:
         (without the timing verdict: ``boards.flow.check_timing``)."""
         raise NotImplementedError
 
+    def __init__(self):
+        _INSTANCES[self.name] = self
+
     def __reduce__(self):
         # one instance per family: copies (dataclasses.replace, pickling) are the instance
         return (_family, (self.name,))
 
 
+#: every family instance by name (what ``boards.families.FAMILIES`` lists)
+_INSTANCES: dict = {}
+
+
 def _family(name: str):
-    from . import FAMILIES
-    return FAMILIES[name]
+    return _INSTANCES[name]
 
 
 def _split(width: int, maximum: int, minimum: int) -> list:
@@ -181,11 +189,9 @@ class NextpnrFamily(Family):
     resource_names: dict = {}
 
     def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
-        from .. import flow
         return flow.build_bitstream(program, board, out_dir, baud=baud, options=options,
                                     seed=seed)
 
     def parse_report(self, path, target_mhz: float) -> dict:
         """Fmax and utilisation from nextpnr's ``--report`` JSON."""
-        from ..flow import parse_nextpnr_report
-        return parse_nextpnr_report(path, self, target_mhz)
+        return flow.parse_nextpnr_report(path, self, target_mhz)

@@ -19,6 +19,9 @@ from pathlib import Path
 from hw.images import deepest_memory
 from hw.options import DISTRIBUTED_MAX_DEPTH, HardwareOptions
 
+from ..flow import NAME, _environ, _run
+from ..toolchain import flow_environment, which
+from ..top import DEFAULT_BAUD, BoardTop
 from .base import Family
 
 __all__ = ["XC7", "xilinx_products", "parse_yosys_xilinx_stat"]
@@ -107,10 +110,6 @@ def xilinx_products(program, board, out_dir, *, options, baud: int | None = None
     """Verilog, the Vivado and openXC7 plans, a yosys utilisation estimate; the bitstream when a
     vendor or openXC7 tool is installed."""
     from amaranth_boards import arty_a7  # noqa: F401  (fails early if amaranth-boards is absent)
-
-    from ..flow import NAME, _environ, _run
-    from ..toolchain import flow_environment, which
-    from ..top import DEFAULT_BAUD, BoardTop
 
     baud = DEFAULT_BAUD if baud is None else baud
     out_dir = Path(out_dir)

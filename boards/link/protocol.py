@@ -1,7 +1,9 @@
 """The UART link between a host and a board: framing, CRC, message types.
 
-Shared by the gateware (:mod:`boards.link.gateware`), the host runtime (:mod:`compiler.runtime`) and the
-tests, so the three cannot disagree. Plain Python, no Amaranth.
+Shared by the gateware (:mod:`boards.link.gateware`), the host client
+(:mod:`boards.link.client`) and the tests, so they cannot disagree. Plain Python; the CRC's
+parameters come from :mod:`amaranth.lib.crc`'s catalogue, whose hardware side the gateware
+uses.
 
 Every frame, in both directions::
 
@@ -29,10 +31,11 @@ a LOAD frame (CRC, timeout, order) spoils the image until a new one starts at of
 chunk that would continue a spoiled image is refused as out of order; a chunk refused for
 its offset or for running past the image's end writes nothing and spoils nothing); the
 board sets :data:`FLAG_LOADED` only when a whole image arrived in order with every frame's
-CRC good, and answers INFER with an error until then. The board answers every request it could frame: a bad CRC, a wrong
-length, an unknown type, a UART framing error or a frame cut short (no byte for
-``timeout`` while inside a frame: a dropped byte) each produce an :data:`ERROR` frame, never a
-result. After a bad length or type it ignores the line until it has been quiet for the timeout,
+CRC good, and answers INFER with an error until then.
+
+The board answers every request it could frame: a bad CRC, a wrong length, an unknown type, a
+UART framing error or a frame cut short (no byte for ``timeout`` while inside a frame: a dropped
+byte) each produce an :data:`ERROR` frame, never a result. After a bad length or type it ignores the line until it has been quiet for the timeout,
 then hunts for the next sync byte.
 """
 
@@ -42,12 +45,18 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from amaranth.lib.crc import catalog
+
 __all__ = [
     "SYNC_REQUEST", "SYNC_REPLY", "INFER", "INFO", "LOAD", "RESULT", "INFO_REPLY", "LOADED",
-    "ERROR", "ERRORS", "FLAG_UPLOADED", "FLAG_LOADED", "HEADER_BYTES", "crc16", "encode_frame",
-    "FrameDecoder", "Frame", "info_payload", "parse_info", "result_payload", "parse_result",
+    "ERROR", "ERRORS", "FLAG_UPLOADED", "FLAG_LOADED", "HEADER_BYTES", "CRC", "crc16",
+    "encode_frame", "FrameDecoder", "Frame", "info_payload", "parse_info", "result_payload", "parse_result",
     "load_payload", "loaded_payload", "parse_loaded", "design_id", "BoardInfo",
 ]
+
+#: The frame check, one definition for both sides: the gateware instantiates it
+#: (``CRC.create()``), the host computes it (``CRC.compute(data)``).
+CRC = catalog.CRC16_IBM_3740(data_width=8)
 
 SYNC_REQUEST = 0xA5
 SYNC_REPLY = 0x5A
@@ -64,19 +73,20 @@ ERROR = 0xEE
 FLAG_UPLOADED = 0x01
 FLAG_LOADED = 0x02
 
-#: Error codes in an :data:`ERROR` frame's payload.
-ERRORS = {
-    1: "bad CRC",
-    2: "frame cut short (timeout: a byte was dropped)",
-    3: "wrong length for this request type",
-    4: "unknown request type",
-    5: "UART framing error (wrong baud rate or noise)",
-    6: "weights not loaded (upload them first: `python -m compiler run` does)",
-    7: "weight chunk out of order (an image starts at offset 0 and continues where it ended)",
-    8: "weight byte lost (the accelerator was not ready)",
-}
+#: Error codes in an :data:`ERROR` frame's payload, and what each means.
 ERR_CRC, ERR_TIMEOUT, ERR_LENGTH, ERR_TYPE, ERR_FRAMING = 1, 2, 3, 4, 5
 ERR_NOT_LOADED, ERR_ORDER, ERR_OVERRUN = 6, 7, 8
+ERRORS = {
+    ERR_CRC: "bad CRC",
+    ERR_TIMEOUT: "frame cut short (timeout: a byte was dropped)",
+    ERR_LENGTH: "wrong length for this request type",
+    ERR_TYPE: "unknown request type",
+    ERR_FRAMING: "UART framing error (wrong baud rate or noise)",
+    ERR_NOT_LOADED: "weights not loaded (upload them first: `python -m compiler run` does)",
+    ERR_ORDER: "weight chunk out of order (an image starts at offset 0 and continues where it "
+               "ended)",
+    ERR_OVERRUN: "weight byte lost (the accelerator was not ready)",
+}
 
 #: sync, type, seq, length (2)
 HEADER_BYTES = 5
@@ -86,24 +96,9 @@ LOADED_BYTES = 5
 LOAD_OFFSET_BYTES = 4
 
 
-def _crc_table():
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-        table.append(crc & 0xFFFF)
-    return table
-
-
-_TABLE = _crc_table()
-
-
-def crc16(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/IBM-3740 (CCITT-FALSE) of ``data``."""
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _TABLE[((crc >> 8) ^ byte) & 0xFF]
-    return crc
+def crc16(data: bytes) -> int:
+    """CRC-16/IBM-3740 (CCITT-FALSE) of ``data``: :data:`CRC`'s software side."""
+    return CRC.compute(data)
 
 
 def encode_frame(sync: int, kind: int, seq: int, payload: bytes = b"") -> bytes:
