@@ -19,14 +19,17 @@ from typing import Callable
 import numpy as np
 
 from boards import Board, get_board, with_clock
+from boards.fit import plan
+from boards.flow import board_products, check_timing
+from core.errors import InputError
+from core.ir import Grid, IRError, Model, SparseProgram
 from hw.options import Choices, HardwareOptions
+from hw.verilog import generate_verilog
 
 from . import reference
 from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
-from core.errors import InputError
 from .frontend import first_layer, load_module, to_ir
-from core.ir import Grid, IRError, Model, SparseProgram
 from .passes.encode import encode
 from .passes.quantize import quantize
 from .report import build_report, write_report
@@ -201,8 +204,6 @@ def step_plan(s: BuildState):
     """PEs, grid and gateware options: the user's, or the fastest design that fits the board
     and is predicted to meet its clock (boards/fit.py). Seconds, before any synthesis; the
     program compiled for the plan is handed on."""
-    from boards.fit import plan
-
     config = s.config
     layers = len(s.quantized.layers)
     if isinstance(config.banks, (list, tuple)) and len(config.banks) != layers:
@@ -232,15 +233,12 @@ def step_check_reference(s: BuildState):
 
 
 def step_verilog(s: BuildState):
-    from hw.verilog import generate_verilog
     s.verilog = generate_verilog(s.program, s.out_dir / "sparsemac_top.v", s.options)
 
 
 def step_board(s: BuildState):
     """Board products: a bitstream with Fmax and utilisation from nextpnr (iCE40, ECP5), or
     Vivado / openXC7 plans and a yosys utilisation estimate (7-series)."""
-    from boards.flow import board_products, check_timing
-
     s.board_results.update({"bitstream": None, "fmax_mhz": None, "resources": None})
     if not s.config.bitstream:
         return

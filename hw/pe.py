@@ -41,8 +41,7 @@ class SparsePE(wiring.Component):
         Uploaded weights only: the walker's entry memory write (:class:`~hw.walker.ColumnWalker`).
     """
 
-    def __init__(self, program: SparseProgram, geo: Geometry, row: int, col: int, *,
-                 spram: bool = False):
+    def __init__(self, program: SparseProgram, geo: Geometry, row: int, col: int):
         if not isinstance(program, SparseProgram):
             raise TypeError(f"program must be a SparseProgram, not {program!r}")
         if not (0 <= row < geo.rows and 0 <= col < geo.cols):
@@ -53,7 +52,7 @@ class SparsePE(wiring.Component):
         self.walker = ColumnWalker(
             geo, pack_pointers(program, self.index, geo),
             None if uploaded else pack_entries(program, self.index, geo),
-            depth=geo.entry_depth[self.index], spram=spram)
+            depth=geo.entry_depth[self.index])
         self.banks = MacBanks(geo, col)
         upload = {}
         if uploaded:

@@ -117,11 +117,6 @@ class SparseAccelerator(wiring.Component):
         m = Module()
         geo, prog = self.geo, self.program
         R, C, S = geo.rows, geo.cols, geo.slots
-        if str(getattr(platform, "family", "")).lower() == "ice40":
-            for row in self.pes:                # uploaded weights into SPRAM
-                for pe in row:
-                    pe.walker.spram = True
-
         m.submodules.loader = loader = self.loader
         wiring.connect(m, wiring.flipped(self.input), loader.input)
         pes, reducers = self.pes, self.reducers

@@ -19,6 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, drain_layout,
                      entry_layout, job_layout, pointer_width)
+from .weights import UploadedWeightMemory
 
 __all__ = ["ColumnWalker", "op_layout", "_count"]
 
@@ -60,8 +61,6 @@ class ColumnWalker(wiring.Component):
         Packed entry words (:func:`hw.images.pack_entries`); None for uploaded weights.
     depth : int or None
         Uploaded weights: the entry memory's depth (default: the last CSC start).
-    spram : bool
-        Uploaded weights go to iCE40 SPRAM (``ram_style`` "huge").
 
     Members
     -------
@@ -78,8 +77,7 @@ class ColumnWalker(wiring.Component):
         cycle's place; the walk waits a cycle.
     """
 
-    def __init__(self, geo: Geometry, pointers, entries=None, *, depth: int | None = None,
-                 spram: bool = False):
+    def __init__(self, geo: Geometry, pointers, entries=None, *, depth: int | None = None):
         if not isinstance(geo, Geometry):
             raise TypeError(f"geo must be a Geometry, not {geo!r}")
         if len(pointers) != geo.ptr_depth:
@@ -88,7 +86,7 @@ class ColumnWalker(wiring.Component):
         if (entries is None) != (geo.weights == "uploaded"):
             raise ValueError("entries must be given exactly when the weights are in the "
                              "bitstream")
-        self.geo, self.pointers, self.entries, self.spram = geo, list(pointers), entries, spram
+        self.geo, self.pointers, self.entries = geo, list(pointers), entries
         if entries is not None:
             depth = len(entries)
         elif depth is None:
@@ -259,15 +257,14 @@ class ColumnWalker(wiring.Component):
             m.d.comb += rp.addr.eq(addr)
             return rp.data
         # Uploaded: empty until the host sends the weights (no initial contents: on iCE40 the
-        # flow drops the all-zero init Amaranth emits, and `ram_style` asks for SPRAM). In
-        # chunks of one SPRAM's depth, each written on its own enable from the loader's
-        # registers: Yosys's own split would decode each block's write enable from the shared
-        # address, the walker's included.
-        attrs = {"ram_style": "huge"} if self.spram else None
+        # flow drops the all-zero init Amaranth emits, and the platform maps the memory to
+        # SPRAM). In chunks of one SPRAM's depth, each written on its own enable from the
+        # loader's registers: Yosys's own split would decode each block's write enable from
+        # the shared address, the walker's included.
         chunks = []
         for c, base in enumerate(range(0, self.depth, SPRAM_DEPTH)):
-            chunk = memory.Memory(shape=width, depth=min(SPRAM_DEPTH, self.depth - base),
-                                  init=[], attrs=attrs)
+            chunk = UploadedWeightMemory(shape=width, depth=min(SPRAM_DEPTH, self.depth - base),
+                                         init=[])
             m.submodules[f"uploaded_entries_{c}"] = chunk
             chunks.append(chunk)
         addr_w = self.geo.start_bits

@@ -2,15 +2,22 @@
 beat, into the PEs' entry memories - PE 0's from address 0, then PE 1's, and so on."""
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .images import Geometry, entry_bytes, entry_layout
 
-__all__ = ["WeightLoader", "WEIGHT_BYTE"]
+__all__ = ["WeightLoader", "WEIGHT_BYTE", "UploadedWeightMemory"]
 
 #: One beat of an uploaded weight image.
 WEIGHT_BYTE = data.StructLayout({"data": 8, "first": 1})
+
+
+class UploadedWeightMemory(memory.Memory):
+    """A PE's entry memory for uploaded weights: an Amaranth :class:`~amaranth.lib.memory.Memory`
+    with no initial contents and one address (a write's or the walker's), so that a single-port
+    RAM can hold it. The design does not say which RAM: a platform's ``get_memory()`` hook may
+    map it (the iCE40 family puts it in SPRAM, ``boards/families/ice40.py``)."""
 
 
 class WeightLoader(wiring.Component):

@@ -135,3 +135,66 @@ def test_plls_per_family():
     # no PLL on 7-series: the design runs at the oscillator
     assert clocking(arty, 50.0) == (None, 100e6, 100e6)
     assert XC7.pll(100, 50) is None
+
+
+def _memory(cls):
+    mem = cls(shape=16, depth=64, init=[])
+    return mem, mem.write_port(), mem.read_port()
+
+
+@pytest.mark.parametrize("board, maps", [("icebreaker", True), ("ulx3s", False),
+                                         ("arty_a7", False)])
+def test_the_platform_maps_uploaded_weights(board, maps):
+    """Amaranth's get_memory() hook, the family's map_memory: on iCE40 the uploaded weights
+    (and only they) get ram_style "huge", i.e. SPRAM; the design itself never names a family."""
+    from amaranth.back import rtlil
+    from amaranth.hdl import Module
+    from amaranth.lib import memory
+
+    from hw.weights import UploadedWeightMemory
+
+    platform = get_board(board).create_platform()
+    for cls, want in ((UploadedWeightMemory, maps), (memory.Memory, False)):
+        m = Module()
+        m.submodules.w, wp, rp = _memory(cls)
+        text = rtlil.convert(m, platform=platform, ports=[wp.addr, wp.data, wp.en, rp.addr,
+                                                          rp.data])
+        assert ('"huge"' in text) == want, (board, cls.__name__)
+
+
+def test_memory_with_attrs_behaves_as_the_memory():
+    """The wrapper the hook returns: the same memory, the same ports, random writes and reads."""
+    import numpy as np
+    from amaranth.hdl import Module
+    from amaranth.lib import memory
+    from amaranth.sim import Simulator
+
+    from boards.families.base import MemoryWithAttrs
+
+    top = Module()
+    mem, wp, rp = _memory(memory.Memory)
+    mem._MustUse__silence = True        # only its ports are used, as a get_memory() hook does
+    top.submodules.impl = MemoryWithAttrs(mem, {"ram_style": "huge"})
+    rng = np.random.default_rng(3)
+    model = [0] * 64
+    seen = []
+
+    async def bench(ctx):
+        for _ in range(300):
+            addr, data, en = int(rng.integers(64)), int(rng.integers(1 << 16)), int(rng.integers(2))
+            ctx.set(wp.addr, addr)
+            ctx.set(wp.data, data)
+            ctx.set(wp.en, en)
+            ctx.set(rp.addr, int(rng.integers(64)))
+            want = model[ctx.get(rp.addr)]
+            await ctx.tick()
+            seen.append((ctx.get(rp.data), want))
+            if en:
+                model[addr] = data
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    got, want = np.array(seen).T
+    assert np.array_equal(got, want)

@@ -274,12 +274,11 @@ def _upload(dut, words, rng):
     return before
 
 
-@pytest.mark.parametrize("memory, chunk, spram", [
-    ("block", None, False), ("distributed", None, False),
-    ("block", 8, False), ("distributed", 8, True), ("block", 4, True),
-    ("block", 16, False),
+@pytest.mark.parametrize("memory, chunk", [
+    ("block", None), ("distributed", None), ("block", 8), ("distributed", 8), ("block", 4),
+    ("block", 16),
 ])
-def test_walker_with_uploaded_weights(memory, chunk, spram, monkeypatch):
+def test_walker_with_uploaded_weights(memory, chunk, monkeypatch):
     if chunk is not None:
         monkeypatch.setattr(hw.walker, "SPRAM_DEPTH", chunk)
     program = _program("sparse")
@@ -292,7 +291,7 @@ def test_walker_with_uploaded_weights(memory, chunk, spram, monkeypatch):
         assert len(words) > 2 * chunk and len(words) % chunk != 0, "several, uneven chunks"
     with pytest.raises(ValueError, match="entries"):
         ColumnWalker(geo, ptr, words)
-    dut = ColumnWalker(geo, ptr, None, spram=spram)
+    dut = ColumnWalker(geo, ptr, None)
     rng = np.random.default_rng(5 + (chunk or 0))
     items = _random_items(geo, 400, rng)
     want = _expected_ops(geo, ptr, values, indices, items)

@@ -14,6 +14,9 @@ must provide:
   messages), ``flow`` (``Board.flow``), ``default_clock_mhz`` (platforms outside the table);
 - ``claims(platform_cls)``: whether an Amaranth platform class is of the family
   (``--platform``), and ``create_platform(cls)`` if the platform needs a flavour;
+- memory mapping: ``map_memory(mem)``, reached through the platform's Amaranth
+  ``get_memory()`` hook (``create_platform`` installs it): an implementation of one of the
+  design's memories, or None for Amaranth's own (iCE40: uploaded weights into SPRAM);
 - default gateware styles: ``default_options(program)`` -> ``hw.options.HardwareOptions``
   (the gateware defines the styles; the family picks the ones that suit its fabric);
 - the fit check's resource model: ``bram_configs``, ``bram_block_bits``, ``bram_dual_port``,

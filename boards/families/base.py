@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import memory
+
 from hw.options import Choices, HardwareOptions
 
 from .. import flow
@@ -70,8 +73,17 @@ class Family:
         raise NotImplementedError
 
     def create_platform(self, platform_cls):
-        """An instance of the board's platform class, in the flavour our flow reads."""
-        return platform_cls()
+        """An instance of the board's platform class, in the flavour our flow reads, with
+        :meth:`map_memory` as its ``get_memory()`` hook when the family maps memories."""
+        return with_memory_map(platform_cls, self)()
+
+    # ---- memory mapping -------------------------------------------------------------------
+    def map_memory(self, mem: memory.Memory):
+        """The implementation of one of the design's memories on this family, or None for
+        Amaranth's own (what the synthesiser infers). Reached through the platform's
+        ``get_memory()`` hook (:meth:`create_platform`), so the design never tests the
+        family."""
+        return None
 
     # ---- default gateware styles ----------------------------------------------------------
     def default_options(self, program) -> HardwareOptions:
@@ -171,6 +183,48 @@ _INSTANCES: dict = {}
 
 def _family(name: str):
     return _INSTANCES[name]
+
+
+def with_memory_map(platform_cls, family: Family):
+    """``platform_cls`` with a ``get_memory()`` hook that asks ``family.map_memory`` first
+    (unchanged when the family maps nothing)."""
+    if type(family).map_memory is Family.map_memory:
+        return platform_cls
+
+    def get_memory(self, mem):
+        return family.map_memory(mem) or memory.Memory.elaborate(mem, None)
+
+    return type(platform_cls.__name__, (platform_cls,), {"get_memory": get_memory,
+                                                         "__module__": __name__})
+
+
+class MemoryWithAttrs(Elaboratable):
+    """``mem`` implemented by a memory like it with ``attrs`` added (e.g. Yosys's
+    ``ram_style``), its ports wired to the original's: the public way to set a synthesis
+    attribute on a memory from a ``get_memory()`` hook. ``name``: the inner memory's, which
+    Yosys sees as its ``MEMID`` until the design is flattened."""
+
+    def __init__(self, mem: memory.Memory, attrs: dict, *, name: str = "mem"):
+        self.mem, self.attrs, self.name = mem, {**mem.attrs, **attrs}, name
+
+    def elaborate(self, platform):
+        m = Module()
+        mem = self.mem
+        m.submodules[self.name] = new = memory.Memory(shape=mem.shape, depth=mem.depth,
+                                               init=mem.init, attrs=self.attrs)
+        writes = {}
+        for port in mem.write_ports:
+            writes[port] = new.write_port(domain=port.domain,
+                                          granularity=port.signature.granularity)
+            m.d.comb += [writes[port].addr.eq(port.addr), writes[port].data.eq(port.data),
+                         writes[port].en.eq(port.en)]
+        for port in mem.read_ports:
+            read = new.read_port(domain=port.domain,
+                                 transparent_for=[writes[w] for w in port.transparent_for])
+            m.d.comb += [read.addr.eq(port.addr), port.data.eq(read.data)]
+            if port.domain != "comb":
+                m.d.comb += read.en.eq(port.en)
+        return m
 
 
 def _split(width: int, maximum: int, minimum: int) -> list:

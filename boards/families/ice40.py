@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from hw.images import SPRAM_DEPTH
 from hw.options import HardwareOptions
+from hw.weights import UploadedWeightMemory
 
-from .base import NextpnrFamily
+from .base import MemoryWithAttrs, NextpnrFamily
 
 __all__ = ["ICE40", "ICE40PLL", "ice40_pll"]
 
@@ -100,6 +101,14 @@ class ICE40Family(NextpnrFamily):
         the deep pipeline for the slow fabric."""
         return HardwareOptions(memory="block", pipeline="deep", accumulators="block",
                                pointers="counted")
+
+    def map_memory(self, mem):
+        """Uploaded weights into SPRAM: Yosys's ``ram_style`` "huge" (``synth_ice40 -spram``),
+        under the name whose initial image the flow deletes (``boards.flow.DROP_UPLOADED_INIT``:
+        SPRAM has none)."""
+        if isinstance(mem, UploadedWeightMemory):
+            return MemoryWithAttrs(mem, {"ram_style": "huge"}, name="uploaded_entries")
+        return None
 
     def weights_in_spram(self, board, options) -> bool:
         """UltraPlus parts hold uploaded weights in SPRAM."""
