@@ -87,17 +87,17 @@ def test_memory_list(digits):
 
 def test_default_gateware_style_per_family(digits):
     """Block RAM for weights but on small 7-series designs; on iCE40 (no LUT RAM) block-RAM
-    accumulators, counted pointers and the deep pipeline; 16-entry FIFOs everywhere (an EBR
-    holds 16 as well as 8); choices override."""
+    accumulators, counted pointers and the deep pipeline; on ECP5 the deep pipeline from P = 8;
+    16-entry FIFOs everywhere (an EBR holds 16 as well as 8); choices override."""
     from boards.families import ECP5, ICE40, XC7
     from hw.options import Choices
 
-    for pes in (1, 4, 8):
+    for pes in (1, 4, 8, 16):
         ice, ecp, xc7 = (f.options_for(digits(pes)) for f in (ICE40, ECP5, XC7))
         assert (ice.accumulators, ice.pipeline, ice.fifo_depth, ice.memory, ice.pointers) == \
             ("block", "deep", 16, "block", "counted")
         assert (ecp.accumulators, ecp.pipeline, ecp.fifo_depth, ecp.memory) == \
-            ("distributed", "short", 16, "block")
+            ("distributed", "deep" if pes >= 8 else "short", 16, "block")
         # LUT RAM for weights when every PE's memory is small (P = 1 holds all 1702 entries)
         assert xc7.memory == ("block" if pes == 1 else "distributed")
         assert xc7.accumulators == "distributed"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hw.options import HardwareOptions
+
 from .base import NextpnrFamily
 
 __all__ = ["ECP5", "ECP5PLL", "ecp5_pll"]
@@ -76,7 +78,15 @@ class ECP5Family(NextpnrFamily):
         from amaranth.vendor import LatticeECP5Platform
         return issubclass(platform_cls, LatticeECP5Platform)
 
-    # default_options: the base's (block RAM, distributed accumulators, short pipeline)
+    #: the deep pipeline from this many PEs up (docs/benchmarks.md, section 0: it meets the
+    #: clock at P = 8 and 16 where the short one does not, and misses it at P = 1)
+    deep_from_pes = 8
+
+    def default_options(self, program) -> HardwareOptions:
+        """The base's styles (block RAM, LUT-RAM accumulators), with the deep pipeline from
+        :attr:`deep_from_pes` PEs up."""
+        return HardwareOptions(pipeline="deep" if program.pes >= self.deep_from_pes
+                               else "short")
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
         return ecp5_pll(f_in_mhz, f_out_mhz)
