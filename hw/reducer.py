@@ -18,6 +18,8 @@ Pipeline of a row::
         -> Requantizer -> Pooler -> output FIFO (bus) / output memory
 """
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -145,12 +147,20 @@ class Reducer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        consts = self._constants()
+        issued = self._issue(m, consts)
+        pool = self._compute(m, consts, issued)
+        self._emit(m, consts, issued, pool)
+        return m
+
+    def _issue(self, m, consts):
+        """Which bank is ready, the job FSM that drains it row by row, the drain requests and
+        row-parameter reads, the bus FIFO's accounting and the banks' release. Returns what the
+        later stages need (a namespace)."""
         geo, prog = self.geo, self.program
         S, L, C = geo.slots, geo.layers, geo.cols
         item = bus_layout(geo)
         slot_shape = item["slot"].shape
-        deep = geo.pipeline == "deep"
-        consts = self._constants()
 
         # ---- which bank is ready ---------------------------------------------------------
         all_done = Signal(S)
@@ -272,6 +282,16 @@ class Reducer(wiring.Component):
             m.d.sync += self.drain_parity.eq(self.drain_parity ^ (1 << gone.slot))
         m.d.sync += [self.release.valid.eq(gone.valid & gone.marker),
                      self.release.payload.eq(gone.slot)]
+        return SimpleNamespace(issued=issued, side=side, param_addr=param_addr,
+                               param_rp=param_rp, dropped=dropped, fifo=fifo)
+
+    def _compute(self, m, consts, s):
+        """The PEs' partial sums added, requantized and pooled, with the row's parameters
+        read to arrive beside its sum. Returns the pooler."""
+        geo, prog = self.geo, self.program
+        C = geo.cols
+        deep = geo.pipeline == "deep"
+        issued, side, param_addr, param_rp = s.issued, s.side, s.param_addr, s.param_rp
 
         # the partial sums come back; their sum, with the row's parameters beside it
         m.submodules.tree = tree = AdderTree(C, geo.partial_width, geo.acc_width,
@@ -315,6 +335,15 @@ class Reducer(wiring.Component):
             pool.i.payload.relu.eq(_table(*consts["pool_relu"])[layer]),
             pool.i.payload.tag.eq(tag),
         ]
+        return pool
+
+    def _emit(self, m, consts, s, pool):
+        """The pooler's outputs: next-layer activations and end tokens to the bus (through
+        the FIFO), last-layer results and the output buffers' fill parity."""
+        geo = self.geo
+        L = geo.layers
+        item = bus_layout(geo)
+        side, dropped, fifo = s.side, s.dropped, s.fifo
 
         # out: nonzero activations of the next layer, the end token at each marker; in the
         # last layer, results and (at the marker) the output buffer's fill parity
@@ -351,8 +380,6 @@ class Reducer(wiring.Component):
                                         + done.k),
             self.result.payload.value.eq(value),
         ]
-        return m
-
 
 def _advance(pointer, count: int):
     """``pointer`` to the next of ``count`` banks, round."""
