@@ -3,5 +3,7 @@
 - :mod:`.protocol`: the wire format (frame layout, message types, error codes, CRC), shared by
   every other part so they cannot disagree.
 - :mod:`.uart`: the UART receiver and transmitter gateware.
+- :mod:`.receiver`, :mod:`.transmitter`: the protocol engine's halves (requests in, replies
+  out).
 - :mod:`.gateware`: the protocol engine and the accelerator behind it.
 """

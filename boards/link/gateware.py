@@ -5,32 +5,34 @@ A request's inputs are buffered and fed to the accelerator only after the frame'
 out, so a corrupted or shortened frame can never produce a result: it produces an ERROR frame.
 A design with uploaded weights takes LOAD frames' bytes straight into its weight memories and
 counts them; it computes only once a whole image arrived in order through good frames (see
-:mod:`boards.link.protocol`).
+:mod:`boards.link.protocol`). The two halves of the protocol engine are
+:mod:`boards.link.receiver` and :mod:`boards.link.transmitter`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import memory, stream, wiring
+from amaranth.hdl import Cat, DomainRenamer, Module, Mux, Signal, signed
+from amaranth.lib import stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
-from amaranth.lib.crc import catalog
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from hw.images import geometry, weight_image
+from hw.options import HardwareOptions
 from hw.packer import LanePacker
+from hw.top import SparseAccelerator
 from hw.weights import WEIGHT_BYTE
 
 from . import protocol as proto
-from .uart import UARTRx, UARTTx
+from .receiver import RequestReceiver
+from .transmitter import ReplyTransmitter
+from .uart import uart_divisor
 
 __all__ = ["UartLink", "LinkedAccelerator"]
 
 
-def _crc16():
-    return catalog.CRC16_IBM_3740(data_width=8).create()
-
-
 class UartLink(wiring.Component):
     """Protocol engine: frames in on ``rx``, inputs out on ``input``, outputs in on ``output``,
-    replies out on ``tx``.
+    replies out on ``tx``. A :class:`~boards.link.receiver.RequestReceiver` asks a
+    :class:`~boards.link.transmitter.ReplyTransmitter` for each reply.
 
     Parameters
     ----------
@@ -88,299 +90,18 @@ class UartLink(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        info = self.info
-        total = self.weight_bytes
-        uploaded = total > 0
-        n_in, n_out = info.in_features, info.out_features
-        m.submodules.uart_rx = urx = UARTRx(self.divisor)
-        m.submodules.uart_tx = utx = UARTTx(self.divisor)
-        m.submodules.rx_crc = rx_crc = _crc16()
-        m.submodules.tx_crc = tx_crc = _crc16()
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
-
-        m.submodules.inputs = buf = memory.Memory(shape=8, depth=max(2, n_in), init=[])
-        buf_wp = buf.write_port()
-        buf_rp = buf.read_port()
-
-        byte = urx.data.payload
-        got = urx.data.valid
-        kind = Signal(8)
-        seq = Signal(8)
-        length = Signal(16)
-        index = Signal(range(max(2, n_in) + 1))
-        index_last = Signal()                  # index == n_in - 1, kept as a register
-        crc_good = Signal()
-        # a quiet line: counts down from the timeout; `timed_out` is a register, so the frame
-        # logic never waits for a wide comparison
-        quiet = Signal(range(self.timeout_cycles + 1), init=self.timeout_cycles)
-        timed_out = Signal()
-        with m.If(got | urx.framing_error):
-            m.d.sync += [quiet.eq(self.timeout_cycles), timed_out.eq(0)]
-        with m.Elif(quiet != 0):
-            m.d.sync += quiet.eq(quiet - 1)
-        with m.Else():
-            m.d.sync += timed_out.eq(1)
-
-        # what the transmitter is asked to send
-        tx_start = Signal()
-        tx_kind = Signal(8)
-        tx_code = Signal(8)
-        tx_idle = Signal()
-        m.d.comb += [rx_crc.data.eq(byte)]
-
-        # uploaded weights: image bytes the accelerator holds, whether they are a whole image
-        # (`loaded`), whether an error spoiled the image since its offset-0 chunk (`spoiled`)
-        count = Signal(range(total + 1))
-        loaded = Signal()
-        spoiled = Signal()
-        offset = Signal(32)
-        offset_bytes = Signal(range(proto.LOAD_OFFSET_BYTES))
-        first_byte = Signal()                  # the next image byte starts an image
-        data_left = Signal(16)
-        data_last = Signal()                   # data_left == 1, as a register
-        flags = Cat(Const(int(uploaded), 1), loaded, Const(0, 6))
-        is_load = kind == proto.LOAD
-
-        def fail(code, then, *, spoils=True):
-            m.d.sync += tx_code.eq(code)
-            if uploaded and spoils:
-                with m.If(is_load):            # whatever it wrote is suspect now
-                    m.d.sync += [spoiled.eq(1), loaded.eq(0)]
-            m.next = "ERROR_" + then
-
-        in_frame = Signal()
-
-        def guard():
-            # inside a frame, a byte with a bad stop bit or a quiet line ends it with an error
-            with m.If(urx.framing_error):
-                fail(proto.ERR_FRAMING, "DRAIN")
-            with m.Elif(timed_out & ~got):
-                fail(proto.ERR_TIMEOUT, "HUNT")
-        with m.FSM(name="rx_frame"):
-            with m.State("HUNT"):
-                m.d.comb += rx_crc.start.eq(1)
-                with m.If(got & (byte == proto.SYNC_REQUEST)):
-                    m.d.sync += kind.eq(0)     # no stale type judges this frame's errors
-                    m.next = "TYPE"
-            for state, target, nxt in (("TYPE", kind, "SEQ"), ("SEQ", seq, "LEN0"),
-                                       ("LEN0", length[:8], "LEN1")):
-                with m.State(state):
-                    m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                    with m.If(got):
-                        m.d.sync += target.eq(byte)
-                        m.next = nxt
-                    guard()
-            with m.State("LEN1"):
-                m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                with m.If(got):
-                    m.d.sync += [length[8:].eq(byte), index.eq(0), index_last.eq(n_in == 1)]
-                    m.next = "DECIDE"
-                guard()
-            with m.State("DECIDE"):             # the header is in registers: judge it
-                m.d.comb += [in_frame.eq(1)]
-                infer, ask = kind == proto.INFER, kind == proto.INFO
-                with m.If(infer & Const(uploaded) & ~loaded):
-                    fail(proto.ERR_NOT_LOADED, "DRAIN")
-                with m.Elif(is_load & Const(uploaded) & (length > proto.LOAD_OFFSET_BYTES)):
-                    if uploaded:                # (a design without uploads has no such state)
-                        m.d.sync += [offset_bytes.eq(0),
-                                     data_left.eq(length - proto.LOAD_OFFSET_BYTES),
-                                     data_last.eq(length == proto.LOAD_OFFSET_BYTES + 1)]
-                        m.next = "OFFSET"
-                with m.Elif(is_load & Const(uploaded)):
-                    fail(proto.ERR_LENGTH, "DRAIN")
-                with m.Elif(infer & (length == n_in) & (n_in > 0)):
-                    m.next = "PAYLOAD"
-                with m.Elif((infer | ask) & (length == 0) & (ask | (n_in == 0))):
-                    m.next = "CRC0"
-                with m.Elif(infer | ask):
-                    fail(proto.ERR_LENGTH, "DRAIN")
-                with m.Else():
-                    fail(proto.ERR_TYPE, "DRAIN")
-            with m.State("PAYLOAD"):
-                m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got),
-                             buf_wp.addr.eq(index), buf_wp.data.eq(byte), buf_wp.en.eq(got)]
-                with m.If(got):
-                    m.d.sync += [index.eq(index + 1), index_last.eq(index == n_in - 2)]
-                    with m.If(index_last):
-                        m.next = "CRC0"
-                guard()
-            if uploaded:
-                with m.State("OFFSET"):
-                    m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                    with m.If(got):
-                        m.d.sync += [offset.eq(Cat(offset[8:], byte)),
-                                     offset_bytes.eq(offset_bytes + 1)]
-                        with m.If(offset_bytes == proto.LOAD_OFFSET_BYTES - 1):
-                            m.next = "PLACE"
-                    guard()
-                with m.State("PLACE"):              # offset 0 starts an image, others continue it
-                    m.d.comb += in_frame.eq(1)
-                    restart = offset == 0
-                    base = Mux(restart, 0, count)
-                    # refused before a byte is written: the image stays as it was
-                    with m.If(~restart & ((offset != count) | spoiled)):
-                        fail(proto.ERR_ORDER, "DRAIN", spoils=False)
-                    with m.Elif(base + data_left > total):
-                        fail(proto.ERR_LENGTH, "DRAIN", spoils=False)
-                    with m.Else():
-                        with m.If(restart):
-                            m.d.sync += [count.eq(0), spoiled.eq(0), loaded.eq(0),
-                                         first_byte.eq(1)]
-                        m.next = "LOAD_DATA"
-                with m.State("LOAD_DATA"):      # image bytes go straight to the accelerator
-                    m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got),
-                                 self.weights.valid.eq(got),
-                                 self.weights.payload.data.eq(byte),
-                                 self.weights.payload.first.eq(first_byte)]
-                    with m.If(got):
-                        with m.If(~self.weights.ready):
-                            fail(proto.ERR_OVERRUN, "DRAIN")
-                        with m.Else():
-                            m.d.sync += [count.eq(count + 1), first_byte.eq(0),
-                                         data_left.eq(data_left - 1),
-                                         data_last.eq(data_left == 2)]
-                            with m.If(data_last):
-                                m.next = "CRC0"
-                    guard()
-            with m.State("CRC0"):
-                m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                with m.If(got):
-                    m.next = "CRC1"
-                guard()
-            with m.State("CRC1"):
-                m.d.comb += [in_frame.eq(1), rx_crc.valid.eq(got)]
-                with m.If(got):
-                    m.next = "CRC_SETTLE"
-                guard()
-            with m.State("CRC_SETTLE"):         # the CRC register has taken the last byte
-                m.d.sync += crc_good.eq(rx_crc.match_detected)
-                m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(~crc_good):
-                    fail(proto.ERR_CRC, "HUNT")
-                with m.Elif(tx_idle):
-                    m.d.comb += tx_start.eq(1)
-                    m.d.sync += [tx_kind.eq(Mux(kind == proto.INFER, proto.RESULT,
-                                                Mux(is_load, proto.LOADED,
-                                                    proto.INFO_REPLY))),
-                                 index.eq(0), index_last.eq(n_in == 1)]
-                    m.next = "FEED" if n_in else "WAIT_TX"
-                    with m.If(kind != proto.INFER):
-                        m.next = "WAIT_TX"
-                    if uploaded:
-                        with m.If(is_load):     # a whole image, every frame of it good
-                            m.d.sync += loaded.eq((count == total) & ~spoiled)
-            with m.State("FEED"):               # buffered inputs -> accelerator
-                m.d.comb += [buf_rp.addr.eq(index), buf_rp.en.eq(1)]
-                m.next = "FEED_BEAT"
-            with m.State("FEED_BEAT"):
-                m.d.comb += [self.input.valid.eq(1), self.input.payload.eq(buf_rp.data),
-                             buf_rp.en.eq(0)]
-                with m.If(self.input.ready):
-                    m.d.sync += [index.eq(index + 1), index_last.eq(index == n_in - 2)]
-                    m.next = "WAIT_TX"
-                    with m.If(~index_last):
-                        m.next = "FEED"
-            with m.State("WAIT_TX"):            # ignore the line until the reply is out
-                with m.If(tx_idle):
-                    m.next = "HUNT"
-            for then in ("HUNT", "DRAIN"):
-                with m.State("ERROR_" + then):
-                    with m.If(tx_idle):
-                        m.d.comb += tx_start.eq(1)
-                        m.d.sync += [tx_kind.eq(proto.ERROR), self.errors.eq(self.errors + 1)]
-                        m.next = then
-            with m.State("DRAIN"):              # skip the rest of a frame we cannot parse
-                with m.If(timed_out & ~got):
-                    m.next = "HUNT"
-
-        # ---- transmitter ------------------------------------------------------------------
-        # Every byte comes out of one shift register (`line`), loaded with the header, the
-        # INFO payload, the cycle count or the error code, or straight from the accelerator's
-        # output stream: no multiplexer indexed by a counter, and a two-entry FIFO with a
-        # registered output between all of it and the UART.
-        info_payload = proto.info_payload(info)
-        widest = 8 * max(proto.HEADER_BYTES, len(info_payload), 4, proto.LOADED_BYTES)
-        line = Signal(widest)
-        left = Signal(range(widest // 8 + 1))          # bytes left in `line`
-        outs_left = Signal(range(n_out + 5))
-
-        def load(*byte_values):
-            """`line` <- these bytes, first byte in the low bits."""
-            m.d.sync += [line.eq(Cat(*byte_values)), left.eq(len(byte_values))]
-
-        m.submodules.tx_fifo = tx_fifo = SyncFIFOBuffered(width=8, depth=2)
-        out = stream.Signature(8).create()
-        m.d.comb += [
-            tx_fifo.w_data.eq(out.payload), tx_fifo.w_en.eq(out.valid),
-            out.ready.eq(tx_fifo.w_rdy),
-            utx.data.payload.eq(tx_fifo.r_data), utx.data.valid.eq(tx_fifo.r_rdy),
-            tx_fifo.r_en.eq(utx.data.ready),
-        ]
-        accepted = out.valid & out.ready
-        m.d.comb += [tx_crc.data.eq(out.payload)]
-        first = Signal()                               # the sync byte is outside the CRC
-        with m.FSM(name="tx_frame"):
-            with m.State("IDLE"):
-                m.d.comb += [tx_idle.eq(1), tx_crc.start.eq(1)]
-                with m.If(tx_start):
-                    m.next = "START"
-            with m.State("START"):              # tx_kind was set with tx_start: now it holds
-                m.d.comb += tx_crc.start.eq(1)
-                length = Mux(tx_kind == proto.RESULT, n_out + 4,
-                             Mux(tx_kind == proto.INFO_REPLY, len(info_payload),
-                                 Mux(tx_kind == proto.LOADED, proto.LOADED_BYTES, 1)))
-                load(Const(proto.SYNC_REPLY, 8), tx_kind, seq, length[:8], length[8:16])
-                m.d.sync += first.eq(1)
-                m.next = "HEADER"
-            with m.State("HEADER"):
-                m.d.comb += [out.valid.eq(1), out.payload.eq(line[:8]),
-                             tx_crc.valid.eq(accepted & ~first)]
-                with m.If(accepted):
-                    m.d.sync += [line.eq(line >> 8), left.eq(left - 1), first.eq(0)]
-                    with m.If(left == 1):
-                        with m.Switch(tx_kind):
-                            with m.Case(proto.RESULT):
-                                m.d.sync += outs_left.eq(n_out + 4)
-                                m.next = "OUTPUTS"
-                            with m.Case(proto.INFO_REPLY):     # the flags byte is live
-                                load(*[Const(b, 8) for b in info_payload[:-1]], flags)
-                                m.next = "BYTES"
-                            with m.Case(proto.LOADED):
-                                load(*[Cat(count, Const(0, 32))[8 * i:8 * i + 8]
-                                       for i in range(4)], flags)
-                                m.next = "BYTES"
-                            with m.Default():
-                                load(tx_code)
-                                m.next = "BYTES"
-            with m.State("OUTPUTS"):                # results and cycle count pass through
-                m.d.comb += [out.valid.eq(self.output.valid), out.payload.eq(self.output.payload),
-                             self.output.ready.eq(out.ready), tx_crc.valid.eq(accepted)]
-                with m.If(accepted):
-                    m.d.sync += outs_left.eq(outs_left - 1)
-                    with m.If(outs_left == 1):
-                        m.next = "CRC_HIGH"
-            with m.State("BYTES"):                  # whatever `line` holds, then the CRC
-                m.d.comb += [out.valid.eq(1), out.payload.eq(line[:8]),
-                             tx_crc.valid.eq(accepted)]
-                with m.If(accepted):
-                    m.d.sync += [line.eq(line >> 8), left.eq(left - 1)]
-                    with m.If(left == 1):
-                        m.next = "CRC_HIGH"
-            with m.State("CRC_HIGH"):
-                m.d.comb += [out.valid.eq(1), out.payload.eq(tx_crc.crc[8:])]
-                with m.If(accepted):
-                    m.next = "CRC_LOW"
-            with m.State("CRC_LOW"):
-                m.d.comb += [out.valid.eq(1), out.payload.eq(tx_crc.crc[:8])]
-                with m.If(accepted):
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):              # the last byte leaves the shift register
-                with m.If(utx.idle & ~tx_fifo.r_rdy & (tx_fifo.level == 0)):
-                    m.next = "IDLE"
-
-        m.d.comb += self.busy.eq(~tx_idle)
+        m.submodules.receiver = receiver = RequestReceiver(
+            self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles,
+            weight_bytes=self.weight_bytes)
+        m.submodules.transmitter = transmitter = ReplyTransmitter(
+            self.info, divisor=self.divisor, uploaded=self.weight_bytes > 0)
+        wiring.connect(m, receiver.reply, transmitter.reply)
+        wiring.connect(m, receiver.input, wiring.flipped(self.input))
+        wiring.connect(m, wiring.flipped(self.output), transmitter.output)
+        if self.weight_bytes:
+            wiring.connect(m, receiver.weights, wiring.flipped(self.weights))
+        m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx),
+                     self.errors.eq(receiver.errors), self.busy.eq(~transmitter.reply.idle)]
         return m
 
 
@@ -492,17 +213,12 @@ class LinkedAccelerator(wiring.Component):
 
     def __init__(self, program, *, clock_hz: int, baud: int, link_hz: int | None = None,
                  timeout_s: float = 0.02, options=None, timeout_cycles: int | None = None):
-        from .uart import uart_divisor
-
         self.program, self.options = program, options
         self.clock_hz, self.baud = int(clock_hz), baud
         self.link_hz = int(link_hz or clock_hz)
         self.divisor = uart_divisor(self.link_hz, baud)
         self.timeout_cycles = (timeout_cycles if timeout_cycles is not None
                                else max(12 * self.divisor, int(timeout_s * self.link_hz)))
-        from hw.images import geometry, weight_image
-        from hw.options import HardwareOptions
-
         geo = geometry(program, options or HardwareOptions())
         self.weight_bytes = (len(weight_image(program, geo)) if geo.weights == "uploaded"
                              else 0)
@@ -513,11 +229,6 @@ class LinkedAccelerator(wiring.Component):
                           "errors": Out(8)})
 
     def elaborate(self, platform):
-        from amaranth.hdl import DomainRenamer
-        from amaranth.lib.fifo import AsyncFIFO
-
-        from hw.top import SparseAccelerator
-
         m = Module()
         m.submodules.core = core = SparseAccelerator(self.program, self.options)
         # the link's bytes into the core's input beats (one lane per bus)
