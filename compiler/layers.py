@@ -6,6 +6,11 @@ errors), ``hw`` (gateware), ``boards`` (board table, FPGA families, the board li
 the layers below it, never one above: ``python -m compiler.layers`` prints every arrow and
 exits non-zero when one points up (tests/test_layers.py runs it). The graph is read from the
 source (``ast``), so nothing is imported to draw it.
+
+Imports sit at the top of a module. The one exception is the command line: the CLI modules in
+:data:`DEFERRED` import a command's module when that command runs, so that ``--help`` or a
+mistyped argument answers without loading torch; no other function-local import of our
+packages is allowed (none may dodge a cycle).
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["LAYERS", "imports", "graph", "upward", "main"]
+__all__ = ["LAYERS", "DEFERRED", "imports", "graph", "upward", "deferred", "main"]
 
 #: Ground first.
 LAYERS = ("core", "hw", "boards", "sim", "compiler")
+
+#: The modules that may import inside a function: a command's module when it runs.
+DEFERRED = ("compiler/cli.py", "compiler/prune/cli.py")
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +89,18 @@ def upward(arrows=None) -> list[str]:
             if rank[b] > rank[a] for where in wheres]
 
 
+def deferred() -> list[str]:
+    """Function-local imports of our packages outside :data:`DEFERRED`, as ``file:line``."""
+    out = []
+    for top in LAYERS:
+        for path in sorted((_ROOT / top).rglob("*.py")):
+            where = str(path.relative_to(_ROOT))
+            if where not in DEFERRED:
+                out.extend(f"{where}:{line}: {name}" for name, line, local in imports(path)
+                           if local)
+    return out
+
+
 def main() -> int:
     arrows = graph()
     print("layers, ground first: " + " < ".join(LAYERS))
@@ -92,7 +112,10 @@ def main() -> int:
     for line in bad:
         print(f"upward: {line}")
     print("every arrow points down" if not bad else f"{len(bad)} imports point up")
-    return 1 if bad else 0
+    local = deferred()
+    for line in local:
+        print(f"import inside a function: {line}")
+    return 1 if bad or local else 0
 
 
 if __name__ == "__main__":

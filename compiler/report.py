@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.images import geometry, memory_bits
+
 from .reference import dense_cycles
 
 __all__ = ["build_report", "write_report", "read_report", "record_simulation"]
 
 
 def build_report(state) -> dict:
-    from hw.images import geometry, memory_bits
-
     program, config, run = state.program, state.config, state.reference_run
     geo = geometry(program, state.options)
     layers = []

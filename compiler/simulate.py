@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.images import weight_image
+from hw.verilog import TOPLEVEL
+from core.errors import InputError, SparsemacError
+from sim.runner import SIMULATORS, SimulationFailed, run_cocotb
+
 from . import reference
 from .arrays import load_features
-from core.errors import InputError, SparsemacError
+from .datasets import digits_split
 from .reference import dense_cycles
 from .report import read_report, record_simulation
 from .serialize import build_folder, load_program
@@ -44,8 +49,6 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     """Simulate build folder ``out_dir``; ``inputs``: .npy of real-valued inputs [N, in]
     (default: the first ``DEFAULT_LIMIT`` of the build's calibration set). Raises ``SimulationFailed`` on any mismatch,
     after writing the outputs file."""
-    from sim.runner import SIMULATORS
-
     if simulator not in SIMULATORS:
         raise InputError(f"unknown simulator {simulator!r}; choose {' or '.join(SIMULATORS)}")
     if limit is not None and limit < 1:
@@ -61,7 +64,6 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         if config.get("calibration"):
             x = load_features(config["calibration"], shape, "calibration")
         else:
-            from .datasets import digits_split
             x = digits_split()[0].reshape(-1, *program.model.input_shape)
         if limit is None:
             limit = DEFAULT_LIMIT
@@ -77,7 +79,6 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     outputs_path = Path(outputs) if outputs else work / "outputs.npz"
     image = None
     if plan.get("options", {}).get("weights") == "uploaded":
-        from hw.images import weight_image
         image = weight_image(program)
     try:
         hw, cycles, intervals = run_rtl(
@@ -119,8 +120,6 @@ def run_rtl(verilog, xq: np.ndarray, expected: np.ndarray, *, lanes: int, simula
     (checked in the bench and again here). A design built with uploaded weights gets
     ``image`` (:func:`hw.images.weight_image`) on its weights stream first. No output for
     ``timeout_cycles`` fails the run as a hang."""
-    from hw.verilog import TOPLEVEL
-    from sim.runner import SimulationFailed, run_cocotb
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@ def test_every_import_points_down():
     assert layers.upward() == []
 
 
+def test_imports_sit_at_the_top_outside_the_cli():
+    assert layers.deferred() == []
+
+
 def test_the_graph_sees_the_known_arrows():
     arrows = layers.graph()
     for arrow in [("hw", "core"), ("boards", "hw"), ("sim", "boards"), ("compiler", "boards"),
@@ -25,6 +29,7 @@ def test_an_upward_import_is_caught(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
     monkeypatch.setattr(layers, "_ROOT", tmp_path)
     assert layers.upward() == ["hw/bad.py:2 (in a function): hw -> compiler"]
+    assert layers.deferred() == ["hw/bad.py:2: compiler"]
     assert layers.main() == 1
 
 

@@ -9,7 +9,6 @@ frames' image bytes go straight to the accelerator's weight memories and are cou
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
-from amaranth.lib.crc import catalog
 from amaranth.lib.wiring import In, Out
 
 from hw.weights import WEIGHT_BYTE
@@ -95,7 +94,7 @@ class _FrameStates:
         self.n_in = n_in = info.in_features
         m.submodules.uart_rx = self.urx = urx = UARTRx(link.divisor)
         m.submodules.rx_crc = self.rx_crc = rx_crc = \
-            catalog.CRC16_IBM_3740(data_width=8).create()
+            proto.CRC.create()
         m.d.comb += urx.rx.eq(link.rx)
 
         m.submodules.inputs = buf = memory.Memory(shape=8, depth=max(2, n_in), init=[])

@@ -7,7 +7,6 @@ or ERROR, see :mod:`boards.link.protocol`) and sends it on the UART's ``tx`` lin
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.crc import catalog
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
@@ -86,7 +85,7 @@ class ReplyTransmitter(wiring.Component):
         n_out = self.info.out_features
         req = self.reply
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
-        m.submodules.tx_crc = tx_crc = catalog.CRC16_IBM_3740(data_width=8).create()
+        m.submodules.tx_crc = tx_crc = proto.CRC.create()
         m.d.comb += self.tx.eq(utx.tx)
 
         info_payload = proto.info_payload(self.info)

@@ -22,6 +22,7 @@ from .methods import AUTO_UNITS, METHODS
 from .metrics import SparsityReport, sparsity_report
 from .sensitivity import auto_targets
 from .train import Progress, Session, deterministic, evaluate
+from ..frontend import load_module, to_ir
 
 __all__ = ["PruneConfig", "PruneResult", "prune_model", "prune_file", "default_out",
            "parse_sparsity"]
@@ -109,7 +110,6 @@ class PruneResult:
 
 def _build_check(model, data: PruneData) -> str | None:
     """Why ``build`` could not load the pruned model (None: it can)."""
-    from ..frontend import to_ir
     shape = tuple(data.x_train.shape[1:])
     images = len(shape) > 1         # the frontend needs their (C, H, W)
     if images and "input_shape" not in inspect.signature(to_ir).parameters:
@@ -178,8 +178,6 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
 
     Inside ``torchrun`` every process trains its share; only rank 0 writes.
     """
-    from ..frontend import load_module
-
     config.validate()
     out = Path(out) if out is not None else default_out(model_path, config)
     if out.suffix != ".pt":

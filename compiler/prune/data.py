@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError
+from ..datasets import digits_split
 
 __all__ = ["PruneData", "load_data", "check_model_fits", "HOLDOUT"]
 
@@ -41,7 +42,6 @@ class PruneData:
 def load_data(spec: str = "digits", *, seed: int = 0) -> PruneData:
     """``"digits"`` or the path of an ``.npz`` with ``X`` and ``y``."""
     if spec == "digits":
-        from ..datasets import digits_split
         x_train, x_eval, y_train, y_eval = digits_split()
         return PruneData(x_train, y_train, x_eval, y_eval, "digits", "digits test split")
     x, y = _read_npz(Path(spec))

@@ -10,6 +10,7 @@ import torch.nn as nn
 from core.errors import InputError
 from .layers import check_prunable, prunable_layers, rows_of
 from .metrics import SparsityReport, sparsity_report
+from ..frontend import load_module
 
 __all__ = ["inspect_model", "inspect_file", "plot_sparsity", "default_png"]
 
@@ -97,8 +98,6 @@ def plot_sparsity(model: nn.Module, report: SparsityReport, path, *, title: str 
 def inspect_file(model_path, *, reference=None, png=None,
                  trust_pickle: bool = False) -> tuple[SparsityReport, Path]:
     """Load ``model_path`` (and ``reference``), compute the metrics, write the PNG."""
-    from ..frontend import load_module
-
     png = Path(png) if png is not None else default_png(model_path)
     if png.suffix.lower() != ".png":
         raise InputError(f"--png {png}: give a path ending in .png")

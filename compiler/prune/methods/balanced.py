@@ -32,6 +32,9 @@ from ..masks import Masks, Targets, apply_masks, keep_top, magnitude_scores, sel
 from ..schedule import cubic_sparsity, pruning_steps
 from ..train import Session, fine_tune
 from .base import MethodResult
+from ...build import compile_model
+from ...frontend import to_ir
+from ...passes.encode import choose_grid
 
 __all__ = ["balanced_prune", "interleaved_blocks", "pe_nonzero", "EVENTS"]
 
@@ -41,7 +44,6 @@ ROUNDS = 8
 
 
 def _ir(model: nn.Module):
-    from ...frontend import to_ir
     try:
         return to_ir(copy.deepcopy(model).cpu().eval(), "balanced")
     except FrontendError as e:
@@ -52,8 +54,6 @@ def _ir(model: nn.Module):
 def interleaved_blocks(model: nn.Module, pes: int) -> list:
     """Each layer's PE blocks under interleaved rows on the default grid for ``pes``:
     ``[layer] -> [(rows, cols)]``, one pair per PE in PE order."""
-    from ...passes.encode import choose_grid
-
     grid = choose_grid(pes)
     R, C = grid.rows, grid.cols
     out = []
@@ -135,8 +135,6 @@ def _quantization_safe(model: nn.Module, masks: Masks) -> int:
 
 def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> MethodResult:
     """Prune to equal per-PE nonzero counts under the compiler's row assignment."""
-    from ...build import compile_model
-
     layers = prunable_layers(model)
     if any(not isinstance(m, nn.Linear) for _, m in layers):
         raise InputError("balanced pruning follows the compiler's PE assignment, which "
