@@ -134,7 +134,9 @@ def board_from_platform(spec: str) -> Board:
         if known.platform == spec:
             return known
     if not isinstance(cls, type):
-        raise InputError(f"{spec!r} is not a platform class")
+        raise InputError(f"--platform {spec!r} names a {type(cls).__name__}, not a platform "
+                         f"class; name an amaranth-boards platform such as "
+                         f"amaranth_boards.ulx3s:ULX3S_85F_Platform")
     family = family_of_platform(cls)
     if family is None:
         *others, last = [f.title for f in FAMILIES.values()]

@@ -23,8 +23,19 @@ def load_features(path, shape, what: str) -> np.ndarray:
     want = f"[N, {shape}]" if vector else \
         "[N, " + ", ".join("H" if d is None and i == 1 else "W" if d is None else str(d)
                            for i, d in enumerate(shape)) + "]"
+    if path.is_dir():
+        raise InputError(f"{what} file {path} is a folder; give a .npy file of shape {want}")
     if not path.is_file():
         raise InputError(f"{what} file {path} not found; give a .npy file of shape {want}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic[:2] == b"PK":
+        raise InputError(f"{what} file {path} is an .npz archive, not a .npy array; save one "
+                         f"array of shape {want} with numpy.save")
+    if magic != b"\x93NUMPY":
+        # np.load would take any other bytes for a pickle (and suggest allow_pickle)
+        raise InputError(f"{what} file {path} is not a .npy array (no NumPy header); save a "
+                         f"float32 array of shape {want} with numpy.save")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -33,9 +44,10 @@ def load_features(path, shape, what: str) -> np.ndarray:
     except (OSError, EOFError) as e:
         raise InputError(f"{what} file {path} is not a .npy array ({e}); save it with "
                          f"numpy.save") from None
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.number):
+    if not isinstance(array, np.ndarray) or not (np.issubdtype(array.dtype, np.floating)
+                                                 or np.issubdtype(array.dtype, np.integer)):
         raise InputError(f"{what} file {path} holds {getattr(array, 'dtype', type(array))}, "
-                         f"not numbers; save a float32 array of shape {want}")
+                         f"not real numbers; save a float32 array of shape {want}")
     if vector:
         if array.ndim >= 2 and int(np.prod(array.shape[1:])) == shape:
             array = array.reshape(len(array), shape)

@@ -36,7 +36,12 @@ from .report import build_report, write_report
 from .serialize import save_program
 
 __all__ = ["BuildConfig", "BuildState", "BuildResult", "STEPS", "build", "compile_model",
-           "encode_calibrated"]
+           "encode_calibrated", "MAX_PES"]
+
+#: The most PEs ``build`` compiles for: sixteen times ``--pes auto``'s largest candidate, far
+#: beyond any supported board (the fit check names what fits); larger counts would spend
+#: minutes encoding before the fit check could refuse them.
+MAX_PES = 1024
 
 
 def encode_calibrated(quantized: Model, calibration: np.ndarray, pes: int, *,
@@ -90,11 +95,17 @@ class BuildConfig:
         options are checked where they are defined (:class:`hw.options.Choices`)."""
         if self.pes not in (None, "auto") and (not isinstance(self.pes, int) or self.pes < 1):
             raise InputError(f"--pes must be a whole number >= 1 or auto, not {self.pes!r}")
+        if isinstance(self.pes, int) and self.pes > MAX_PES:
+            raise InputError(f"--pes {self.pes} is above the maximum of {MAX_PES} PEs; give "
+                             f"fewer, or --pes auto for the most that fit the board")
         if self.grid is not None:
             try:
                 grid = Grid.parse(self.grid)
             except IRError as e:
                 raise InputError(f"--grid: {e}") from None
+            if grid.pes > MAX_PES:
+                raise InputError(f"--grid {self.grid} has {grid.pes} PEs, above the maximum of "
+                                 f"{MAX_PES}; give a smaller grid")
             if isinstance(self.pes, int) and grid.pes != self.pes:
                 raise InputError(f"--grid {self.grid} has {grid.pes} PEs but --pes is "
                                  f"{self.pes}; give one of them")
@@ -276,6 +287,8 @@ STEPS: list[tuple[str, Callable[[BuildState], None]]] = [
 def build(config: BuildConfig, *, on_step: Callable[[str], None] | None = None) -> BuildResult:
     config.validate()
     out_dir = config.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder; choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

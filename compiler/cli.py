@@ -59,6 +59,10 @@ def cmd_build(args) -> int:
 
     if (args.board is None) == (args.platform is None):
         raise InputError("give either --board NAME or --platform module:Class")
+    if args.platform is not None and ":" not in args.platform:
+        raise InputError(f"--platform {args.platform!r} is not module:Class; name an "
+                         f"amaranth-boards platform such as "
+                         f"amaranth_boards.ulx3s:ULX3S_85F_Platform, or use --board NAME")
     config = BuildConfig(model=args.model, board=args.board or args.platform, pes=args.pes,
                          grid=args.grid, calibration=args.calibration, out=args.out,
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,

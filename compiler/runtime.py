@@ -24,6 +24,7 @@ from core.errors import InputError
 from hw.images import weight_image
 
 from . import reference
+from .argtypes import whole_number
 from .arrays import load_features
 from .serialize import build_folder, load_program
 
@@ -120,10 +121,10 @@ def add_command(sub) -> None:
     p.add_argument("dir", help="build folder (its bitstream must be on the board)")
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB1")
     p.add_argument("--inputs", required=True, help=".npy float32 [N, in_features]")
-    p.add_argument("--baud", type=int, help="UART rate (default: the build's)")
+    p.add_argument("--baud", type=whole_number(300), help="UART rate (default: the build's)")
     p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
                                      "cycles)")
-    p.add_argument("--retries", type=int, default=3, help="tries after a bad reply (default 3)")
+    p.add_argument("--retries", type=whole_number(0), default=3, help="tries after a bad reply (default 3)")
     p.add_argument("--reload-weights", action="store_true",
                    help="upload the weights even if the board holds them (designs built with "
                         "uploaded weights, e.g. iCE40 SPRAM)")

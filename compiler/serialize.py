@@ -117,7 +117,11 @@ def build_folder(out_dir) -> tuple[Path, dict]:
         raise InputError(f"{out_dir} is not a build folder (no program.npz / report.json); run "
                          f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
     try:
-        return out_dir, json.loads((out_dir / "report.json").read_text())
+        report = json.loads((out_dir / "report.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{out_dir / 'report.json'} cannot be read ({e}); rebuild {out_dir}") \
             from None
+    if not isinstance(report, dict):
+        raise InputError(f"{out_dir / 'report.json'} holds a JSON {type(report).__name__}, not "
+                         f"a build report; rebuild {out_dir}")
+    return out_dir, report

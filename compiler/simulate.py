@@ -56,7 +56,14 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     out_dir, _ = build_folder(out_dir)
     program = load_program(out_dir / "program.npz")
     report = read_report(out_dir)
-    config = json.loads((out_dir / "build_config.json").read_text())
+    try:
+        config = json.loads((out_dir / "build_config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{out_dir / 'build_config.json'} cannot be read ({e}); rebuild "
+                         f"{out_dir}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{out_dir / 'build_config.json'} holds a JSON "
+                         f"{type(config).__name__}, not a build configuration; rebuild {out_dir}")
     plan = report.get("plan") or {}
     shape = program.model.input_shape
     shape = shape if len(shape) > 1 else program.model.in_features

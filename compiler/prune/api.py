@@ -16,7 +16,7 @@ import torch.nn as nn
 from core.errors import FrontendError, InputError
 from .data import PruneData, check_model_fits, load_data
 from .distributed import DEVICES, Runtime, resolve_device, runtime
-from .layers import check_prunable
+from .layers import check_finite, check_prunable
 from .masks import Targets
 from .methods import AUTO_UNITS, METHODS
 from .metrics import SparsityReport, sparsity_report
@@ -126,6 +126,7 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
     """Prune ``model`` (not changed; a pruned copy is returned) as ``config`` says."""
     config.validate()
     check_prunable(model)
+    check_finite(model)
     data = data if data is not None else load_data(config.data, seed=config.seed)
     check_model_fits(model, data)
     rt = rt if rt is not None else Runtime(device=resolve_device(config.device))
@@ -188,6 +189,7 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
                          f"choose another path")
     module = load_module(model_path, trust_pickle=trust_pickle)
     check_prunable(module, str(model_path))
+    check_finite(module, str(model_path))
     data = load_data(config.data, seed=config.seed)
     check_model_fits(module, data)
     with runtime(config.device) as rt:

@@ -63,6 +63,11 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"--data {path}: expected 'digits' or a .npz file; {_FIX}")
     if not path.is_file():
         raise InputError(f"--data {path}: no such file; give 'digits' or a .npz file, {_FIX}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK":
+        # np.load would take any other bytes for a pickle (and suggest allow_pickle)
+        raise InputError(f"--data {path} is not a .npz archive (not a zip file); {_FIX}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = sorted(archive.files)

@@ -20,11 +20,18 @@ def inspect_model(model: nn.Module, reference: nn.Module | None = None) -> Spars
     check_prunable(model)
     if reference is not None:
         check_prunable(reference, "the reference model")
-        ours = [n for n, _ in prunable_layers(model)]
-        theirs = [n for n, _ in prunable_layers(reference)]
-        if ours != theirs:
-            raise InputError(f"the reference model's layers {theirs} do not match the model's "
-                             f"{ours}; give the dense model this one was pruned from")
+        ours, theirs = prunable_layers(model), prunable_layers(reference)
+        if [n for n, _ in ours] != [n for n, _ in theirs]:
+            raise InputError(f"the reference model's layers {[n for n, _ in theirs]} do not "
+                             f"match the model's {[n for n, _ in ours]}; give the dense model "
+                             f"this one was pruned from")
+        for (n, m), (_, r) in zip(ours, theirs):
+            # structured pruning removes units, so a layer may shrink, never grow
+            if m.weight.dim() != r.weight.dim() or any(
+                    a > b for a, b in zip(m.weight.shape, r.weight.shape)):
+                raise InputError(f"layer {n!r} is {'x'.join(map(str, m.weight.shape))} but "
+                                 f"{'x'.join(map(str, r.weight.shape))} in the reference "
+                                 f"model; give the dense model this one was pruned from")
     return sparsity_report(model, reference)
 
 

@@ -14,8 +14,8 @@ import torch.nn as nn
 
 from core.errors import InputError
 
-__all__ = ["PRUNABLE", "prunable_layers", "check_prunable", "rows_of", "copy_model",
-           "set_train_mode", "weight_count"]
+__all__ = ["PRUNABLE", "prunable_layers", "check_prunable", "check_finite", "rows_of",
+           "copy_model", "set_train_mode", "weight_count"]
 
 #: Layer types whose weights are pruned.
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -37,6 +37,15 @@ def check_prunable(model, name: str = "model") -> list[tuple[str, nn.Module]]:
         raise InputError(f"{name} has no prunable layers (it holds {', '.join(kinds)}); "
                          f"pruning needs nn.Linear or nn.Conv2d layers")
     return layers
+
+
+def check_finite(model: nn.Module, name: str = "model") -> None:
+    """:class:`InputError` when a parameter of ``model`` holds NaN or Inf (fine-tuning would
+    only spread it, and the magnitudes that rank the weights mean nothing)."""
+    for pname, param in model.named_parameters():
+        if not torch.isfinite(param.detach()).all():
+            raise InputError(f"{name}: parameter {pname!r} holds NaN or Inf; fix or retrain "
+                             f"the model before pruning it")
 
 
 def rows_of(weight: torch.Tensor) -> torch.Tensor:
