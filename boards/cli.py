@@ -5,11 +5,11 @@ reference model, is :mod:`compiler.runtime`'s.)
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from pathlib import Path
 
+from core.buildfolder import build_folder
 from core.errors import InputError, ToolError
 
 from . import get_board
@@ -20,18 +20,7 @@ __all__ = ["add_commands", "flash_command", "flash"]
 
 def flash_command(out_dir, *, persist: bool = False, dry_run: bool = False) -> list:
     """The openFPGALoader command that programs build folder ``out_dir``'s bitstream."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "report.json").is_file():
-        raise InputError(f"{out_dir} is not a build folder (no report.json); run `python -m "
-                         f"compiler build MODEL --board BOARD --out {out_dir}` first")
-    try:
-        report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{out_dir / 'report.json'} cannot be read ({e}); rebuild {out_dir}") \
-            from None
-    if not isinstance(report, dict):
-        raise InputError(f"{out_dir / 'report.json'} holds a JSON {type(report).__name__}, not "
-                         f"a build report; rebuild {out_dir}")
+    out_dir, report = build_folder(out_dir, needs=("report.json",))
     bitstream = report.get("bitstream")
     if not bitstream:
         raise InputError(f"{out_dir} holds no bitstream (board {report.get('board')}: "

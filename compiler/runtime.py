@@ -20,13 +20,14 @@ import numpy as np
 
 from boards.link import protocol as proto
 from boards.link.host import BoardLink, open_port
+from core.buildfolder import build_folder
 from core.errors import InputError
 from hw.images import weight_image
 
 from . import reference
 from .argtypes import whole_number
 from .arrays import load_features
-from .serialize import build_folder, load_program
+from .serialize import load_program
 
 __all__ = ["RunResult", "run", "add_command"]
 

@@ -18,7 +18,7 @@ from core.errors import InputError
 from core.ir import (Conv2dShape, Grid, Layer, LayerKind, Model, PEImage, Pool, Quantization,
     ReducerImage, SparseProgram, Widths)
 
-__all__ = ["save_program", "load_program", "build_folder"]
+__all__ = ["save_program", "load_program"]
 
 _FORMAT = "sparsemac-program/3"
 _QUANT_ARRAYS = ("weight", "bias", "multiplier", "shift", "weight_scale")
@@ -107,21 +107,3 @@ def load_program(path) -> SparseProgram:
                          f"first") from None
     except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(f"{path}: corrupt compiled program ({e}); rebuild it") from None
-
-
-def build_folder(out_dir) -> tuple[Path, dict]:
-    """``out_dir`` checked to be a build folder (it holds program.npz and report.json), and its
-    report."""
-    out_dir = Path(out_dir)
-    if not (out_dir / "program.npz").is_file() or not (out_dir / "report.json").is_file():
-        raise InputError(f"{out_dir} is not a build folder (no program.npz / report.json); run "
-                         f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
-    try:
-        report = json.loads((out_dir / "report.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{out_dir / 'report.json'} cannot be read ({e}); rebuild {out_dir}") \
-            from None
-    if not isinstance(report, dict):
-        raise InputError(f"{out_dir / 'report.json'} holds a JSON {type(report).__name__}, not "
-                         f"a build report; rebuild {out_dir}")
-    return out_dir, report

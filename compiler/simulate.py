@@ -11,6 +11,7 @@ import numpy as np
 
 from hw.images import weight_image
 from hw.verilog import TOPLEVEL
+from core.buildfolder import build_folder
 from core.errors import InputError, SparsemacError
 from sim.runner import SIMULATORS, SimulationFailed, run_cocotb
 
@@ -19,7 +20,7 @@ from .arrays import load_features
 from .datasets import digits_split
 from .reference import dense_cycles
 from .report import read_report, record_simulation
-from .serialize import build_folder, load_program
+from .serialize import load_program
 
 __all__ = ["simulate", "run_rtl", "RTLMismatch", "SimulationResult", "DEFAULT_LIMIT"]
 
