@@ -180,6 +180,9 @@ def estimate(program, board, options) -> FitEstimate:
     est.luts, problem = family.logic_check(luts, ffs, board)
     if problem:
         est.problems.append(problem)
+    problem = family.lutram_check(logic_bits, board)
+    if problem:
+        est.problems.append(problem)
     return est
 
 

@@ -23,7 +23,8 @@ must provide:
   ``bram_unit``, ``small_bits``, ``lutram_depth``, ``dsp_tile``, ``logic_model`` (the
   coefficients of ``boards.fit.logic_terms``), ``fmax_model``, ``usable_luts``; override
   ``bram_units`` (how the device counts blocks), ``logic_check`` (how its logic is counted),
-  ``weights_in_spram`` / ``spram_blocks`` / ``spram_blocks_available`` where they differ;
+  ``weights_in_spram`` / ``spram_blocks`` / ``spram_blocks_available`` where they differ, and
+  ``lutram_check`` where LUT RAM is a resource of its own (Gowin);
 - clocking: ``pll(f_in_mhz, f_out_mhz)`` (settings, or None to run at the oscillator) and
   ``instantiate_pll(m, platform, pll, sync_clk=, link_clk=, locked=)`` (the primitive);
 - the flow: ``flow_tools`` (names in ``boards.toolchain.TOOLS``; add a ``Tool`` there for a

@@ -144,6 +144,11 @@ class Family:
                           f"({usable} usable)")
         return luts, None
 
+    def lutram_check(self, logic_bits: int, board) -> str | None:
+        """The fit problem of ``logic_bits`` of memories in LUT RAM / flip-flops, or None
+        (where LUT RAM is a resource of its own, as Gowin's SSRAM is)."""
+        return None
+
     def predicted_fmax(self, pes: int) -> float:
         a, b = self.fmax_model
         return round(a - b * math.log2(pes), 1)

@@ -16,6 +16,7 @@ generation.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hw.options import HardwareOptions
@@ -164,6 +165,21 @@ class GowinFamily(NextpnrFamily):
         large share of its 8640 LUTs), LUT-RAM accumulators (shallow, and read and written at
         once), the short pipeline."""
         return HardwareOptions()
+
+    #: RAM16SDP4 cells (64 bits each) per bit of the memories the fit check puts in logic: the
+    #: Nano 9K builds used 171 at P = 1 (9272 bits) and 382 at P = 4 (18 616 bits), the FIFOs'
+    #: and the odd widths' rounding on top
+    lutram_cells_per_bit = 1.3 / 64
+
+    def lutram_check(self, logic_bits: int, board) -> str | None:
+        """SSRAM: the device has one RAM16SDP4 (16 x 4) site per 32 LUTs (GW1NR-9: 270,
+        GW2A-18: 648, as nextpnr reports them); nextpnr cannot place a design needing more."""
+        cells = math.ceil(logic_bits * self.lutram_cells_per_bit)
+        available = board.luts // 32
+        if cells > available:
+            return (f"LUT RAM: about {cells} RAM16SDP4 estimated ({logic_bits} bits of "
+                    f"accumulators and FIFOs), {available} available")
+        return None
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> GowinPLL:
         return gowin_pll(f_in_mhz, f_out_mhz)
