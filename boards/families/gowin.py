@@ -133,12 +133,15 @@ class GowinFamily(NextpnrFamily):
     lutram_depth = 16
     lutram_bits_per_lut = 16      # RAM16SDP4: 16 x 4 in a CLS's four LUTs
     dsp_tile = (18, 18, 10)       # MULT18X18; synth_gowin gives narrow products a MULT9X9
-    # ECP5's per-PE and per-reducer coefficients (the same LUT4 + carry fabric), the fixed part
-    # fitted to the Tang Nano 9K build at P = 1 (3626 LUT4, 1515 DFF: docs/benchmarks.md)
-    logic_model = {"pe_lut": (250, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
-                   "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
-                   "fixed_lut": 2150, "fixed_ff": 850}
-    fmax_model = (95.0, 3.0)
+    # ECP5's coefficients for the terms (the same LUT4 + carry fabric), the constants fitted to
+    # the Tang Nano 9K builds (LUT4: 3632 at P = 1, 5327 at P = 2 (2 x 1), 9162 at P = 4
+    # (2 x 2, after synthesis); DFF: 1504, 2304; docs/benchmarks.md, "Gowin")
+    logic_model = {"pe_lut": (1450, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
+                   "reducer_lut": (75, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
+                   "fixed_lut": 1150, "fixed_ff": 850}
+    # the Nano 9K (GW1NR-9, C6/I5): 88.6-89.3 MHz at P = 1, 95.3 at P = 2; the GW2A-18 (C8/I7)
+    # makes about twice that in nextpnr's model, so this is the slower part's
+    fmax_model = (89.0, 0.0)
     usable_luts = 0.90
 
     def claims(self, platform_cls) -> bool:
