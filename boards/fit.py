@@ -213,7 +213,7 @@ def resolve_options(program, board, choices: Choices | None = None, run=None
 
 def predicted_fmax(program, board, options) -> float:
     """The Fmax (MHz) the model expects of this design on ``board``."""
-    return board.family.predicted_fmax(program.pes)
+    return board.family.predicted_fmax(program.pes, board)
 
 
 def predicted_cycles(program, run) -> float:

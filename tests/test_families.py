@@ -234,6 +234,7 @@ def test_gowin_flow_facts_and_default_styles(digits):
     assert GOWIN.options_for(digits(1)) == HardwareOptions()
     assert GOWIN.options_for(digits(4), Choices(pipeline="deep")) == \
         HardwareOptions(pipeline="deep")
+    assert (GOWIN.predicted_fmax(1, nano), GOWIN.predicted_fmax(4, primer)) == (89.0, 176.0)
     # a remainder under 10 bits stays in logic beside the MULT18X18
     assert (GOWIN.dsp_tiles(8, 8), GOWIN.dsp_tiles(19, 17), GOWIN.dsp_tiles(28, 17)) == (1, 1, 2)
 

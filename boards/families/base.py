@@ -149,7 +149,8 @@ class Family:
         (where LUT RAM is a resource of its own, as Gowin's SSRAM is)."""
         return None
 
-    def predicted_fmax(self, pes: int) -> float:
+    def predicted_fmax(self, pes: int, board=None) -> float:
+        """:attr:`fmax_model` at ``pes`` PEs (``board``: for families whose parts differ)."""
         a, b = self.fmax_model
         return round(a - b * math.log2(pes), 1)
 

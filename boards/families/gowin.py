@@ -12,6 +12,10 @@ the build script: the same Yosys and ``gowin_pack`` steps, with nextpnr-himbaech
 (``--device <part> --vopt family=<chipdb> --vopt cst=<file>``) in place of nextpnr-gowin, and
 ``synth_gowin -family gw1n|gw2a|gw5a`` so that Yosys maps to the primitives of the device's
 generation.
+
+The Tang Mega 138K (GW5AST-138) is not supported: nextpnr and Apicula have its chip database
+(GW5AST-138C), but Amaranth 0.5.10's ``GowinPlatform.parse_part`` admits only GW1*/GW2* part
+names, so its amaranth-boards platform cannot be created; GW5A parts have no rPLL either.
 """
 
 from __future__ import annotations
@@ -111,7 +115,8 @@ class GowinFamily(NextpnrFamily):
     title = "Gowin"
     flow = "nextpnr-himbaechel-gowin"
     nextpnr = "nextpnr-himbaechel"
-    # the Tang boards' 27 MHz crystal through the rPLL (docs/benchmarks.md, "Gowin")
+    # platforms outside the table: the Tang boards' 27 MHz crystal (no PLL there), well under
+    # what the table's boards make (docs/benchmarks.md, "Gowin")
     default_clock_mhz = 27.0
     flow_tools = ("yosys", "nextpnr-himbaechel", "gowin_pack")
     bitstream_suffix = ".fs"
@@ -142,6 +147,8 @@ class GowinFamily(NextpnrFamily):
     # the Nano 9K (GW1NR-9, C6/I5): 88.6-89.3 MHz at P = 1, 95.3 at P = 2; the GW2A-18 (C8/I7)
     # makes about twice that in nextpnr's model, so this is the slower part's
     fmax_model = (89.0, 0.0)
+    #: ... and the GW2A's: 176.65-206.36 MHz at P = 1 (81 and 108 MHz targets), 186.43 at P = 4
+    fmax_model_gw2a = (176.0, 0.0)
     usable_luts = 0.90
 
     def claims(self, platform_cls) -> bool:
@@ -183,6 +190,13 @@ class GowinFamily(NextpnrFamily):
             return (f"LUT RAM: about {cells} RAM16SDP4 estimated ({logic_bits} bits of "
                     f"accumulators and FIFOs), {available} available")
         return None
+
+    def predicted_fmax(self, pes: int, board=None) -> float:
+        """The GW1N model, or the GW2A's on a GW2A board."""
+        if board is not None and _generation(board.device) == "gw2a":
+            a, b = self.fmax_model_gw2a
+            return round(a - b * math.log2(pes), 1)
+        return super().predicted_fmax(pes)
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> GowinPLL:
         return gowin_pll(f_in_mhz, f_out_mhz)
