@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 
 from core.errors import InputError
 
-from .families import ECP5, FAMILIES, ICE40, XC7, Family, family_of_platform
+from .families import ECP5, FAMILIES, GOWIN, ICE40, XC7, Family, family_of_platform
 
 __all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform"]
 
@@ -20,12 +20,12 @@ __all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from
 class Board:
     name: str
     platform: str          # "module:Class" of the amaranth-boards platform
-    family: Family         # ICE40 | ECP5 | XC7 (boards.families): how the board is built
+    family: Family         # ICE40 | ECP5 | XC7 | GOWIN (boards.families): how the board is built
     device: str
     clock_mhz: float       # the clock the accelerator is built for
-    luts: int              # LUT4 (iCE40, ECP5) or LUT6 (7-series)
+    luts: int              # LUT4 (iCE40, ECP5, Gowin) or LUT6 (7-series)
     ffs: int
-    dsps: int              # SB_MAC16 / MULT18X18D / DSP48E1
+    dsps: int              # SB_MAC16 / MULT18X18D / DSP48E1 / Gowin MULT18X18
     bram_bits: int
     spram_bits: int
     programmer: str        # openFPGALoader arguments
@@ -82,13 +82,22 @@ BOARDS = {b.name: b for b in [
           100.0, luts=63400, ffs=126800, dsps=240, bram_bits=135 * 36864,
           spram_bits=0, programmer="-b arty_a7_100t",
           description="Digilent Arty A7-100T (Xilinx Artix-7 XC7A100T)"),
+    # Gowin: LUT4, DFF, 18 kbit BSRAM, 18 x 18 multipliers per the GW1N / GW2A datasheets
+    Board("tang_nano_9k", "amaranth_boards.tang_nano_9k:TangNano9kPlatform", GOWIN,
+          "GW1NR-9C", 81.0, luts=8640, ffs=6480, dsps=20, bram_bits=26 * 18432,
+          spram_bits=0, programmer="-b tangnano9k",
+          description="Sipeed Tang Nano 9K (Gowin GW1NR-LV9)"),
+    Board("tang_primer_20k", "amaranth_boards.tang_primer_20k:TangPrimer20kDockPlatform",
+          GOWIN, "GW2A-18C", 108.0, luts=20736, ffs=15552, dsps=48, bram_bits=46 * 18432,
+          spram_bits=0, programmer="-b tangprimer20k",
+          description="Sipeed Tang Primer 20K on its Dock (Gowin GW2A-LV18)"),
 ]}
 
 _ALIASES = {"ulx3s": "ulx3s_85f", "arty_a7": "arty_a7_35"}
 
 
 #: Resources of the devices that amaranth-boards platforms use, for ``--platform``:
-#: (luts, ffs, dsps, bram_bits, spram_bits). LUT4 on Lattice, LUT6 on 7-series.
+#: (luts, ffs, dsps, bram_bits, spram_bits). LUT4 on Lattice and Gowin, LUT6 on 7-series.
 DEVICES = {
     "iCE40UP5K": (5280, 5280, 8, 30 * 4096, 4 * 262144),
     "iCE40UP3K": (2800, 2800, 4, 20 * 4096, 0),
@@ -111,6 +120,12 @@ DEVICES = {
     "xc7a50t": (32600, 65200, 120, 75 * 36864, 0),
     "xc7a100t": (63400, 126800, 240, 135 * 36864, 0),
     "xc7a200t": (134600, 269200, 740, 365 * 36864, 0),
+    "GW1NR-9": (8640, 6480, 20, 26 * 18432, 0),
+    "GW1N-9": (8640, 6480, 20, 26 * 18432, 0),
+    "GW1N-4": (4608, 3456, 16, 10 * 18432, 0),
+    "GW1NR-4": (4608, 3456, 16, 10 * 18432, 0),
+    "GW2A-18": (20736, 15552, 48, 46 * 18432, 0),
+    "GW2AR-18": (20736, 15552, 48, 46 * 18432, 0),
 }
 
 def _load_platform(spec: str):
@@ -142,7 +157,8 @@ def board_from_platform(spec: str) -> Board:
         *others, last = [f.title for f in FAMILIES.values()]
         raise InputError(f"{spec}: only {', '.join(others)} and {last} platforms are "
                          f"supported")
-    device = str(cls.device)
+    # Gowin platforms name their chip ``family`` ("GW1NR-9C") and their ``part``
+    device = str(getattr(cls, "device", None) or getattr(cls, "family", ""))
     key = next((d for d in DEVICES if device.lower().startswith(d.lower())), None)
     if key is None:
         raise InputError(f"{spec}: device {device} is not in the resource table; known devices: "

@@ -180,6 +180,9 @@ def estimate(program, board, options) -> FitEstimate:
     est.luts, problem = family.logic_check(luts, ffs, board)
     if problem:
         est.problems.append(problem)
+    problem = family.lutram_check(logic_bits, board)
+    if problem:
+        est.problems.append(problem)
     return est
 
 
@@ -210,7 +213,7 @@ def resolve_options(program, board, choices: Choices | None = None, run=None
 
 def predicted_fmax(program, board, options) -> float:
     """The Fmax (MHz) the model expects of this design on ``board``."""
-    return board.family.predicted_fmax(program.pes)
+    return board.family.predicted_fmax(program.pes, board)
 
 
 def predicted_cycles(program, run) -> float:

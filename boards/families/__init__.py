@@ -4,7 +4,7 @@ Each family is one object (a :class:`~boards.families.base.Family`) that owns ev
 depends on the silicon and its tools; the rest of sparsemac asks it and never compares family
 names. The board table (``boards.BOARDS``) names a family object in each row.
 
-Adding a family (Gowin is next) is one new file here plus rows in ``boards.BOARDS`` and
+Adding a family is one new file here plus rows in ``boards.BOARDS`` and
 ``boards.DEVICES``. The file defines a subclass of :class:`Family` (or of
 :class:`NextpnrFamily` when Amaranth's build plan with Yosys + nextpnr + a packer makes its
 bitstream), one instance of it, and registers that instance in :data:`FAMILIES` below. It
@@ -23,7 +23,8 @@ must provide:
   ``bram_unit``, ``small_bits``, ``lutram_depth``, ``dsp_tile``, ``logic_model`` (the
   coefficients of ``boards.fit.logic_terms``), ``fmax_model``, ``usable_luts``; override
   ``bram_units`` (how the device counts blocks), ``logic_check`` (how its logic is counted),
-  ``weights_in_spram`` / ``spram_blocks`` / ``spram_blocks_available`` where they differ;
+  ``weights_in_spram`` / ``spram_blocks`` / ``spram_blocks_available`` where they differ, and
+  ``lutram_check`` where LUT RAM is a resource of its own (Gowin);
 - clocking: ``pll(f_in_mhz, f_out_mhz)`` (settings, or None to run at the oscillator) and
   ``instantiate_pll(m, platform, pll, sync_clk=, link_clk=, locked=)`` (the primitive);
 - the flow: ``flow_tools`` (names in ``boards.toolchain.TOOLS``; add a ``Tool`` there for a
@@ -42,14 +43,15 @@ from core.errors import InputError
 
 from .base import Family, NextpnrFamily
 from .ecp5 import ECP5
+from .gowin import GOWIN
 from .ice40 import ICE40
 from .xc7 import XC7
 
-__all__ = ["Family", "NextpnrFamily", "FAMILIES", "ICE40", "ECP5", "XC7", "get_family",
+__all__ = ["Family", "NextpnrFamily", "FAMILIES", "ICE40", "ECP5", "XC7", "GOWIN", "get_family",
            "family_of_platform"]
 
 #: Every family, by name, in the order ``--platform`` tries them.
-FAMILIES: dict[str, Family] = {f.name: f for f in (ICE40, ECP5, XC7)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (ICE40, ECP5, XC7, GOWIN)}
 
 
 def get_family(name: str) -> Family:

@@ -144,7 +144,13 @@ class Family:
                           f"({usable} usable)")
         return luts, None
 
-    def predicted_fmax(self, pes: int) -> float:
+    def lutram_check(self, logic_bits: int, board) -> str | None:
+        """The fit problem of ``logic_bits`` of memories in LUT RAM / flip-flops, or None
+        (where LUT RAM is a resource of its own, as Gowin's SSRAM is)."""
+        return None
+
+    def predicted_fmax(self, pes: int, board=None) -> float:
+        """:attr:`fmax_model` at ``pes`` PEs (``board``: for families whose parts differ)."""
         a, b = self.fmax_model
         return round(a - b * math.log2(pes), 1)
 
