@@ -139,7 +139,7 @@ CASES: list[Case] = [
          phrase="names a module, not a platform class"),
     case("platform-not-fpga", "`--platform` naming a class of no supported FPGA family",
          "build", _M, "--platform", "collections:OrderedDict", "--out", "{w}/out",
-         phrase="only iCE40, ECP5 and Xilinx 7-series platforms are supported"),
+         phrase="only iCE40, ECP5, Xilinx 7-series and Gowin platforms are supported"),
     case("clock-zero", "`--clock-mhz 0`", "build", _M, "--clock-mhz", "0", *_B,
          phrase="--clock-mhz must be in 1..1000"),
     case("banks-bad", "`--banks 7`", "build", _M, "--banks", "7", *_B,
