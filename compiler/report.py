@@ -14,7 +14,7 @@ from hw.images import geometry, memory_bits
 
 from .reference import dense_cycles
 
-__all__ = ["build_report", "write_report", "read_report", "record_simulation"]
+__all__ = ["build_report", "write_report", "record_simulation"]
 
 
 def build_report(state) -> dict:
@@ -98,10 +98,6 @@ def build_report(state) -> dict:
                                     "plan")},
         "steps": dict(state.timings),
     }
-
-
-def read_report(out_dir) -> dict:
-    return json.loads((Path(out_dir) / "report.json").read_text())
 
 
 def write_report(out_dir, report: dict) -> None:

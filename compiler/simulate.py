@@ -3,23 +3,22 @@ output with the reference model, bit for bit."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core.buildfolder import build_folder, read_json_object
+from core.errors import InputError, SparsemacError
 from hw.images import weight_image
 from hw.verilog import TOPLEVEL
-from core.buildfolder import build_folder
-from core.errors import InputError, SparsemacError
 from sim.runner import SIMULATORS, SimulationFailed, run_cocotb
 
 from . import reference
 from .arrays import load_features
 from .datasets import digits_split
 from .reference import dense_cycles
-from .report import read_report, record_simulation
+from .report import record_simulation
 from .serialize import load_program
 
 __all__ = ["simulate", "run_rtl", "RTLMismatch", "SimulationResult", "DEFAULT_LIMIT"]
@@ -54,17 +53,9 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         raise InputError(f"unknown simulator {simulator!r}; choose {' or '.join(SIMULATORS)}")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1, not {limit}")
-    out_dir, _ = build_folder(out_dir)
+    out_dir, report = build_folder(out_dir)
     program = load_program(out_dir / "program.npz")
-    report = read_report(out_dir)
-    try:
-        config = json.loads((out_dir / "build_config.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{out_dir / 'build_config.json'} cannot be read ({e}); rebuild "
-                         f"{out_dir}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{out_dir / 'build_config.json'} holds a JSON "
-                         f"{type(config).__name__}, not a build configuration; rebuild {out_dir}")
+    config = read_json_object(out_dir, "build_config.json", "a build configuration")
     plan = report.get("plan") or {}
     shape = program.model.input_shape
     shape = shape if len(shape) > 1 else program.model.in_features

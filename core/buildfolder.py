@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["build_folder"]
+__all__ = ["build_folder", "read_json_object"]
 
 
 def build_folder(out_dir, needs=("program.npz", "report.json")) -> tuple[Path, dict]:
@@ -18,12 +18,18 @@ def build_folder(out_dir, needs=("program.npz", "report.json")) -> tuple[Path, d
     if missing:
         raise InputError(f"{out_dir} is not a build folder (no {' / '.join(missing)}); run "
                          f"`python -m compiler build MODEL --board BOARD --out {out_dir}` first")
+    return out_dir, read_json_object(out_dir, "report.json", "a build report")
+
+
+def read_json_object(out_dir, name: str, what: str) -> dict:
+    """The JSON object in build folder ``out_dir``'s file ``name`` (``what`` it should be, for
+    the message when it is not)."""
+    path = Path(out_dir) / name
     try:
-        report = json.loads((out_dir / "report.json").read_text())
+        value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{out_dir / 'report.json'} cannot be read ({e}); rebuild {out_dir}") \
-            from None
-    if not isinstance(report, dict):
-        raise InputError(f"{out_dir / 'report.json'} holds a JSON {type(report).__name__}, not "
-                         f"a build report; rebuild {out_dir}")
-    return out_dir, report
+        raise InputError(f"{path} cannot be read ({e}); rebuild {out_dir}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a JSON {type(value).__name__}, not {what}; rebuild "
+                         f"{out_dir}")
+    return value
