@@ -13,7 +13,8 @@ must provide:
 - identity: ``name`` (the key, ``synth_<name>``, what reports say), ``title`` (for
   messages), ``flow`` (``Board.flow``), ``default_clock_mhz`` (platforms outside the table);
 - ``claims(platform_cls)``: whether an Amaranth platform class is of the family
-  (``--platform``), and ``create_platform(cls)`` if the platform needs a flavour;
+  (``--platform``), and ``platform_flavour(cls)`` / ``platform_options`` if the platform needs
+  a flavour (``create_platform`` builds it);
 - memory mapping: ``map_memory(mem)``, reached through the platform's Amaranth
   ``get_memory()`` hook (``create_platform`` installs it): an implementation of one of the
   design's memories, or None for Amaranth's own (iCE40: uploaded weights into SPRAM);

@@ -72,10 +72,19 @@ class Family:
         """Whether an Amaranth platform class is of this family (``--platform``)."""
         raise NotImplementedError
 
+    #: keyword arguments of the platform's constructor (e.g. its toolchain)
+    platform_options: dict = {}
+
     def create_platform(self, platform_cls):
-        """An instance of the board's platform class, in the flavour our flow reads, with
-        :meth:`map_memory` as its ``get_memory()`` hook when the family maps memories."""
-        return with_memory_map(platform_cls, self)()
+        """An instance of the board's platform class, in the flavour our flow reads
+        (:meth:`platform_flavour`, :attr:`platform_options`), with :meth:`map_memory` as its
+        ``get_memory()`` hook when the family maps memories."""
+        flavour = with_memory_map(self.platform_flavour(platform_cls), self)
+        return flavour(**self.platform_options)
+
+    def platform_flavour(self, platform_cls):
+        """The platform class our flow builds with: ``platform_cls`` itself, or a subclass."""
+        return platform_cls
 
     # ---- memory mapping -------------------------------------------------------------------
     def map_memory(self, mem: memory.Memory):

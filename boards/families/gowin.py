@@ -7,7 +7,7 @@ which pins the ``apycula`` whose chip databases it was built from).
 Amaranth 0.5's :class:`~amaranth.vendor.GowinPlatform` (``toolchain="Apicula"``) still calls
 the legacy ``nextpnr-gowin`` (``--family ... --cst ...``), which nextpnr dropped in 0.8 and
 whose last YoWASP build (``yowasp-nextpnr-gowin`` 0.7) predates the chip databases Apicula now
-ships. :meth:`GowinFamily.create_platform` therefore gives the board's platform our flavour of
+ships. :meth:`GowinFamily.platform_flavour` therefore gives the board's platform our flavour of
 the build script: the same Yosys and ``gowin_pack`` steps, with nextpnr-himbaechel
 (``--device <part> --vopt family=<chipdb> --vopt cst=<file>``) in place of nextpnr-gowin, and
 ``synth_gowin -family gw1n|gw2a|gw5a`` so that Yosys maps to the primitives of the device's
@@ -155,10 +155,12 @@ class GowinFamily(NextpnrFamily):
         from amaranth.vendor import GowinPlatform
         return issubclass(platform_cls, GowinPlatform)
 
-    def create_platform(self, platform_cls):
+    platform_options = {"toolchain": "Apicula"}
+
+    def platform_flavour(self, platform_cls):
         """The board's platform with our build script (nextpnr-himbaechel, see the module
-        docstring, and an SDC file with the clock constraints), the Apicula toolchain."""
-        flavour = type(platform_cls.__name__, (platform_cls,), {
+        docstring, and an SDC file with the clock constraints), for the Apicula toolchain."""
+        return type(platform_cls.__name__, (platform_cls,), {
             "__module__": __name__,
             "_apicula_required_tools": ["yosys", "nextpnr-himbaechel", "gowin_pack"],
             "_apicula_file_templates": {**platform_cls._apicula_file_templates,
@@ -167,7 +169,6 @@ class GowinFamily(NextpnrFamily):
                 platform_cls._apicula_command_templates[0], _HIMBAECHEL_COMMAND,
                 platform_cls._apicula_command_templates[2]],
         })
-        return flavour(toolchain="Apicula")
 
     def default_options(self, program) -> HardwareOptions:
         """Block RAM for weights and pointers (18 kbit BSRAM, two ports: 26 blocks on the

@@ -65,10 +65,9 @@ class XC7Family(Family):
         return (issubclass(platform_cls, XilinxPlatform)
                 and str(platform_cls.device).lower().startswith("xc7"))
 
-    def create_platform(self, platform_cls):
-        """The openXC7 ("Xray") flavour, whose files Yosys can read (the Vivado flavour's
-        ``BUFGCTRL SIM_DEVICE`` breaks it)."""
-        return platform_cls(toolchain="Xray")
+    #: the openXC7 ("Xray") flavour, whose files Yosys can read (the Vivado flavour's
+    #: ``BUFGCTRL SIM_DEVICE`` breaks it)
+    platform_options = {"toolchain": "Xray"}
 
     def default_options(self, program) -> HardwareOptions:
         """LUT RAM holds small per-PE memories well: weights and pointers in it when every
