@@ -17,7 +17,7 @@ row per cycle (reading a row clears it) and releases it for the next inference. 
 Pipeline::
 
     distributed: D: row decode, product -> A0: read (LUT RAM, per-bank registers)
-                 -> A1: select the bank, add (forwarded), write
+                 -> A1: select the bank, add (forwarded) -> W: write (from registers)
     block:       D: row decode, product -> D2: address, read -> R: registered (forwarded)
                  -> A: add (forwarded), write
 """
@@ -124,10 +124,12 @@ class MacBanks(wiring.Component):
 
     def _distributed(self, m, d):
         """A0: read the entry's row of its bank, and the drained row of another bank, into
-        registers; A1: add the product to what was read - or to what the op just before wrote
-        there, which the read missed - and write the sum; the drained row is written 0. Each
-        bank is one LUT-RAM memory whose address is the MAC's row or, while that bank drains,
-        the drain's."""
+        registers; A1: add the product to what was read - or to what one of the two ops just
+        before wrote there, which the read missed - and register the write; W: write the sum
+        (the drained row: 0). Each bank is one LUT-RAM memory whose read address is the MAC's
+        row or, while that bank drains, the drain's; its write port is driven from registers
+        only (address, enable, data), so the path into the LUT RAMs' write ports, which fans
+        out to every LUT of the bank, is nothing but routing."""
         geo = self.geo
         width = geo.partial_width
         drain_valid = Signal()
@@ -148,30 +150,45 @@ class MacBanks(wiring.Component):
         # A1: the op and what was read for it, the drain and what it read
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
         m.d.sync += [a[name].eq(value) for name, value in d.items()]
+        # W: the op whose sum is being written
+        w = {name: Signal.like(a[name], name=f"w_{name}") for name in ("slot", "row")}
+        m.d.sync += [w[name].eq(a[name]) for name in w]
         # every bank's read into its own register: the slot selects come after, from
         # registers (selecting among LUT-RAM outputs directly costs several times the logic)
         held = [Signal(signed(width), name=f"read{s}") for s in range(geo.slots)]
         m.d.sync += [h.eq(r) for h, r in zip(held, reads)]
-        a_read = Signal(signed(width))
-        m.d.comb += a_read.eq(_select(held, a["slot"]))
         a_drain_valid, a_drain = Signal(), Signal.like(drain)
         m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain),
                      self.partial.eq(_select(held, a_drain.slot))]
-        # the op before wrote the same row in the cycle this one read it: take its sum
+        # the read missed what the op one ahead (in A1 while this one read) and the op two
+        # ahead (in W) write to the same row: take the newest of those sums instead. Every
+        # choice is a registered one-hot select, so the adder's operand is one AND-OR.
         writes = d["valid"] & ~d["end"]
-        a_writes = a["valid"] & ~a["end"]
-        a_hit = Signal()
-        m.d.sync += a_hit.eq(writes & a_writes & (d["slot"] == a["slot"])
-                             & (d["row"] == a["row"]))
-        total = Signal(signed(width))
-        m.d.comb += total.eq(Mux(a_hit, total_last := Signal(signed(width)), a_read)
-                             + a["product"])
-        m.d.sync += total_last.eq(total)
+        a_writes, w_writes = Signal(), Signal()
+        m.d.sync += [a_writes.eq(writes), w_writes.eq(a_writes)]
+        hit_one, hit_two = Signal(), Signal()
+        near_one = writes & a_writes & (d["slot"] == a["slot"]) & (d["row"] == a["row"])
+        near_two = writes & w_writes & (d["slot"] == w["slot"]) & (d["row"] == w["row"])
+        m.d.sync += [hit_one.eq(near_one), hit_two.eq(near_two & ~near_one)]
+        picks = [Signal(name=f"pick{s}") for s in range(geo.slots)]
+        m.d.sync += [p.eq((d["slot"] == s) & ~near_one & ~near_two) for s, p in enumerate(picks)]
+        total, last, before_last = (Signal(signed(width), name=n)
+                                    for n in ("total", "total_last", "total_before_last"))
+        operand = Mux(hit_one, last, 0) | Mux(hit_two, before_last, 0)
+        for p, h in zip(picks, held):
+            operand = operand | Mux(p, h, 0)
+        m.d.comb += total.eq(operand + a["product"])
+        m.d.sync += [last.eq(total), before_last.eq(last)]
+        # W: each bank's write, from registers
+        data = Signal(signed(width))
+        m.d.sync += data.eq(total)
         for s, wp in enumerate(ports):
             clearing = a_drain_valid & (a_drain.slot == s)
-            m.d.comb += [wp.addr.eq(Mux(clearing, a_drain.addr, a["row"])),
-                         wp.data.eq(Mux(clearing, 0, total)),
-                         wp.en.eq(clearing | (a_writes & (a["slot"] == s)))]
+            addr, en, clear = (Signal.like(wp.addr, name=f"w{s}_addr"),
+                               Signal(name=f"w{s}_en"), Signal(name=f"w{s}_clear"))
+            m.d.sync += [addr.eq(Mux(clearing, a_drain.addr, a["row"])), clear.eq(clearing),
+                         en.eq(clearing | (a_writes & (a["slot"] == s)))]
+            m.d.comb += [wp.addr.eq(addr), wp.data.eq(Mux(clear, 0, data)), wp.en.eq(en)]
         return a
 
     def _block(self, m, d):

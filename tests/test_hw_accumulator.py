@@ -131,6 +131,39 @@ def test_banks_accumulate_drain_and_release(banks, accumulators):
         assert got == want            # and the drain cleared every row: the next use starts at 0
 
 
+@pytest.mark.parametrize("accumulators", ["distributed", "block"])
+def test_entries_into_the_same_row_back_to_back_are_forwarded(accumulators):
+    """Every op its own column into one of three rows, one a cycle: the row an op reads was
+    written by the op one, two or three ahead, which the pipeline's forwarding must supply."""
+    geo = _geometry(1, accumulators)
+    dut = MacBanks(geo, 0)
+    rng = np.random.default_rng(11)
+    ops = [{"slot": 0, "first": 1, "end": 0, "act": int(rng.integers(-128, 128)),
+            "weight": int(rng.integers(-127, 128)), "gap": int(rng.integers(3))}
+           for _ in range(300)]
+    ends = geo.expected_ends[0][0]
+    ops += [{"slot": 0, "first": 0, "end": 1, "act": 0, "weight": 0, "gap": 0}] * ends
+    want = _sums(ops, geo.row_slots[0])
+    got = []
+
+    async def bench(ctx):
+        for op in ops:
+            ctx.set(dut.i.payload, {"drain": 0, "row": 0, **op})
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        for _ in range(6):
+            await ctx.tick()
+        assert ctx.get(dut.done) & 1
+        got.extend(await _drain(ctx, dut, 0, len(want)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert np.array_equal(got, want)
+
+
 def test_a_drain_reads_one_bank_while_entries_go_into_another():
     geo = _geometry(2)
     dut = MacBanks(geo, 0)
