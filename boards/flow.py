@@ -188,7 +188,9 @@ def build_bitstream(program, board, out_dir, *, options, baud: int = DEFAULT_BAU
         shutil.rmtree(gateware)
     env = flow_environment(family)
     overrides = {
-        "nextpnr_opts": f"--report {NAME}.report.json --timing-allow-fail --seed {seed}",
+        "nextpnr_opts": " ".join(filter(None, (
+            f"--report {NAME}.report.json --timing-allow-fail --seed {seed}",
+            family.nextpnr_options(program)))),
     }
     synth_opts = family.synth_options(board, options)
     if synth_opts:

@@ -81,8 +81,8 @@ def test_logic_dsp_and_fmax_models(digits):
         "pe_lut": 499, "pe_ff": 336, "reducer_lut": 431, "reducer_ff": 340,
         "fixed_lut": 1800, "fixed_ff": 1200}
     assert dsps(p8, XC7) == (8, 4) and dsps(p8, ECP5) == (8, 8) and dsps(p8, ICE40) == (8, 8)
-    assert (ICE40.predicted_fmax(4), ECP5.predicted_fmax(16), XC7.predicted_fmax(8)) == \
-        (50.0, 110.0, 141.0)
+    assert (ICE40.predicted_fmax(4), XC7.predicted_fmax(8)) == (50.0, 141.0)
+    assert ECP5.predicted_fmax(16) == round(ECP5.fmax_points[16], 1)
     assert (ICE40.dsp_tiles(19, 17), ECP5.dsp_tiles(19, 17), XC7.dsp_tiles(19, 17)) == (2, 2, 1)
 
 
@@ -320,3 +320,22 @@ def test_tang_nano_9k_bitstream(tmp_path):
         assert res[kind]["used"] >= 1 and res[kind]["available"] >= res[kind]["used"]
     assert res["MULT9X9"]["used"] + res["MULT18X18"]["used"] >= 1
     assert report["board_flow"]["pll"]["f_out_mhz"] == 81.0
+
+
+def test_fmax_from_measured_points_interpolates_and_never_rises():
+    from boards.families.base import interpolate_fmax
+
+    points = {1: 100.0, 4: 110.0, 16: 90.0, 64: 50.0}
+    assert interpolate_fmax(points, 1) == 100.0
+    assert interpolate_fmax(points, 2) == 105.0          # halfway in log2(P)
+    assert interpolate_fmax(points, 8) == 100.0
+    assert interpolate_fmax(points, 32) == 70.0
+    assert interpolate_fmax(points, 128) == 30.0         # the last segment's fall continues
+    assert interpolate_fmax({1: 90.0, 8: 95.0}, 64) == 95.0   # ... but never a rise
+    # the ECP5 model is the placed builds': P = 64 is not predicted faster than P = 32
+    assert ECP5.predicted_fmax(64) <= ECP5.predicted_fmax(32) == round(ECP5.fmax_points[32], 1)
+
+
+def test_large_ecp5_designs_route_with_router2(digits):
+    assert ECP5.nextpnr_options(digits(8)) == ""
+    assert ECP5.nextpnr_options(digits(32)) == "--router router2"

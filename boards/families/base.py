@@ -61,6 +61,9 @@ class Family:
     logic_model: dict = {}
     #: Fmax model: MHz = a - b * log2(P) for the default gateware style
     fmax_model: tuple = (100.0, 0.0)
+    #: ... or, where placed builds have measured it, {P: MHz}: the model interpolates in
+    #: log2(P) between them and beyond the largest P continues the last segment's fall
+    fmax_points: dict = {}
     #: the share of the LUTs a design may fill and still place
     usable_luts: float = 0.95
 
@@ -159,9 +162,16 @@ class Family:
         return None
 
     def predicted_fmax(self, pes: int, board=None) -> float:
-        """:attr:`fmax_model` at ``pes`` PEs (``board``: for families whose parts differ)."""
+        """:attr:`fmax_points` (or :attr:`fmax_model`) at ``pes`` PEs (``board``: for
+        families whose parts differ)."""
+        if self.fmax_points:
+            return interpolate_fmax(self.fmax_points, pes)
         a, b = self.fmax_model
         return round(a - b * math.log2(pes), 1)
+
+    def nextpnr_options(self, program) -> str:
+        """Extra nextpnr options for ``program`` (a router for large designs)."""
+        return ""
 
     # ---- clocking -------------------------------------------------------------------------
     def pll(self, f_in_mhz: float, f_out_mhz: float):
@@ -194,6 +204,25 @@ class Family:
 
 #: every family instance by name (what ``boards.families.FAMILIES`` lists)
 _INSTANCES: dict = {}
+
+
+def interpolate_fmax(points: dict, pes: int) -> float:
+    """MHz at ``pes`` from measured ``points`` {P: MHz}: linear in log2(P) between them, the
+    first below the smallest P, and above the largest the last segment's slope where it
+    falls (never a rise: more PEs never make a design faster)."""
+    xs = sorted(points)
+    x = math.log2(pes)
+    if pes <= xs[0]:
+        return round(points[xs[0]], 1)
+    for lo, hi in zip(xs, xs[1:]):
+        if pes <= hi:
+            t = (x - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
+            return round(points[lo] + t * (points[hi] - points[lo]), 1)
+    if len(xs) < 2:
+        return round(points[xs[-1]], 1)
+    lo, hi = xs[-2], xs[-1]
+    slope = min(0.0, (points[hi] - points[lo]) / (math.log2(hi) - math.log2(lo)))
+    return round(max(1.0, points[hi] + slope * (x - math.log2(hi))), 1)
 
 
 def _family(name: str):

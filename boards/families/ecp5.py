@@ -71,7 +71,9 @@ class ECP5Family(NextpnrFamily):
     logic_model = {"pe_lut": (250, 2.0, 1.0, 1.2, 0.1), "pe_ff": (250, 0.0, 0.0, 0.0, 0.3),
                    "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
                    "fixed_lut": 1800, "fixed_ff": 1200}
-    fmax_model = (118.0, 2.0)
+    #: placed ULX3S builds of the digits MLP in the default style, seed 1 (docs/benchmarks.md,
+    #: section 4: P = 1 short pipeline, P >= 8 deep)
+    fmax_points = {1: 104.98, 8: 108.8, 16: 102.91, 32: 75.90}
     usable_luts = 0.95
 
     def claims(self, platform_cls) -> bool:
@@ -87,6 +89,13 @@ class ECP5Family(NextpnrFamily):
         :attr:`deep_from_pes` PEs up."""
         return HardwareOptions(pipeline="deep" if program.pes >= self.deep_from_pes
                                else "short")
+
+    #: nextpnr's router2 from this many PEs up: router1 did not converge at P = 32 or 64
+    #: (hundreds of thousands of overused wires after 40 minutes), router2 routed P = 32
+    router2_from_pes = 32
+
+    def nextpnr_options(self, program) -> str:
+        return "--router router2" if program.pes >= self.router2_from_pes else ""
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
         return ecp5_pll(f_in_mhz, f_out_mhz)
