@@ -166,11 +166,12 @@ DROP_UPLOADED_INIT = "delete r:MEMID=*uploaded_entries* t:$meminit_v2 %i"
 
 
 def board_products(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,
-                   seed: int = 1) -> dict:
+                   seed: int = 1, synth_estimate: bool = False) -> dict:
     """What a board build makes, as its family decides: a bitstream (iCE40, ECP5) or the
-    7-series plans."""
+    7-series plans (with ``synth_estimate``, and no place-and-route tool, Yosys's
+    utilisation estimate)."""
     return board.family.products(program, board, out_dir, options=options, baud=baud,
-                                 seed=seed)
+                                 seed=seed, synth_estimate=synth_estimate)
 
 
 def build_bitstream(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,

@@ -89,6 +89,9 @@ class BuildConfig:
     allow_timing_failure: bool = False
     seed: int = 1                        # nextpnr placement seed
     bitstream: bool = True               # False: fit check and Verilog only
+    synth_estimate: bool = False         # boards without a place-and-route tool here (7-series):
+                                         # Yosys's synth_xilinx utilisation (minutes) beside the
+                                         # fit check's estimate
 
     def validate(self) -> "BuildConfig":
         """Refuse a configuration that cannot build, in one line naming the flag. The gateware
@@ -254,7 +257,8 @@ def step_board(s: BuildState):
     if not s.config.bitstream:
         return
     results = board_products(s.program, s.board, s.out_dir, options=s.options,
-                             baud=s.config.baud, seed=s.config.seed)
+                             baud=s.config.baud, seed=s.config.seed,
+                             synth_estimate=s.config.synth_estimate)
     s.board_results.update(results)
     if results.get("fmax_mhz") is not None:
         try:

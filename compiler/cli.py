@@ -71,7 +71,8 @@ def cmd_build(args) -> int:
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
                          accumulators=args.accumulators, pointers=args.pointers,
-                         bitstream=not args.no_bitstream)
+                         bitstream=not args.no_bitstream,
+                         synth_estimate=args.synth_estimate)
     console = _console()
     with console.status("building") as status:
         result = build(config, on_step=lambda name: status.update(f"build step: {name}"))
@@ -104,7 +105,8 @@ def cmd_simulate(args) -> int:
     console = _console()
     with console.status(f"simulating on {args.simulator}"):
         result = simulate(args.dir, simulator=args.simulator, inputs=args.inputs,
-                          outputs=args.outputs, waves=args.waves, limit=args.limit)
+                          outputs=args.outputs, waves=args.waves, limit=args.limit,
+                          labels=args.labels)
     sim = result.report["cycles"]["simulation"]
     console.print(f"{len(result.hw)} inferences on {args.simulator}: RTL == reference "
                   f"(bit-exact)")
@@ -112,6 +114,10 @@ def cmd_simulate(args) -> int:
                   f"(ideal {sim['ideal_mean']:.1f}, {sim['ratio_to_ideal']:.3f} x; dense "
                   f"{result.report['cycles']['dense']}, {sim['dense_to_measured']:.2f} x slower); "
                   f"latency {sim['latency_mean']:.1f}")
+    if result.accuracy:
+        acc = result.accuracy
+        console.print(f"  accuracy on {acc['inputs']} labelled inputs: RTL "
+                      f"{100 * acc['rtl']:.2f} %, float PyTorch {100 * acc['float']:.2f} %")
     console.print(f"  outputs {result.outputs_path}")
     if args.waves:
         console.print(f"  waveform in {os.path.join(args.dir, 'sim_' + args.simulator)}")
@@ -174,6 +180,10 @@ def _parser() -> argparse.ArgumentParser:
                         "bitstream, uploaded when only that fits)")
     p.add_argument("--no-bitstream", action="store_true",
                    help="fit check and Verilog only; skip synthesis and place and route")
+    p.add_argument("--synth-estimate", action="store_true",
+                   help="boards with no place-and-route tool here (Arty A7 without Vivado or "
+                        "nextpnr-xilinx): Yosys's synth_xilinx utilisation, beside the fit "
+                        "check's estimate (minutes)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("simulate", help="run the Verilog in cocotb against the reference model")
@@ -184,6 +194,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", help="where to write OUT.npz (hw, reference, dequantized, "
                                      "cycles)")
     p.add_argument("--limit", type=_positive, help="simulate only the first N inputs")
+    p.add_argument("--labels", help=".npy integer classes of --inputs (after --limit: the "
+                                    "first N): the RTL's accuracy beside float PyTorch's")
     p.add_argument("--waves", action="store_true", help="write an FST waveform")
     p.set_defaults(func=cmd_simulate)
 

@@ -107,7 +107,8 @@ def write_report(out_dir, report: dict) -> None:
 
 
 def record_simulation(out_dir, report: dict, *, simulator: str, cycles: np.ndarray,
-                      intervals: np.ndarray, ideal: np.ndarray, outputs: str) -> dict:
+                      intervals: np.ndarray, ideal: np.ndarray, outputs: str,
+                      accuracy: dict | None = None) -> dict:
     """Add measured cycles (from the RTL, inputs streamed back to back) to the report, against
     the ideal for the same inputs: cycles per inference is the whole run over its
     inferences (the array's throughput); latency is each inference's first beat to done."""
@@ -126,6 +127,8 @@ def record_simulation(out_dir, report: dict, *, simulator: str, cycles: np.ndarr
         "dense_to_measured": round(report["cycles"]["dense"] / per_inference, 3),
         "outputs": outputs,
     }
+    if accuracy is not None:
+        report["accuracy"] = accuracy
     write_report(out_dir, report)
     return report
 
@@ -180,6 +183,10 @@ def _markdown(r: dict) -> str:
             f"dense / measured = {sim['dense_to_measured']:.2f}; latency "
             f"{sim['latency_mean']:.1f} on average",
         ]
+        acc = r.get("accuracy")
+        if acc:
+            lines.append(f"- accuracy on {acc['inputs']} labelled inputs: RTL "
+                         f"{100 * acc['rtl']:.2f} %, float PyTorch {100 * acc['float']:.2f} %")
     else:
         lines.append("- measured: not simulated yet (`python -m compiler simulate`)")
     lines += _board_markdown(r)

@@ -15,8 +15,9 @@ from hw.verilog import TOPLEVEL
 from sim.runner import SIMULATORS, SimulationFailed, run_cocotb
 
 from . import reference
-from .arrays import load_features
+from .arrays import load_features, load_labels
 from .datasets import digits_split
+from .passes.quantize import float_forward
 from .reference import dense_cycles
 from .report import record_simulation
 from .serialize import load_program
@@ -37,6 +38,7 @@ class SimulationResult:
     ideal: np.ndarray         # int [N]
     outputs_path: Path
     report: dict
+    accuracy: dict | None = None   # with labels: RTL's and float PyTorch's, on the same inputs
 
     @property
     def cycles_per_inference(self) -> float:
@@ -45,10 +47,11 @@ class SimulationResult:
 
 
 def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
-             waves: bool = False, limit: int | None = None) -> SimulationResult:
+             waves: bool = False, limit: int | None = None, labels=None) -> SimulationResult:
     """Simulate build folder ``out_dir``; ``inputs``: .npy of real-valued inputs [N, in]
-    (default: the first ``DEFAULT_LIMIT`` of the build's calibration set). Raises ``SimulationFailed`` on any mismatch,
-    after writing the outputs file."""
+    (default: the first ``DEFAULT_LIMIT`` of the build's calibration set); ``labels``: .npy of
+    their classes, for the RTL's accuracy beside the float model's. Raises ``RTLMismatch`` on
+    any mismatch, after writing the outputs file."""
     if simulator not in SIMULATORS:
         raise InputError(f"unknown simulator {simulator!r}; choose {' or '.join(SIMULATORS)}")
     if limit is not None and limit < 1:
@@ -69,8 +72,10 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
     else:
         x = load_features(inputs, shape, "input")
     x = x.reshape(len(x), -1)
+    y = None if labels is None else load_labels(labels, len(x), program.model.out_features)
     if limit is not None:
         x = x[:limit]
+        y = None if y is None else y[:limit]
     xq = reference.quantize_input(x, program.model.input_scale)
     expected = reference.run(program, xq)
 
@@ -95,10 +100,21 @@ def simulate(out_dir, *, simulator: str = "icarus", inputs=None, outputs=None,
         raise failure
     report = record_simulation(out_dir, report, simulator=simulator, cycles=cycles,
                                intervals=intervals, ideal=expected.ideal_cycles,
-                               outputs=str(outputs_path))
+                               outputs=str(outputs_path),
+                               accuracy=None if y is None else _accuracy(program, x, hw, y))
     return SimulationResult(hw=hw, reference=expected.outputs, dequantized=dequantized,
                             cycles=cycles, intervals=intervals, ideal=expected.ideal_cycles,
-                            outputs_path=outputs_path, report=report)
+                            outputs_path=outputs_path, report=report,
+                            accuracy=report.get("accuracy"))
+
+
+def _accuracy(program, x: np.ndarray, hw: np.ndarray, y: np.ndarray) -> dict:
+    """Top-1 accuracy of the RTL's outputs and of the float model (as PyTorch computes it) on
+    the same labelled inputs."""
+    float_out = float_forward(program.model, x)[-1]
+    return {"inputs": int(len(y)),
+            "rtl": round(float((hw.reshape(len(hw), -1).argmax(1) == y).mean()), 6),
+            "float": round(float((float_out.argmax(1) == y).mean()), 6)}
 
 
 class RTLMismatch(SparsemacError):

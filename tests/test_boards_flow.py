@@ -58,7 +58,8 @@ def test_icebreaker_uploaded_weights_live_in_spram(tmp_path):
 @pytest.mark.slow
 def test_arty_plans_and_estimate(tmp_path):
     out = tmp_path / "arty"
-    assert main(["build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", str(out)]) == 0
+    assert main(["build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out", str(out),
+                 "--synth-estimate"]) == 0
     report = json.loads((out / "report.json").read_text())
     flow = report["board_flow"]
     assert Path(flow["plans"]["vivado"]).read_text().count("synth_design") == 1
@@ -68,3 +69,12 @@ def test_arty_plans_and_estimate(tmp_path):
     if shutil.which("vivado") is None and shutil.which("nextpnr-xilinx") is None:
         assert report["bitstream"] is None      # estimate only, said so in the report
         assert "estimate only" in flow["flow"]
+        # without --synth-estimate the fit check stands in: the plans, no synthesis
+        plain = tmp_path / "plain"
+        assert main(["build", EXAMPLE, "--board", "arty_a7", "--pes", "2", "--out",
+                     str(plain)]) == 0
+        report = json.loads((plain / "report.json").read_text())
+        assert report["resources"] is None and report["fit"]["luts"]["used"] > 500
+        assert not (plain / "openxc7" / "synth_xilinx.log").exists()
+        assert "fit check" in report["board_flow"]["flow"]
+        assert Path(report["board_flow"]["plans"]["vivado"]).is_file()

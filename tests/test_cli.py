@@ -67,6 +67,32 @@ def test_build_and_simulate_the_example(tmp_path, simulator):
     assert report["cycles"]["measured"] == sim["measured_mean"]
     assert sim["latency_mean"] > sim["ideal_mean"]
 
+    # with labels: the RTL's accuracy beside float PyTorch's, on the same inputs
+    labels = np.load(ROOT / "examples" / "digits_test_y.npy")[:6]
+    wrong = labels.copy()
+    wrong[:3] = (wrong[:3] + 1) % 10
+    np.save(tmp_path / "y.npy", wrong)
+    result = cli("simulate", out, "--simulator", simulator, "--inputs", inputs, "--labels",
+                 tmp_path / "y.npy")
+    assert result.returncode == 0, result.stderr
+    with np.load(outputs) as f:
+        rtl = float((f["hw"].argmax(1) == wrong).mean())
+    acc = json.loads((out / "report.json").read_text())["accuracy"]
+    assert acc["inputs"] == 6 and acc["rtl"] == round(rtl, 6) and acc["rtl"] <= 0.5
+    model = torch.load(EXAMPLE, weights_only=False).eval()
+    with torch.no_grad():
+        x6 = torch.from_numpy(np.load(inputs).astype(np.float32))
+        float_acc = float((model(x6).argmax(1).numpy() == wrong).mean())
+    assert acc["float"] == round(float_acc, 6)
+    assert f"RTL {100 * rtl:.2f} %, float PyTorch {100 * float_acc:.2f} %" in result.stdout
+    np.save(tmp_path / "short.npy", labels[:4])
+    assert_one_line_error(cli("simulate", out, "--inputs", inputs, "--labels",
+                              tmp_path / "short.npy"), "labels array", "has shape [4]",
+                          "there are 6 inputs")
+    np.save(tmp_path / "big.npy", labels + 10)
+    assert_one_line_error(cli("simulate", out, "--inputs", inputs, "--labels",
+                              tmp_path / "big.npy"), "the model has 10 outputs")
+
 
 @pytest.mark.slow
 def test_simulate_a_build_with_uploaded_weights(tmp_path):

@@ -189,9 +189,11 @@ class Family:
         """Options for Yosys's ``synth_<name>``."""
         return ""
 
-    def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
+    def products(self, program, board, out_dir, *, options, baud: int, seed: int,
+                 synth_estimate: bool = False) -> dict:
         """What a board build makes (a bitstream, or plans) and the report's board section
-        (without the timing verdict: ``boards.flow.check_timing``)."""
+        (without the timing verdict: ``boards.flow.check_timing``); ``synth_estimate``: a
+        synthesis estimate where no bitstream can be made."""
         raise NotImplementedError
 
     def __init__(self):
@@ -286,7 +288,8 @@ class NextpnrFamily(Family):
     #: what the report calls nextpnr's resource kinds ({"ICESTORM_LC": "logic cells ..."})
     resource_names: dict = {}
 
-    def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
+    def products(self, program, board, out_dir, *, options, baud: int, seed: int,
+                 synth_estimate: bool = False) -> dict:
         return flow.build_bitstream(program, board, out_dir, baud=baud, options=options,
                                     seed=seed)
 

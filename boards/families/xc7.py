@@ -78,8 +78,10 @@ class XC7Family(Family):
     def bram_units(self, blocks: int) -> tuple[int, int]:
         return math.ceil(blocks / 2), 2 * self.bram_block_bits
 
-    def products(self, program, board, out_dir, *, options, baud: int, seed: int) -> dict:
-        return xilinx_products(program, board, out_dir, baud=baud, options=options)
+    def products(self, program, board, out_dir, *, options, baud: int, seed: int,
+                 synth_estimate: bool = False) -> dict:
+        return xilinx_products(program, board, out_dir, baud=baud, options=options,
+                               synth_estimate=synth_estimate)
 
 
 XC7 = XC7Family()
@@ -105,9 +107,10 @@ def parse_yosys_xilinx_stat(text: str, board) -> dict:
 
 
 def xilinx_products(program, board, out_dir, *, options, baud: int | None = None,
-                    build: bool = True) -> dict:
-    """Verilog, the Vivado and openXC7 plans, a yosys utilisation estimate; the bitstream when a
-    vendor or openXC7 tool is installed."""
+                    build: bool = True, synth_estimate: bool = False) -> dict:
+    """Verilog, the Vivado and openXC7 plans; the bitstream when a vendor or openXC7 tool is
+    installed, or else, with ``synth_estimate``, Yosys's utilisation estimate (the fit check's
+    stands in without it: synth_xilinx takes minutes)."""
     from amaranth_boards import arty_a7  # noqa: F401  (fails early if amaranth-boards is absent)
 
     baud = DEFAULT_BAUD if baud is None else baud
@@ -124,37 +127,31 @@ def xilinx_products(program, board, out_dir, *, options, baud: int | None = None
             plan = cls(toolchain=flavour).prepare(top, NAME)
         plan.extract(target)
         plans[flavour] = target
-    # the estimate: Yosys reads the openXC7 flavour's Verilog (the Vivado one's BUFGCTRL
-    # SIM_DEVICE parameter breaks it)
-    est_dir = out_dir / "openxc7"
-    log = est_dir / "synth_xilinx.log"
     started = time.perf_counter()
-    _run([env["YOSYS"], "-q", "-l", log.name, "-p",
-          f"read_verilog {NAME}.v; synth_xilinx -family xc7 -top {NAME}; stat"],
-         est_dir, env, est_dir / "synth_xilinx.stdout")
-    resources = parse_yosys_xilinx_stat(log.read_text(), board)
+    tool = "vivado" if which("vivado") else "nextpnr-xilinx" if which("nextpnr-xilinx") else None
     results = {
-        "bitstream": None, "fmax_mhz": None,
-        "resources": resources,
-        "resources_source": "yosys synth_xilinx estimate (no place and route)",
+        "bitstream": None, "fmax_mhz": None, "resources": None,
         "plans": {"vivado": str(plans["Vivado"] / f"{NAME}.tcl"),
                   "vivado_script": str(plans["Vivado"] / f"build_{NAME}.sh"),
                   "openxc7_script": str(plans["Xray"] / f"build_{NAME}.sh")},
         "verilog": str(plans["Xray"] / f"{NAME}.v"),
         "clock_mhz": round(top.clock_hz / 1e6, 4),
         "baud": baud,
-        "seconds": round(time.perf_counter() - started, 1),
         "design_id": f"{top.linked.info.design_id:08x}",
-        "flow": "estimate only: neither vivado nor nextpnr-xilinx is on PATH",
+        "flow": ("plans only: neither vivado nor nextpnr-xilinx is on PATH; the fit check's "
+                 "estimate stands in (--synth-estimate: Yosys synth_xilinx's, minutes)"),
     }
+    if synth_estimate and tool is None:
+        results.update(_synth_estimate(out_dir / "openxc7", board, env))
+    results["seconds"] = round(time.perf_counter() - started, 1)
     if not build:
         return results
-    if which("vivado"):
+    if tool == "vivado":
         _run(["sh", f"build_{NAME}.sh"], plans["Vivado"], dict(os.environ),
              plans["Vivado"] / "flow.log")
         results["flow"] = "Vivado"
         results.update(_vivado_results(plans["Vivado"], board, NAME))
-    elif which("nextpnr-xilinx"):
+    elif tool == "nextpnr-xilinx":
         _run(["sh", f"build_{NAME}.sh"], plans["Xray"], env, plans["Xray"] / "flow.log")
         results["flow"] = "openXC7 (nextpnr-xilinx + prjxray)"
         results["fmax_mhz"] = _nextpnr_log_fmax(plans["Xray"] / "flow.log")
@@ -164,6 +161,18 @@ def xilinx_products(program, board, out_dir, *, options, baud: int | None = None
         shutil.copyfile(results["bitstream"], bitstream)
         results["bitstream"] = str(bitstream)
     return results
+
+
+def _synth_estimate(est_dir: Path, board, env: dict) -> dict:
+    """Utilisation from Yosys's ``synth_xilinx`` of the openXC7 flavour's Verilog (the Vivado
+    one's BUFGCTRL SIM_DEVICE parameter breaks it): no place and route."""
+    log = est_dir / "synth_xilinx.log"
+    _run([env["YOSYS"], "-q", "-l", log.name, "-p",
+          f"read_verilog {NAME}.v; synth_xilinx -family xc7 -top {NAME}; stat"],
+         est_dir, env, est_dir / "synth_xilinx.stdout")
+    return {"resources": parse_yosys_xilinx_stat(log.read_text(), board),
+            "resources_source": "yosys synth_xilinx estimate (no place and route)",
+            "flow": "estimate only: neither vivado nor nextpnr-xilinx is on PATH"}
 
 
 def _vivado_results(folder: Path, board, name: str) -> dict:
