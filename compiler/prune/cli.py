@@ -109,8 +109,9 @@ def cmd_prune(args) -> int:
         return 0
     target = "auto" if args.sparsity == "auto" else f"{100 * float(args.sparsity):.1f} %"
     console.print(_sparsity_table(result.sparsity, f"{args.method}, target {target}"))
+    change = 100 * (result.accuracy_after - result.accuracy_before)
     console.print(f"accuracy on {result.eval_name}: dense {100 * result.accuracy_before:.2f} % "
-                  f"-> pruned {100 * result.accuracy_after:.2f} % ({-result.drop:+.2f} points; "
+                  f"-> pruned {100 * result.accuracy_after:.2f} % ({change:+.2f} points; "
                   f"--max-accuracy-drop {args.max_accuracy_drop:g})")
     if result.targets.per_layer is not None:
         what = "share of units removed" if args.method == "structured" else "sparsity"

@@ -177,7 +177,8 @@ def check_model_fits(module: torch.nn.Module, data: PruneData) -> int:
         with torch.no_grad():
             out = module.eval()(sample)
     except Exception as e:
-        raise InputError(f"the model does not accept the data's inputs of shape "
+        raise InputError(f"--data {data.source}: the model does not accept the data's "
+                         f"inputs of shape "
                          f"{[len(data.x_train), *data.x_train.shape[1:]]} "
                          f"({str(e).splitlines()[0][:120]}); give data whose X matches the "
                          f"model's input") from None
@@ -192,11 +193,12 @@ def check_model_fits(module: torch.nn.Module, data: PruneData) -> int:
                          f"--val data with the same features as --data")
     train_max = int(data.y_train.max(initial=0))
     if train_max >= classes:
-        raise InputError(f"the data has labels up to {train_max} but the model has only "
+        raise InputError(f"--data {data.source} has labels up to {train_max} but the model "
+                         f"has only "
                          f"{classes} outputs; give labels 0..{classes - 1}")
     eval_max = int(data.y_eval.max(initial=0))
     if eval_max >= classes:
-        where = f"--val {data.val} has" if data.val is not None else "the data has"
-        raise InputError(f"{where} labels up to {eval_max} but the model has only "
+        where = f"--val {data.val}" if data.val is not None else f"--data {data.source}"
+        raise InputError(f"{where} has labels up to {eval_max} but the model has only "
                          f"{classes} outputs; give labels 0..{classes - 1}")
     return classes
