@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError
-from ..datasets import digits_split
+from ..datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 
 __all__ = ["PruneData", "load_data", "check_model_fits", "overlap", "HOLDOUT"]
 
@@ -108,7 +108,6 @@ def _overlap_warning(what: str, x: np.ndarray, seen: np.ndarray, seen_name: str,
 def _digits_warning(what: str, x: np.ndarray) -> str | None:
     """Warn when ``x`` holds samples of the digits training split (the bundled examples'
     training data): a dense model trained on it scores them too well."""
-    from ..datasets import DIGITS_FEATURES, DIGITS_IMAGE
     if x.shape[1:] not in ((DIGITS_FEATURES,), DIGITS_IMAGE):
         return None
     x_train = digits_split()[0].reshape(-1, *x.shape[1:])
