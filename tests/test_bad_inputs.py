@@ -226,6 +226,34 @@ CASES: list[Case] = [
          "--data", "{w}/bad/classes.npz", phrase="labels up to 50 but the model has only 10"),
     case("prune-data-npy", "`--data` a .npy instead of .npz", "prune", _M, *_P, "--data", _X,
          phrase="expected 'digits' or a .npz file"),
+    case("prune-val-missing", "`--val` file that does not exist", "prune", _M, *_P, "--val",
+         "{w}/nope.npz", phrase=("--val {w}/nope.npz: no such file", "numpy.savez")),
+    case("prune-val-npy", "`--val` a .npy instead of .npz", "prune", _M, *_P, "--val", _X,
+         phrase="--val {w}/x.npy: expected a .npz file"),
+    case("prune-val-junk", "`--val` .npz that is not an archive", "prune", _M, *_P, "--val",
+         "{w}/bad/junk.npz", phrase="--val {w}/bad/junk.npz is not a .npz archive"),
+    case("prune-val-keys", "`--val` .npz without X and y", "prune", _M, *_P, "--val",
+         "{w}/bad/no_keys.npz", phrase="--val {w}/bad/no_keys.npz lacks 'X' and 'y'"),
+    case("prune-val-shape", "`--val` whose X and y lengths differ", "prune", _M, *_P, "--val",
+         "{w}/bad/lengths.npz", phrase=("X has shape [20, 64] and y [5]", "same N")),
+    case("prune-val-nan", "`--val` with NaN in X", "prune", _M, *_P, "--val",
+         "{w}/bad/nan_x.npz", phrase="--val {w}/bad/nan_x.npz: X contains NaN or Inf"),
+    case("prune-val-labels-float", "`--val` with float labels", "prune", _M, *_P, "--val",
+         "{w}/bad/float_y.npz", phrase="y is float32, not integer class labels"),
+    case("prune-val-labels-negative", "`--val` with negative labels", "prune", _M, *_P,
+         "--val", "{w}/bad/negative_y.npz", phrase="negative labels (-1)"),
+    case("prune-val-features", "`--val` with other features than the model takes", "prune",
+         _M, *_P, "--val", "{w}/bad/features.npz",
+         phrase=("--val {w}/bad/features.npz: its samples have shape [5] but the model takes "
+                 "[64]", "same features")),
+    case("prune-val-classes", "`--val` with more classes than outputs", "prune", _M, *_P,
+         "--val", "{w}/bad/classes.npz",
+         phrase="--val {w}/bad/classes.npz has labels up to 50 but the model has only 10"),
+    case("prune-accuracy-drop", "pruned model that lost more than `--max-accuracy-drop` "
+         "(default 3 points)", "prune", "{w}/trained.pt", "--method", "magnitude",
+         "--sparsity", "0.97", "--epochs", "0", "--out", "{w}/collapsed.pt",
+         phrase=("accuracy points on digits test split", "more than --max-accuracy-drop 3",
+                 "nothing saved", "--force"), must_not_exist="{w}/collapsed.pt"),
     case("prune-nan-model", "model with NaN weights", "prune", "{w}/bad/nan.pt", *_P,
          phrase="holds NaN or Inf; fix or retrain the model before pruning"),
     case("prune-no-layers", "model with nothing to prune", "prune", "{w}/bad/relu_only.pt",
@@ -331,6 +359,10 @@ def make_workspace(w: Path) -> Path:
     np.savez(bad / "object.npz", X=np.array([None] * 20, dtype=object), y=y)
     np.savez(bad / "features.npz", X=np.zeros((20, 5), np.float32), y=y)
     np.savez(bad / "classes.npz", X=np.zeros((20, 64), np.float32), y=y + 50)
+    np.savez(bad / "lengths.npz", X=np.zeros((20, 64), np.float32), y=y[:5])
+    np.savez(bad / "negative_y.npz", X=np.zeros((20, 64), np.float32), y=y - 1)
+    from _prune_helpers import digits_mlp           # trained: pruning 97 % collapses it
+    torch.save(digits_mlp(), w / "trained.pt")
     # a good build and its broken copies
     good = w / "build"
     build(BuildConfig(model=str(w / "good.pt"), board="arty_a7", pes=2, out=str(good),

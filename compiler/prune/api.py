@@ -1,12 +1,18 @@
 """The library entry points: :func:`prune_model` (a module in, a pruned module out) and
-:func:`prune_file` (``python -m compiler prune``: load, prune, save on the main process)."""
+:func:`prune_file` (``python -m compiler prune``: load, prune, save on the main process).
+
+:func:`prune_file` refuses to save a model that lost more than ``max_accuracy_drop`` points
+against the dense model on the same validation samples (:func:`_check_drop`), unless
+``force`` is set."""
 
 from __future__ import annotations
 
 import copy
 import inspect
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +30,16 @@ from .sensitivity import auto_targets
 from .train import Progress, Session, deterministic, evaluate
 from ..frontend import load_module, to_ir
 
-__all__ = ["PruneConfig", "PruneResult", "prune_model", "prune_file", "default_out",
-           "parse_sparsity"]
+__all__ = ["PruneConfig", "PruneResult", "AccuracyDropError", "prune_model", "prune_file",
+           "default_out", "parse_sparsity", "DEFAULT_MAX_DROP"]
+
+#: Accuracy points a pruned model may lose before ``prune`` refuses to save it (and the budget
+#: of ``--sparsity auto``).
+DEFAULT_MAX_DROP = 3.0
+
+
+class AccuracyDropError(InputError):
+    """The pruned model lost more accuracy than allowed; nothing was saved."""
 
 
 def parse_sparsity(text) -> float | str:
@@ -49,11 +63,13 @@ class PruneConfig:
     method: str
     sparsity: float | str = 0.9          # share of weights removed, or "auto"
     data: str = "digits"                 # "digits" or PATH.npz (X float32, y int64)
+    val: str | None = None               # PATH.npz, a separate validation split
     epochs: int = 60                     # fine-tuning budget, whole method
     device: str = "auto"
     pes: int = 8                         # processing elements (balanced)
     seed: int = 0
-    max_accuracy_drop: float = 1.0       # accuracy points, for --sparsity auto
+    max_accuracy_drop: float = DEFAULT_MAX_DROP  # points: refuse to save beyond; auto's budget
+    force: bool = False                  # save even beyond max_accuracy_drop (with a warning)
     lr: float = 3e-3
     batch_size: int = 64
 
@@ -70,6 +86,8 @@ class PruneConfig:
         if not self.max_accuracy_drop >= 0:
             raise InputError(f"--max-accuracy-drop must be >= 0 accuracy points, not "
                              f"{self.max_accuracy_drop}")
+        if self.val is not None and not isinstance(self.val, (str, os.PathLike)):
+            raise InputError(f"--val must be the path of a .npz file, not {self.val!r}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, not {self.lr}")
         if self.device not in DEVICES:
@@ -94,6 +112,12 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     out: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        """Accuracy points lost against the dense model (negative: gained)."""
+        return 100 * (self.accuracy_before - self.accuracy_after)
 
     def summary(self) -> dict:
         """JSON-able figures (no tensors)."""
@@ -104,7 +128,7 @@ class PruneResult:
             "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
             "seconds": self.seconds, "device": self.device, "world_size": self.world_size,
             "eval": self.eval_name, "notes": self.notes, "info": self.info,
-            "out": str(self.out) if self.out else None,
+            "warnings": self.warnings, "out": str(self.out) if self.out else None,
         }
 
 
@@ -127,7 +151,8 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
     config.validate()
     check_prunable(model)
     check_finite(model)
-    data = data if data is not None else load_data(config.data, seed=config.seed)
+    data = data if data is not None else load_data(config.data, seed=config.seed,
+                                                   val=config.val)
     check_model_fits(model, data)
     rt = rt if rt is not None else Runtime(device=resolve_device(config.device))
     session = Session(data=data, runtime=rt, epochs=config.epochs, seed=config.seed,
@@ -163,7 +188,38 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
                        accuracy_before=before, accuracy_after=after,
                        seconds=time.perf_counter() - started, device=str(rt.device),
                        world_size=rt.world_size, eval_name=data.eval_name, notes=notes,
-                       info=info)
+                       info=info, warnings=list(data.warnings))
+
+
+def _check_drop(result: PruneResult, config: PruneConfig) -> str | None:
+    """The one place that decides whether a pruned model may be saved.
+
+    Returns None when it lost at most ``config.max_accuracy_drop`` points, a warning when it
+    lost more but ``config.force`` is set; raises :class:`AccuracyDropError` otherwise.
+    """
+    drop = result.drop
+    if drop <= config.max_accuracy_drop + 1e-9:       # accuracies are counts / N
+        return None
+    text = (f"the pruned model lost {drop:.2f} accuracy points on {result.eval_name} "
+            f"(dense {100 * result.accuracy_before:.2f} % -> pruned "
+            f"{100 * result.accuracy_after:.2f} %), more than --max-accuracy-drop "
+            f"{config.max_accuracy_drop:g}")
+    if config.force:
+        return f"{text}; saved anyway because of --force"
+    raise AccuracyDropError(f"{text}; nothing saved: lower --sparsity, give more --epochs, "
+                            f"or pass --force to save it anyway")
+
+
+def _save(model: nn.Module, out: Path) -> None:
+    """``torch.save`` to a temporary file beside ``out``, then rename: never a partial file."""
+    part = out.with_name(f".{out.name}.{os.getpid()}.part")
+    try:
+        torch.save(model, part)
+        os.replace(part, out)
+    except OSError as e:
+        raise InputError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def default_out(model_path, config: PruneConfig) -> Path:
@@ -174,10 +230,15 @@ def default_out(model_path, config: PruneConfig) -> Path:
 
 
 def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool = False,
-               progress: Progress | None = None) -> PruneResult:
+               progress: Progress | None = None,
+               warn: Callable[[str], None] | None = None) -> PruneResult:
     """Load ``model_path``, prune it, save the plain result to ``out`` (main process only).
 
-    Inside ``torchrun`` every process trains its share; only rank 0 writes.
+    Inside ``torchrun`` every process trains its share; only rank 0 writes. ``warn`` is called
+    (on the main process) with each warning as it arises: validation samples that may flatter
+    the figures before training, a forced save after it. Raises :class:`AccuracyDropError`
+    (and saves nothing) when the model lost more than ``config.max_accuracy_drop`` points and
+    ``config.force`` is not set.
     """
     config.validate()
     out = Path(out) if out is not None else default_out(model_path, config)
@@ -190,16 +251,20 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
     module = load_module(model_path, trust_pickle=trust_pickle)
     check_prunable(module, str(model_path))
     check_finite(module, str(model_path))
-    data = load_data(config.data, seed=config.seed)
+    data = load_data(config.data, seed=config.seed, val=config.val)
     check_model_fits(module, data)
     with runtime(config.device) as rt:
+        if rt.is_main and warn is not None:
+            for text in data.warnings:
+                warn(text)
         result = prune_model(module, config, data=data, rt=rt,
                              progress=progress if rt.is_main else None)
+        forced = _check_drop(result, config)     # every rank: all exit alike
+        if forced:
+            result.warnings.append(forced)
         if rt.is_main:
-            try:
-                torch.save(result.model, out)
-            except OSError as e:
-                raise InputError(f"cannot write {out}: {e.strerror}; choose another "
-                                 f"--out") from None
+            if forced and warn is not None:
+                warn(forced)
+            _save(result.model, out)
             result.out = out
     return result

@@ -59,14 +59,15 @@ def cmd_prune(args) -> int:
     from .train import Progress as ProgressSink
 
     config = PruneConfig(method=args.method, sparsity=args.sparsity, data=args.data,
-                         epochs=args.epochs, device=args.device, pes=args.pes, seed=args.seed,
-                         max_accuracy_drop=args.max_accuracy_drop, lr=args.lr,
-                         batch_size=args.batch_size)
+                         val=args.val, epochs=args.epochs, device=args.device, pes=args.pes,
+                         seed=args.seed, max_accuracy_drop=args.max_accuracy_drop,
+                         force=args.force, lr=args.lr, batch_size=args.batch_size)
     env = torchrun_env()
     main = env is None or env[0] == 0
     console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), disable=not main)
+                    TimeElapsedColumn(), console=errors, disable=not main)
 
     class _Bars(ProgressSink):
         """Rich progress bars, drawn from the first training phase on (errors found before
@@ -88,10 +89,19 @@ def cmd_prune(args) -> int:
         def done(self, phase, text=""):
             bars.update(self.task, completed=bars.tasks[self.task].total)
 
+    def warn(text):
+        errors.print(f"warning: {text}", markup=False)
+
     sink = _Bars()
     try:
         result = prune_file(args.model, config, out=args.out, trust_pickle=args.trust_pickle,
-                            progress=sink)
+                            progress=sink, warn=warn)
+    except BaseException:
+        if sink.live:               # clear the bars (no final render, no blank line after
+            sink.live = False       # them): the one-line error stands alone
+            bars.live.transient = True
+            bars.live.stop()
+        raise
     finally:
         if sink.live:
             bars.stop()
@@ -99,9 +109,10 @@ def cmd_prune(args) -> int:
         return 0
     target = "auto" if args.sparsity == "auto" else f"{100 * float(args.sparsity):.1f} %"
     console.print(_sparsity_table(result.sparsity, f"{args.method}, target {target}"))
-    console.print(f"accuracy on {result.eval_name}: {100 * result.accuracy_before:.2f} % -> "
-                  f"{100 * result.accuracy_after:.2f} % "
-                  f"({100 * (result.accuracy_after - result.accuracy_before):+.2f} points)")
+    change = 100 * (result.accuracy_after - result.accuracy_before)
+    console.print(f"accuracy on {result.eval_name}: dense {100 * result.accuracy_before:.2f} % "
+                  f"-> pruned {100 * result.accuracy_after:.2f} % ({change:+.2f} points; "
+                  f"--max-accuracy-drop {args.max_accuracy_drop:g})")
     if result.targets.per_layer is not None:
         what = "share of units removed" if args.method == "structured" else "sparsity"
         console.print(f"per-layer targets ({what}; sensitivity analysis, one-shot within "
@@ -133,6 +144,7 @@ def cmd_inspect(args) -> int:
 
 def add_commands(sub) -> None:
     """Add ``prune`` and ``inspect`` to the CLI's subparsers."""
+    from .api import DEFAULT_MAX_DROP
     from .distributed import DEVICES
     from .methods import METHODS
 
@@ -144,10 +156,20 @@ def add_commands(sub) -> None:
     p.add_argument("--sparsity", required=True, type=_sparsity,
                    help="share of weights to remove, in [0, 1), or 'auto' (per-layer targets "
                         "from a sensitivity analysis within --max-accuracy-drop)")
-    p.add_argument("--max-accuracy-drop", type=_non_negative, default=1.0,
-                   help="accuracy points --sparsity auto may lose (default 1.0)")
+    p.add_argument("--max-accuracy-drop", type=_non_negative, default=DEFAULT_MAX_DROP,
+                   help="accuracy points the pruned model may lose against the dense one on "
+                        "the same validation samples; beyond it nothing is saved (exit 2) "
+                        "unless --force; also the budget of --sparsity auto (default "
+                        f"{DEFAULT_MAX_DROP:g})")
+    p.add_argument("--force", action="store_true",
+                   help="save the pruned model even when it lost more than "
+                        "--max-accuracy-drop (with a warning)")
     p.add_argument("--data", default="digits",
-                   help="'digits' (default) or PATH.npz with X (float32) and y (int64)")
+                   help="'digits' (default) or PATH.npz with X (float32) and y (int64); "
+                        "without --val a seeded 20 %% of the file is held out for accuracy")
+    p.add_argument("--val", metavar="PATH.npz",
+                   help="a separate validation split (X, y as for --data): both accuracies "
+                        "are measured on it and all of --data trains")
     p.add_argument("--epochs", type=_count, default=60,
                    help="fine-tuning budget in epochs, the whole method (default 60)")
     p.add_argument("--device", choices=DEVICES, default="auto",
