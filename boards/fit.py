@@ -156,8 +156,10 @@ def estimate(program, board, options) -> FitEstimate:
     used_dsps = mac_dsps + reducer_dsps
 
     parts = component_logic(geo, family)
-    luts = parts["fixed_lut"] + P * parts["pe_lut"] + R * parts["reducer_lut"]
-    ffs = parts["fixed_ff"] + P * parts["pe_ff"] + R * parts["reducer_ff"]
+    lut_factor, ff_factor = family.placed_factors
+    luts = round(lut_factor * (parts["fixed_lut"] + P * parts["pe_lut"]
+                               + R * parts["reducer_lut"]))
+    ffs = round(ff_factor * (parts["fixed_ff"] + P * parts["pe_ff"] + R * parts["reducer_ff"]))
     est = FitEstimate(board=board.name, pes=P, grid=str(program.grid), memories=mems,
                       bram_blocks=bram_blocks, bram_blocks_available=available_blocks,
                       bram_bits=bram_bits, dsps=used_dsps, dsps_available=board.dsps,

@@ -63,8 +63,8 @@ def test_fit_numbers_per_family(digits):
                                                                           True)
     assert _numbers(estimate(p16, ulx25, ECP5.options_for(p16))) == (
         {"used": 16, "available": 56}, {"used": 0, "available": 0},
-        {"used": 24, "available": 28}, {"used": 11516, "available": 24288},
-        {"used": 8024, "available": 24288}, 22126, 55248, True, [])
+        {"used": 24, "available": 28}, {"used": 18426, "available": 24288},
+        {"used": 10030, "available": 24288}, 22126, 55248, True, [])
     # RAMB36 units, DSP48E1 25 x 18 tiles
     assert _numbers(estimate(p8, arty, XC7.options_for(p8))) == (
         {"used": 9, "available": 50}, {"used": 0, "available": 0},

@@ -64,6 +64,9 @@ class Family:
     #: ... or, where placed builds have measured it, {P: MHz}: the model interpolates in
     #: log2(P) between them and beyond the largest P continues the last segment's fall
     fmax_points: dict = {}
+    #: (LUTs, flip-flops) of a placed design over the sum of its synthesised components: what
+    #: only the whole design has (route-through LUTs, LUT-RAM write ports, the buses' fan-out)
+    placed_factors: tuple = (1.0, 1.0)
     #: the share of the LUTs a design may fill and still place
     usable_luts: float = 0.95
 

@@ -72,8 +72,12 @@ class ECP5Family(NextpnrFamily):
                    "reducer_lut": (300, 1.0, 3.0, 12.0), "reducer_ff": (150, 1.0, 8.0, 0.0),
                    "fixed_lut": 1800, "fixed_ff": 1200}
     #: placed ULX3S builds of the digits MLP in the default style, seed 1 (docs/benchmarks.md,
-    #: section 4: P = 1 short pipeline, P >= 8 deep)
-    fmax_points = {1: 104.98, 8: 108.8, 16: 102.91, 32: 75.90}
+    #: section 4: P = 1 short pipeline, P >= 8 deep; router2 at P = 32)
+    fmax_points = {1: 104.98, 8: 126.01, 16: 102.97, 32: 80.26}
+    #: placed / estimated over five ULX3S builds (digits P = 8, 16, 32; LeNet-300-100 P = 64 with
+    #: LUT-RAM and with block-RAM accumulators): LUTs 1.47 / 1.87 / 1.70 / 1.58 / 1.47,
+    #: flip-flops 1.24 / 1.36 / 1.37 / 1.11 / 1.30 (docs/benchmarks.md, section 4)
+    placed_factors = (1.60, 1.25)
     usable_luts = 0.95
 
     def claims(self, platform_cls) -> bool:
