@@ -180,16 +180,20 @@ class GowinFamily(NextpnrFamily):
     #: RAM16SDP4 cells (64 bits each) per bit of the memories the fit check puts in logic: the
     #: Nano 9K builds used 171 at P = 1 (9272 bits) and 382 at P = 4 (18 616 bits), the FIFOs'
     #: and the odd widths' rounding on top
-    lutram_cells_per_bit = 1.3 / 64
+    #: ... and 246 at P = 3 (11 242 bits), which nextpnr could not place in the 270 sites: the
+    #: share of the sites a design may fill
+    lutram_cells_per_bit = 1.4 / 64
+    lutram_usable = 0.85
 
     def lutram_check(self, logic_bits: int, board) -> str | None:
         """SSRAM: the device has one RAM16SDP4 (16 x 4) site per 32 LUTs (GW1NR-9: 270,
-        GW2A-18: 648, as nextpnr reports them); nextpnr cannot place a design needing more."""
+        GW2A-18: 648, as nextpnr reports them); nextpnr cannot place a design filling nearly all."""
         cells = math.ceil(logic_bits * self.lutram_cells_per_bit)
         available = board.luts // 32
-        if cells > available:
+        usable = int(available * self.lutram_usable)
+        if cells > usable:
             return (f"LUT RAM: about {cells} RAM16SDP4 estimated ({logic_bits} bits of "
-                    f"accumulators and FIFOs), {available} available")
+                    f"accumulators and FIFOs), {available} available ({usable} usable)")
         return None
 
     def predicted_fmax(self, pes: int, board=None) -> float:
