@@ -86,6 +86,8 @@ def cmd_build(args) -> int:
     console.print(f"  cycles per inference: ideal {c['ideal']:.1f}, PE bound {c['pe_bound']:.1f}, "
                   f"dense {c['dense']}")
     console.print(f"  Verilog {r['verilog']}; report {result.out_dir / 'report.md'}")
+    for warning in r.get("warnings", []):
+        console.print(f"  [bold]warning[/]: {warning}")
     if r.get("bitstream"):
         console.print(f"  bitstream {r['bitstream']} (Fmax {r['fmax_mhz']} MHz)")
     timing = r.get("timing")
