@@ -120,6 +120,60 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_fuzz(args) -> int:
+    from .fuzz import run_campaign
+
+    console = _console()
+    done = []
+
+    def progress(record):
+        done.append(record)
+        if record["status"] not in ("ok", "refused"):
+            console.print(f"  model {record['model']}: [bold]{record['status']}[/]: "
+                          f"{record.get('error', '')}")
+
+    with console.status("fuzzing") as status:
+        def on_model(record):
+            progress(record)
+            status.update(f"fuzzing: {len(done)} models done")
+        result = run_campaign(cases=args.cases, seed=args.seed, out_dir=args.out,
+                              jobs=args.jobs, simulator=args.simulator,
+                              cases_per_model=args.cases_per_model, keep=args.keep,
+                              on_model=on_model)
+    console.print(summary_table(result.summary))
+    console.print(f"summary {result.out_dir / 'summary.json'}")
+    for failure in result.summary["failures"]:
+        console.print(f"  reproducer: {failure['reproducer']}/command.sh")
+    return 1 if result.failed else 0
+
+
+def summary_table(s: dict) -> str:
+    """The campaign's summary as a Markdown table (what docs/verification.md shows)."""
+    def stats(v, digits=4):
+        return "n/a" if v is None else f"{v['median']:.{digits}f} / {v['worst']:.{digits}f}"
+    rows = [
+        ("cases (checked)", f"{s['cases']} ({s['cases_checked']})"),
+        ("models (checked, refused)", f"{s['models']} ({s['models_checked']}, "
+                                      f"{s['refused']})"),
+        ("mismatches", s["mismatches"]),
+        ("crashes, tool errors", f"{s['crashes']}, {s['tool_errors']}"),
+        ("P covered", ", ".join(map(str, s["pes_covered"]))),
+        ("MLPs, CNNs", f"{s['kinds']['mlp']}, {s['kinds']['cnn']}"),
+        ("layer sizes min/median/max", f"{s['layer_sizes']['min']} / "
+                                       f"{s['layer_sizes']['median']} / "
+                                       f"{s['layer_sizes']['max']}"),
+        ("layer sparsity min/max, layers >= 99 %",
+         f"{s['sparsity']['min']} / {s['sparsity']['max']}, "
+         f"{s['sparsity']['layers_at_least_99pct']}"),
+        ("float correlation median / worst", stats(s["correlation"])),
+        ("argmax agreement median / worst", stats(s["argmax_agreement"], 3)),
+        ("builds warning of quantization loss", s["warned_builds"]),
+        ("simulator, seed", f"{s['simulator']}, {s['seed']}"),
+        ("wall time", f"{s['wall_s']:.0f} s"),
+    ]
+    return "\n".join(["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
+
+
 def _parser() -> argparse.ArgumentParser:
     from boards import board_names
 
@@ -188,6 +242,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, help="simulate only the first N inputs")
     p.add_argument("--waves", action="store_true", help="write an FST waveform")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("fuzz", help="seeded random models and inputs: RTL against the "
+                                    "reference, bit for bit (docs/verification.md)")
+    p.add_argument("--cases", type=_positive, default=200, help="input vectors in all "
+                                                                "(default 200)")
+    p.add_argument("--cases-per-model", type=_positive, default=50,
+                   help="input vectors per generated model (default 50): one build each")
+    p.add_argument("--seed", type=_positive, default=1, help="campaign seed (default 1)")
+    p.add_argument("--jobs", type=_positive, default=1, help="models in parallel (default 1)")
+    p.add_argument("--out", default="build/fuzz", help="folder for summary.json and "
+                                                       "failures/ (default build/fuzz)")
+    p.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--keep", action="store_true", help="keep every model's build folder")
+    p.set_defaults(func=cmd_fuzz)
 
     # Commands of other features register themselves here (one line each).
     from .prune.cli import add_commands as _prune_commands; _prune_commands(sub)  # noqa: E702
