@@ -139,7 +139,7 @@ def cmd_fuzz(args) -> int:
         result = run_campaign(cases=args.cases, seed=args.seed, out_dir=args.out,
                               jobs=args.jobs, simulator=args.simulator,
                               cases_per_model=args.cases_per_model, keep=args.keep,
-                              on_model=on_model)
+                              max_size=args.max_size, on_model=on_model)
     console.print(summary_table(result.summary))
     console.print(f"summary {result.out_dir / 'summary.json'}")
     for failure in result.summary["failures"]:
@@ -254,6 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/fuzz", help="folder for summary.json and "
                                                        "failures/ (default build/fuzz)")
     p.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--max-size", type=_positive,
+                   help="cap on every layer's width (default: up to a few hundred)")
     p.add_argument("--keep", action="store_true", help="keep every model's build folder")
     p.set_defaults(func=cmd_fuzz)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import shutil
 import time
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from core.errors import SparsemacError, ToolError
+from sim.runner import VERILATOR_OPT_ENV
 
 from .. import reference
 from ..build import BuildConfig, build
@@ -121,13 +123,13 @@ def _float_agreement(model: FuzzModel, dequantized: np.ndarray) -> dict:
 
 
 def run_model(seed: int, index: int, cases: int, out_dir: str, simulator: str,
-              keep: bool = False) -> dict:
+              keep: bool = False, max_size: int | None = None) -> dict:
     """Generate, build, simulate and check model ``index`` of campaign ``seed``; returns its
     record (``status``: ok, refused, mismatch, crash or tool_error). Top-level, so that a
     process pool can run it."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    model = generate_model(seed, index, cases=cases)
+    model = generate_model(seed, index, cases=cases, max_size=max_size)
     work = out_dir / "models" / model.name
     record = {"model": index, "kind": model.features["kind"], "options": model.options,
               "input_shape": list(model.input_shape), "cases": cases,
@@ -149,6 +151,10 @@ def run_model(seed: int, index: int, cases: int, out_dir: str, simulator: str,
         return _finish(record, model, out_dir, work, simulator, started, keep)
     record["warnings"] = result.report.get("warnings", [])
     record["pes"] = result.report["pes"]
+    # a model's few dozen inputs run in far less time than Verilator's optimised C++ build
+    # takes: build it unoptimised, unless the user chose a level (sim/runner.py)
+    saved = os.environ.get(VERILATOR_OPT_ENV)
+    os.environ.setdefault(VERILATOR_OPT_ENV, "-O0")
     try:
         sim = simulate(work / "build", simulator=simulator, inputs=str(work / "inputs.npy"))
         hw, dequantized = sim.hw, sim.dequantized
@@ -158,6 +164,9 @@ def run_model(seed: int, index: int, cases: int, out_dir: str, simulator: str,
     except ToolError as e:
         record.update(status="tool_error", error=str(e))
         return _finish(record, model, out_dir, work, simulator, started, keep)
+    finally:
+        if saved is None:
+            os.environ.pop(VERILATOR_OPT_ENV, None)
     program = load_program(work / "build" / "program.npz")
     x = model.inputs.reshape(len(model.inputs), -1)
     expected = expected_outputs(program, reference.quantize_input(x, program.model.input_scale))
@@ -227,7 +236,8 @@ def summarize(records: list, *, seed: int, cases: int, simulator: str, wall_s: f
 
 def run_campaign(*, cases: int, seed: int, out_dir, jobs: int = 1,
                  simulator: str = "verilator", cases_per_model: int = CASES_PER_MODEL,
-                 keep: bool = False, on_model=None) -> CampaignResult:
+                 keep: bool = False, max_size: int | None = None,
+                 on_model=None) -> CampaignResult:
     """Run ``cases`` cases (in models of ``cases_per_model``) of campaign ``seed`` on ``jobs``
     processes; writes ``out_dir/summary.json``. ``on_model(record)``: called as each model
     finishes."""
@@ -240,7 +250,8 @@ def run_campaign(*, cases: int, seed: int, out_dir, jobs: int = 1,
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = [min(cases_per_model, cases - start) for start in range(0, cases, cases_per_model)]
     started = time.perf_counter()
-    args = [(seed, i, n, str(out_dir), simulator, keep) for i, n in enumerate(counts)]
+    args = [(seed, i, n, str(out_dir), simulator, keep, max_size)
+            for i, n in enumerate(counts)]
     records = []
     if jobs == 1:
         for a in args:
@@ -255,6 +266,7 @@ def run_campaign(*, cases: int, seed: int, out_dir, jobs: int = 1,
                     on_model(record)
     summary = summarize(records, seed=seed, cases=cases, simulator=simulator,
                         wall_s=time.perf_counter() - started)
+    summary["cases_per_model"], summary["max_size"] = cases_per_model, max_size
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not keep:
         shutil.rmtree(out_dir / "models", ignore_errors=True)

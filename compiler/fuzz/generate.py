@@ -52,8 +52,9 @@ class FuzzModel:
         return f"model_{self.index:05d}"
 
 
-def _size(rng) -> int:
-    return int(rng.choice(_LARGE_SIZES if rng.random() < 0.08 else _SIZES))
+def _size(rng, features: dict) -> int:
+    size = int(rng.choice(_LARGE_SIZES if rng.random() < 0.08 else _SIZES))
+    return min(size, features.get("max_size") or size)
 
 
 def _sparsify(weight: torch.Tensor, rng, features: dict) -> None:
@@ -106,7 +107,7 @@ def _linear_chain(rng, features: dict, fan_in: int) -> list:
     depth = int(rng.integers(1, 5))
     layers = []
     for m in range(depth):
-        fan_out = _size(rng)
+        fan_out = _size(rng, features)
         if m == 0 and rng.random() < 0.1:
             layers.append(_batchnorm(nn.BatchNorm1d, fan_in, rng))     # folded into the next
         linear = nn.Linear(fan_in, fan_out, bias=bool(rng.random() < 0.9))
@@ -192,17 +193,19 @@ def make_inputs(rng, shape: tuple, cases: int, calibration: np.ndarray
     return x, kinds
 
 
-def generate_model(seed: int, index: int, *, cases: int, calibration: int = 64) -> FuzzModel:
-    """Model ``index`` of campaign ``seed``, with ``cases`` inputs."""
+def generate_model(seed: int, index: int, *, cases: int, calibration: int = 64,
+                   max_size: int | None = None) -> FuzzModel:
+    """Model ``index`` of campaign ``seed``, with ``cases`` inputs; ``max_size``: cap on every
+    layer's width (None: up to a few hundred)."""
     rng = np.random.default_rng([seed, index])
     torch.manual_seed(int(rng.integers(0, 2 ** 31)))
-    features: dict = {}
+    features: dict = {"max_size": max_size}
     if rng.random() < 0.3:
         features["kind"] = "cnn"
         layers, shape = _cnn(rng, features)
     else:
         features["kind"] = "mlp"
-        fan_in = _size(rng)
+        fan_in = _size(rng, features)
         layers, shape = _linear_chain(rng, features, fan_in), (fan_in,)
     module = nn.Sequential(*layers).eval()
     cal = rng.standard_normal((calibration, *shape)).astype(np.float32)
