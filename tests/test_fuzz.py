@@ -38,13 +38,13 @@ def test_models_are_a_function_of_seed_and_index():
 
 @pytest.mark.slow
 def test_smoke_campaign_has_no_mismatch(tmp_path):
-    result = run_campaign(cases=30, cases_per_model=10, seed=2, max_size=12,
+    result = run_campaign(cases=30, cases_per_model=10, seed=38, max_size=12,
                           simulator="icarus", out_dir=tmp_path)
     s = result.summary
     assert not result.failed and s["failures"] == [], s["failures"]
     assert (s["cases"], s["models"], s["cases_checked"], s["models_checked"]) == (30, 3, 30, 3)
     assert (s["mismatches"], s["crashes"], s["tool_errors"], s["refused"]) == (0, 0, 0, 0)
-    assert s["pes_covered"] == [9, 11, 12] and s["kinds"] == {"mlp": 2, "cnn": 1}
+    assert s["pes_covered"] == [3, 4, 5] and s["kinds"] == {"mlp": 2, "cnn": 1}
     assert s["correlation"]["worst"] > 0.99 and s["argmax_agreement"]["worst"] == 1.0
     assert [r["status"] for r in s["per_model"]] == ["ok"] * 3
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
@@ -62,7 +62,7 @@ def test_a_broken_reference_is_reported_written_out_and_fails(tmp_path, monkeypa
 
     monkeypatch.setattr(campaign, "expected_outputs", broken)
     out = tmp_path / "fuzz"
-    assert main(["fuzz", "--cases", "6", "--cases-per-model", "6", "--seed", "18",
+    assert main(["fuzz", "--cases", "6", "--cases-per-model", "6", "--seed", "14",
                  "--max-size", "12", "--simulator", "icarus", "--out", str(out)]) == 1
     printed = capsys.readouterr().out
     assert "model 0: mismatch: RTL differs from the reference in 1 of 6 cases; first: case 5" \
@@ -74,7 +74,7 @@ def test_a_broken_reference_is_reported_written_out_and_fails(tmp_path, monkeypa
     assert {p.name for p in folder.iterdir()} >= {"model.pt", "calibration.npy", "inputs.npy",
                                                  "options.json", "command.sh"}
     options = json.loads((folder / "options.json").read_text())
-    assert options["seed"] == 18 and options["model"] == 0
+    assert options["seed"] == 14 and options["model"] == 0
     assert np.load(folder / "inputs.npy").shape[0] == 6
     # the reproducer rebuilds and re-simulates with the public CLI (here the reference is
     # the real one, so it passes)

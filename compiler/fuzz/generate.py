@@ -17,11 +17,14 @@ import torch.nn as nn
 
 from hw.options import BANKS, MEMORY_STYLES, PIPELINES, POINTER_STYLES, WEIGHT_STORES
 
-__all__ = ["FuzzModel", "generate_model", "make_inputs", "INPUT_KINDS", "PES_CHOICES"]
+__all__ = ["FuzzModel", "generate_model", "make_inputs", "INPUT_KINDS", "PES_CHOICES",
+           "LARGE_PES"]
 
-#: PE counts drawn from: odd and prime ones included; at most 16, which keeps the Verilog of
-#: a few hundred neurons quick to simulate (the build accepts up to compiler.build.MAX_PES).
+#: PE counts drawn from: odd and prime ones included, mostly up to 16, which keeps the Verilog
+#: quick to simulate; one model in about sixteen gets one of LARGE_PES (EIE ran 64 PEs; the
+#: build accepts up to compiler.build.MAX_PES, the fit check refuses what the board cannot hold).
 PES_CHOICES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16)
+LARGE_PES = (25, 31, 32, 49, 64)
 
 #: Kinds of input vectors, cycled through a model's cases.
 INPUT_KINDS = ("random", "zero", "saturating", "far", "negative", "sparse")
@@ -166,6 +169,8 @@ def _options(rng) -> dict:
                "banks": int(rng.choice(BANKS[:2]))}
     if rng.random() < 0.2:
         options["fifo_depth"] = int(rng.choice([4, 8, 32]))
+    if rng.random() < 0.06:                 # now and then an array of EIE's size
+        options["pes"] = int(rng.choice(LARGE_PES))
     return options
 
 
