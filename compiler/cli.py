@@ -128,7 +128,11 @@ def cmd_fuzz(args) -> int:
 
     def progress(record):
         done.append(record)
-        if record["status"] not in ("ok", "refused"):
+        if record["status"] in ("ok", "refused"):
+            console.print(f"  model {record['model']}: {record['status']} (P "
+                          f"{record.get('pes', record['options']['pes'])}, {record['cases']} "
+                          f"cases, {record['seconds']:.0f} s)")
+        else:
             console.print(f"  model {record['model']}: [bold]{record['status']}[/]: "
                           f"{record.get('error', '')}")
 
