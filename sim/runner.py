@@ -13,7 +13,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from core.errors import SparsemacError, ToolError
+from core.errors import SparsemacError, ToolError, ToolFailed, meaningful_lines
 
 __all__ = ["SIMULATORS", "SimulationFailed", "simulator_env", "run_cocotb"]
 
@@ -116,17 +116,23 @@ def run_cocotb(*, verilog: Path, toplevel: str, simulator: str, build_dir: Path,
                          build_dir=build_dir, always=True, waves=waves,
                          timescale=("1ns", "1ps"), build_args=build_args, log_file=log)
         except (SystemExit, Exception) as e:
-            raise ToolError(f"{simulator} could not build {verilog} ({e}); see {log}") \
-                from None
+            raise _tool_failed(BUILDERS[simulator], e, log,
+                               f"while building {Path(verilog).name}") from None
         results = build_dir / "results.xml"
+        results.unlink(missing_ok=True)
+        sim_log = build_dir / "sim.log"
         try:
             runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir,
                         test_dir=build_dir, results_xml=str(results), waves=waves,
                         extra_env={**env, **(extra_env or {})}, testcase=testcase,
-                        log_file=build_dir / "sim.log")
+                        log_file=sim_log)
         except (SystemExit, Exception) as e:
-            raise ToolError(f"{simulator} simulation did not run ({e}); see "
-                            f"{build_dir / 'sim.log'}") from None
+            # a failing test is a mismatch, whatever the simulator's exit status says (under
+            # pytest cocotb's runner exits 1 when a test failed): only a run without a verdict
+            # is the tool's failure
+            _check(results, missing=_tool_failed(RUNNERS[simulator], e, sim_log,
+                                                 "while simulating"))
+            raise _tool_failed(RUNNERS[simulator], e, sim_log, "while simulating") from None
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -134,13 +140,40 @@ def run_cocotb(*, verilog: Path, toplevel: str, simulator: str, build_dir: Path,
     return results
 
 
-def _check(results: Path) -> None:
+#: What runs in each simulator's build and in its simulation, for messages.
+BUILDERS = {"icarus": "Icarus (iverilog)", "verilator": "Verilator (verilator and its C++ "
+                                                         "build)"}
+RUNNERS = {"icarus": "Icarus (vvp)", "verilator": "Verilator (the compiled model)"}
+
+
+def _tool_failed(tool: str, e: BaseException, log: Path, doing: str) -> ToolFailed:
+    """cocotb's runner reports a failed command as ``RuntimeError("Command failed with return
+    code: N")`` or ``SystemExit(N)``; anything else (a missing executable) keeps its message."""
+    code = e.code if isinstance(e, SystemExit) else None
+    m = re.search(r"return code: (-?\d+)", str(e))
+    if m:
+        code = int(m.group(1))
+    if isinstance(code, int):
+        return ToolFailed(tool, code, log, doing=doing)
+    return ToolFailed(tool, None, log, doing=doing, lines=[str(e)[:300]] + meaningful_lines(
+        Path(log).read_text(errors="replace") if Path(log).is_file() else "", 2))
+
+
+def _check(results: Path, missing: Exception | None = None) -> None:
+    """Raise :class:`SimulationFailed` with the first failing test's message; ``missing``
+    (when given) is raised instead when there is no verdict: no results or no test in them."""
     if not results.exists():
-        raise SimulationFailed(f"the simulation wrote no results ({results}); see its log")
-    root = ET.parse(results).getroot()
+        raise missing or SimulationFailed(f"the simulation wrote no results ({results}); see "
+                                          f"its log")
+    try:
+        root = ET.parse(results).getroot()
+    except ET.ParseError:
+        raise missing or SimulationFailed(f"the simulation's results {results} are "
+                                          f"truncated; see its log") from None
     cases = list(root.iter("testcase"))
     if not cases:
-        raise SimulationFailed(f"no cocotb test ran; see {results.parent / 'sim.log'}")
+        raise missing or SimulationFailed(f"no cocotb test ran; see "
+                                          f"{results.parent / 'sim.log'}")
     for case in cases:
         failure = case.find("failure")
         if failure is None:

@@ -173,3 +173,32 @@ def test_pooler_averages_of_whole_windows_without_gaps():
 def test_pooler_checks_its_arguments():
     with pytest.raises(ValueError, match="sum_width"):
         Pooler(tag_shape=unsigned(1), sum_width=8)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_pooler_random_configurations(seed):
+    """Seeded random poolers (window up to 16, shifts, the deep pipeline or not) and thousands
+    of random windows in random modes, multipliers and ReLUs, with random gaps and pauses:
+    exact against the reference, at one latency, tags in order."""
+    rng = np.random.default_rng(3000 + seed)
+    window_max = int(rng.integers(1, 17))
+    sum_width = max(9, (128 * window_max).bit_length() + 1) + int(rng.integers(0, 3))
+    shifts = tuple(sorted({int(s) for s in rng.integers(1, 24, int(rng.integers(1, 5)))}))
+    dut = Pooler(tag_shape=unsigned(TAG_BITS), sum_width=sum_width, shifts=shifts,
+                 deep=bool(rng.integers(0, 2)))
+    segments = []
+    while sum(len(s["windows"]) for s in segments) < 2500:
+        mode = int(rng.choice([POOL_MAX, POOL_AVG, POOL_NONE]))
+        select = int(rng.integers(0, len(shifts)))
+        window = int(rng.integers(1, window_max + 1))
+        # a true average's multiplier, or anything (incl. the extremes)
+        mult = round(2 ** shifts[select] / window) if rng.random() < 0.5 else \
+            int(rng.choice([0, 1, 2 ** MULTIPLIER_BITS - 1, rng.integers(0, 2 ** MULTIPLIER_BITS)]))
+        mult = min(mult, 2 ** MULTIPLIER_BITS - 1)
+        segments.append({"mode": mode, "multiplier": mult, "shift": select,
+                         "relu": int(rng.integers(0, 2)),
+                         "windows": _windows(rng, int(rng.integers(20, 200)), window_max,
+                                             spiky=bool(rng.integers(0, 2)))})
+    want = _check(dut, segments, shifts, rng, gap_probability=float(rng.uniform(0, 0.4)),
+                  pause=int(rng.integers(0, 4)))
+    assert len(want) >= 2500 and len(set(want)) > 20

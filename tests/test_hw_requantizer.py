@@ -154,3 +154,44 @@ def test_requantizer_random_vectors(deep, acc_width, bias_width, shifts, seed):
     assert [tag for _, _, tag in timing] == [i % 2048 for i in range(n)]
     inside = (want > -128) & (want < 127) & (want != 0)
     assert inside.sum() > n // 25 and {127, 0}.issubset(set(got)), "too few in-range results"
+
+
+@pytest.mark.parametrize("seed, deep", [(1, False), (2, True), (3, False), (4, True)])
+def test_requantizer_on_random_compiled_layers(seed, deep):
+    """The widths, shifts, multipliers and biases of seeded random compiled models (odd sizes,
+    0..99 % sparsity), fed the accumulators their weights give for random, saturating and
+    sparse int8 inputs: thousands of rows, exact against the reference."""
+    from models import calibration, float_model
+
+    from compiler.build import compile_model
+    from hw.images import geometry
+    rng = np.random.default_rng(2000 + seed)
+    shapes = [int(rng.integers(1, 60)) for _ in range(int(rng.integers(2, 5)))]
+    model = float_model(shapes, sparsity=float(rng.choice([0.0, 0.3, 0.8, 0.99])), seed=seed)
+    program = compile_model(model, calibration(shapes[0], seed=seed), int(rng.integers(1, 6)))
+    geo = geometry(program)
+    dut = Requantizer(acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
+                      deep=deep)
+    acc, bias, mult, select, relu = [], [], [], [], []
+    while len(acc) < 3000:
+        m = int(rng.integers(len(program.layers)))
+        layer = program.layers[m]
+        w = layer.quant.weight.reshape(layer.out_features, -1).astype(np.int64)
+        x = rng.integers(-128, 128, (8, w.shape[1]))
+        x[rng.random(x.shape) < 0.5] = 0
+        x[0] = 127 * np.sign(w.sum(axis=0))          # drives some rows to their extreme
+        x[1] = -128
+        a = (x @ w.T).ravel()
+        rows = np.tile(np.arange(layer.out_features), len(x))
+        acc += a.tolist()
+        bias += layer.quant.bias[rows].tolist()
+        mult += layer.quant.multiplier[rows].tolist()
+        select += [m] * len(a)
+        relu += [int(layer.relu)] * len(a)
+    acc, bias, mult, select, relu = map(np.array, (acc, bias, mult, select, relu))
+    assert (np.abs(acc) < 2 ** (geo.acc_width - 1)).all()
+    shift = np.array(geo.shifts)[select]
+    want = _want(acc, bias, mult, shift, relu)
+    got = _requantize_on(dut, acc, bias, mult, select, relu, offer_probability=0.85, rng=rng)
+    assert np.array_equal(np.array(got), want)
+    assert len(set(got)) > 10

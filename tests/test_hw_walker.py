@@ -330,3 +330,34 @@ def test_walker_checks_its_arguments():
         ColumnWalker(geo, ptr[:-1], pack_entries(program, 0, geo))
     with pytest.raises(ValueError, match="entries"):
         ColumnWalker(geo, ptr, None)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_walker_random_programs_and_options(seed):
+    """Seeded random programs (odd sizes, 0..99 % sparsity, empty rows and columns, 1..9 PEs)
+    and random gateware options (memory, pointers, accumulators, banks): thousands of random
+    bus items, the op sequence exactly what the PE's CSC tables define."""
+    from hw.images import pack_pointers
+    rng = np.random.default_rng(1000 + seed)
+    shapes = [int(rng.integers(1, 40)) for _ in range(int(rng.integers(2, 5)))]
+    model = float_model(shapes, sparsity=float(rng.choice([0.0, 0.5, 0.9, 0.99])), seed=seed,
+                        zero_rows=[(0, 0)], zero_cols=[(len(shapes) - 2, 0)])
+    pes = int(rng.choice([1, 2, 3, 5, 7, 9]))
+    program = compile_model(model, calibration(shapes[0], seed=seed), pes)
+    options = HardwareOptions(memory=str(rng.choice(MEMORIES)),
+                              pointers=str(rng.choice(["csc", "counted"])),
+                              accumulators=str(rng.choice(["distributed", "block"])),
+                              banks=int(rng.integers(1, 5)))
+    geo = geometry(program, options)
+    total = 0
+    for pe in rng.permutation(program.pes)[:2]:
+        ptr, values, indices = _pe_tables(program, int(pe))
+        dut = ColumnWalker(geo, pack_pointers(program, int(pe), geo),
+                           pack_entries(program, int(pe), geo))
+        items = _random_items(geo, 2500, rng, end_probability=float(rng.uniform(0.02, 0.3)))
+        want = _expected_ops(geo, ptr, values, indices, items)
+        ops, _, accepted, _ = _walk(dut, items, len(want), rng)
+        assert accepted == len(items)
+        _check_sequence(ops, want)
+        total += sum(1 for op in want if not op[1])
+    assert total > 0, "no entry walked"

@@ -61,3 +61,56 @@ def test_a_layer_shares_one_shift_and_keeps_its_largest_scale_exact():
     model = float_model([12, 10, 4], sparsity=0.5, seed=1)
     for layer in quantize(model, calibration(12)).layers:
         assert len(set(layer.quant.shift.tolist())) == 1
+
+
+def _outlier_model():
+    """An MLP whose first layer holds one 1e4 weight among weights of about 0.2."""
+    model = float_model([30, 40, 10], sparsity=0.5, seed=2)
+    first = model.layers[0]
+    w = first.weight.copy()
+    w[3, 5] = 1e4
+    return dataclasses.replace(model, layers=(dataclasses.replace(first, weight=w),
+                                              *model.layers[1:]))
+
+
+def test_an_outlier_that_crushes_a_layer_warns_and_names_it():
+    from compiler.passes.quantize import quantization_warnings
+    model, cal = _outlier_model(), calibration(30, n=200, seed=3)
+    warnings = quantization_warnings(model, quantize(model, cal), cal)
+    # the outlier's layer first, by name; its crushed outputs may crush the next layer's too
+    assert warnings and warnings[0].startswith("layer 'fc0': "), warnings
+    assert "outlier weight (channel 3: 10000)" in warnings[0]
+    assert any(w.startswith("layer 'fc0': ") and "calibration outputs quantize to 0" in w
+               for w in warnings), warnings
+
+
+def test_a_normal_model_does_not_warn():
+    from compiler.passes.quantize import quantization_warnings
+    for seed in range(5):
+        model = float_model([30, 40, 10], sparsity=0.5 + 0.1 * seed, seed=seed)
+        cal = calibration(30, n=200, seed=seed + 10)
+        assert quantization_warnings(model, quantize(model, cal), cal) == []
+
+
+def test_the_build_reports_and_prints_the_warning(tmp_path, capsys):
+    import json
+
+    import torch
+    import torch.nn as nn
+
+    from compiler.cli import main
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        model[0].weight[2, 7] = 1e4
+    torch.save(model, tmp_path / "outlier.pt")
+    np.save(tmp_path / "cal.npy", calibration(12, n=64))
+    out = tmp_path / "build"
+    assert main(["build", str(tmp_path / "outlier.pt"), "--board", "arty_a7", "--pes", "2",
+                 "--calibration", str(tmp_path / "cal.npy"), "--no-bitstream",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "warning" in printed and "layer '0'" in printed
+    warnings = json.loads((out / "report.json").read_text())["warnings"]
+    assert warnings and warnings[0].startswith("layer '0': ")
+    assert "## Warnings" in (out / "report.md").read_text()

@@ -16,7 +16,7 @@ from core.arith import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX
 from core.ir import Layer, Model, Quantization
 
 __all__ = ["quantize", "quantize_multiplier", "quantize_multipliers", "float_forward",
-           "QuantizationError"]
+           "QuantizationError", "quantization_warnings", "LOSS_SHARE"]
 
 
 class QuantizationError(SparsemacError):
@@ -122,3 +122,46 @@ def quantize(model: Model, calibration: np.ndarray) -> Model:
             pool_multiplier=pool_m, pool_shift=pool_s)
         layers.append(dataclasses.replace(layer, quant=q))
     return dataclasses.replace(model, layers=tuple(layers)).verify()
+
+
+#: A layer "loses the model" when more than this share of its nonzero weights (in the rows
+#: where it happens), or of its nonzero calibration activations, quantize to zero.
+LOSS_SHARE = 0.5
+
+
+def quantization_warnings(model: Model, quantized: Model, calibration: np.ndarray) -> list[str]:
+    """One line per layer whose quantization loses the model: a row whose largest weight (an
+    outlier) sets a scale at which most of its other nonzero weights round to 0, or calibration
+    activations whose peak sets a scale at which most of the nonzero ones round to 0. Such a
+    build still computes exactly what the reference does; it just no longer computes what the
+    float model does."""
+    warnings = []
+    acts = float_forward(model, np.asarray(calibration).reshape(len(calibration), -1))
+    for m, (layer, q) in enumerate(zip(model.layers, quantized.layers)):
+        w = layer.weight.astype(np.float64).reshape(layer.channels, -1)
+        wq = q.quant.weight.reshape(layer.channels, -1)
+        nonzero = (w != 0).sum(axis=1)
+        lost = ((w != 0) & (wq == 0)).sum(axis=1)
+        crushed = (nonzero >= 2) & (lost > LOSS_SHARE * nonzero)
+        if crushed.any():
+            row = int(np.argmax(np.where(crushed, np.abs(w).max(axis=1), -1)))
+            warnings.append(
+                f"layer {layer.name!r}: in {int(crushed.sum())} of {layer.channels} output "
+                f"channels most nonzero weights quantize to 0 ({int(lost[crushed].sum())} of "
+                f"{int(nonzero[crushed].sum())}); an outlier weight (channel {row}: "
+                f"{w[row, np.argmax(np.abs(w[row]))]:g}) sets their int8 scale - clip it or "
+                f"prune it")
+        before_pool = _layer_forward(layer, acts[m])[0]
+        live = before_pool != 0
+        if live.sum() >= 8:
+            quantized_zero = np.abs(before_pool) < 0.5 * q.quant.out_scale
+            share = float((live & quantized_zero).sum() / live.sum())
+            if share > LOSS_SHARE:
+                peak = float(np.abs(before_pool).max())
+                typical = float(np.median(np.abs(before_pool[live])))
+                warnings.append(
+                    f"layer {layer.name!r}: {100 * share:.0f} % of its nonzero calibration "
+                    f"outputs quantize to 0 (peak {peak:g} against a typical {typical:g} sets "
+                    f"the int8 scale {q.quant.out_scale:g}); an outlier weight or input - clip "
+                    f"it, or calibrate on representative inputs")
+    return warnings
