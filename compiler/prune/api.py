@@ -23,7 +23,7 @@ from core.errors import FrontendError, InputError
 from .data import PruneData, check_model_fits, load_data
 from .distributed import DEVICES, Runtime, resolve_device, runtime
 from .layers import check_finite, check_prunable, prunable_layers
-from .masks import Targets, project_exact
+from .masks import Targets, keep_count, project_exact
 from .methods import AUTO_UNITS, METHODS, PROJECTION
 from .metrics import SparsityReport, sparsity_report
 from .sensitivity import auto_targets
@@ -200,8 +200,15 @@ def _make_exact(pruned: nn.Module, dense: nn.Module, targets: Targets, method: s
     smallest surviving weights where training left the count off. ``structured`` with
     ``--sparsity auto`` is skipped: its per-layer targets are shares of units, not weights."""
     scope = PROJECTION.get(method, "global")
-    if scope is None or (structured and targets.per_layer is not None):
+    if structured and targets.per_layer is not None:
         return None
+    if scope is None:       # exact itself (balanced): report the global count it aims at
+        layers = prunable_layers(pruned)
+        total = sum(m.weight.numel() for _, m in layers)
+        want = sum(m.weight.numel() - keep_count(m.weight.numel(), targets.for_layer(n))
+                   for n, m in layers) if targets.per_layer is not None \
+            else total - keep_count(total, targets.overall)
+        return {"projected": 0, "short": 0, "requested": want}
     total = sum(m.weight.numel() for _, m in prunable_layers(dense)) if structured else None
     return project_exact(pruned, targets, scope=scope, dense_weights=total)
 

@@ -131,7 +131,7 @@ def project_exact(model: nn.Module, targets: Targets, *, scope: str = "global",
     training left it off (a kept weight that became exactly zero, rounding to whole units or
     PEs). A model with *fewer* nonzero weights than the count cannot be projected (nothing is
     regrown); the shortfall is reported. Returns ``{"projected": weights zeroed, "short":
-    weights missing}``.
+    weights missing, "requested": the zero count asked for}``.
     """
     layers = prunable_layers(model)
     if scope == "layer" or targets.per_layer is not None:
@@ -142,6 +142,9 @@ def project_exact(model: nn.Module, targets: Targets, *, scope: str = "global",
             sum(m.weight.numel() for _, m in layers)
         groups = [([m for _, m in layers], keep_count(total, targets.overall))]
     projected = short = 0
+    requested = sum(sum(m.weight.numel() for m in members) - keep for members, keep in groups)
+    if dense_weights is not None and len(groups) == 1:
+        requested += dense_weights - sum(m.weight.numel() for m in groups[0][0])
     for members, keep in groups:
         nonzero = sum(int(torch.count_nonzero(m.weight)) for m in members)
         if nonzero < keep:
@@ -158,4 +161,4 @@ def project_exact(model: nn.Module, targets: Targets, *, scope: str = "global",
                           .to(m.weight.device, m.weight.dtype))
             offset += size
         projected += nonzero - keep
-    return {"projected": projected, "short": short}
+    return {"projected": projected, "short": short, "requested": requested}

@@ -40,6 +40,7 @@ from .data import PruneData
 from .distributed import Runtime, wrap_ddp
 from .layers import set_train_mode
 from .masks import Masks, apply_masks, mask_grads
+from .schedule import split_phases
 
 __all__ = ["Progress", "Session", "fine_tune", "evaluate", "deterministic", "cross_entropy_sum"]
 
@@ -115,13 +116,12 @@ class Session:
         return max(0, self.epochs) * self.steps_per_epoch
 
     def split_steps(self, *fractions: float, total: int | None = None) -> list[int]:
-        """Optimizer steps for consecutive phases, in proportion to ``fractions``; they add
-        up to ``total`` (default: the session's budget). Phases may end mid-epoch (the next
-        one continues the same batch order), so even a one-epoch budget gives every phase its
-        share."""
-        total = self.total_steps if total is None else total
-        cuts = np.floor(np.cumsum(fractions) / sum(fractions) * total + 0.5).astype(int)
-        return np.diff(np.concatenate([[0], cuts])).tolist()
+        """Optimizer steps for consecutive phases adding up to ``total`` (default: the
+        session's budget): the last (the final fine-tuning) first gets
+        :data:`~compiler.prune.schedule.RESERVED_STEPS`, then all share the rest in proportion
+        to ``fractions`` (:func:`~compiler.prune.schedule.split_phases`). Phases may end
+        mid-epoch (the next one continues the same batch order)."""
+        return split_phases(self.total_steps if total is None else total, *fractions)
 
     def sub_session(self, steps: int) -> "Session":
         """A session for a side run of ``steps`` steps on a copy of the model (``learned``'s
