@@ -20,7 +20,7 @@ __all__ = ["cubic_sparsity", "pruning_steps", "split_phases", "RESERVED_STEPS"]
 #: 56 / 64 / 79 / 86 / 90 % after 7 / 11 / 22 / 44 / 66 fine-tuning steps. So a budget of at
 #: most this many steps is all fine-tuning (every method starts from its own one-shot
 #: ranking), and longer ones give the other phases their share of the steps beyond it.
-RESERVED_STEPS = 50
+RESERVED_STEPS = 100
 
 
 def cubic_sparsity(step: int, final: float, *, start: int, span: int,
@@ -36,10 +36,11 @@ def cubic_sparsity(step: int, final: float, *, start: int, span: int,
 
 
 def split_phases(total_steps: int, *fractions: float,
-                 reserve: int = RESERVED_STEPS) -> list[int]:
+                 reserve: int | None = None) -> list[int]:
     """Steps for consecutive phases adding up to ``total_steps``: the last phase (the final
-    fine-tuning) gets ``reserve`` steps first (all of them if there are fewer), then all
-    phases share the rest in proportion to ``fractions``."""
+    fine-tuning) gets ``reserve`` (default :data:`RESERVED_STEPS`) steps first (all of them if
+    there are fewer), then all phases share the rest in proportion to ``fractions``."""
+    reserve = RESERVED_STEPS if reserve is None else reserve
     total = max(0, int(total_steps))
     kept = min(total, max(0, reserve))
     cuts = [int(math.floor(f * (total - kept) + 0.5))
@@ -51,10 +52,11 @@ def split_phases(total_steps: int, *fractions: float,
 
 
 def pruning_steps(total_steps: int, events: int, *, ramp: float = 2 / 3,
-                  reserve: int = 0) -> list[int]:
+                  reserve: int | None = 0) -> list[int]:
     """Steps at which to prune: ``events`` evenly spaced over the first ``ramp`` of the steps
-    beyond the last ``reserve`` (kept for fine-tuning at the final level), the last one at
-    the end of the ramp (at least step 0)."""
+    beyond the last ``reserve`` (kept for fine-tuning at the final level; None:
+    :data:`RESERVED_STEPS`), the last one at the end of the ramp (at least step 0)."""
+    reserve = RESERVED_STEPS if reserve is None else reserve
     end = max(0, int(round(ramp * max(0, total_steps - reserve))))
     events = max(1, events)
     return sorted({int(round(end * (i + 1) / events)) for i in range(events)})

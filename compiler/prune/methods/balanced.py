@@ -30,7 +30,7 @@ import torch.nn as nn
 from core.errors import FrontendError, InputError
 from ..layers import prunable_layers
 from ..masks import Masks, Targets, apply_masks, keep_top, magnitude_scores, select
-from ..schedule import RESERVED_STEPS, cubic_sparsity, pruning_steps
+from ..schedule import cubic_sparsity, pruning_steps
 from ..train import Session, fine_tune
 from .base import MethodResult
 from ...build import compile_model
@@ -164,7 +164,7 @@ def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> Meth
 
     def on_step(step: int, total: int):
         if not events:
-            events.extend(pruning_steps(total, EVENTS, reserve=RESERVED_STEPS))
+            events.extend(pruning_steps(total, EVENTS, reserve=None))
         if step in events:
             prune_to(cubic_sparsity(step, 1.0, start=0, span=events[-1]))
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..masks import Targets
-from ..schedule import RESERVED_STEPS, cubic_sparsity, pruning_steps
+from ..schedule import cubic_sparsity, pruning_steps
 from ..train import Session, fine_tune
 from .base import MethodResult, one_shot
 
@@ -29,7 +29,7 @@ def gradual_prune(model: nn.Module, session: Session, targets: Targets) -> Metho
 
     def on_step(step: int, total: int):
         if not events:
-            events.extend(pruning_steps(total, EVENTS, reserve=RESERVED_STEPS))
+            events.extend(pruning_steps(total, EVENTS, reserve=None))
         if step in events:
             ramp_end = events[-1]
             level = cubic_sparsity(step, 1.0, start=0, span=ramp_end)
