@@ -58,7 +58,7 @@ __all__ = ["l0_prune", "HardConcreteGate", "gate_lr", "BETA", "GAMMA", "ZETA"]
 
 BETA, GAMMA, ZETA = 2 / 3, -0.1, 1.1
 #: ``log_alpha``'s learning rate: ``GATE_TRAVEL / steps``, clipped to ``GATE_LR_RANGE``.
-GATE_TRAVEL, GATE_LR_RANGE = 15.0, (0.05, 0.5)
+GATE_TRAVEL, GATE_LR_RANGE = 15.0, (0.05, 0.2)
 #: Weight of the density penalty.
 RHO = 1000.0
 #: The controller's gain over the whole gate phase (per step: ``DUAL_GAIN / steps``) and the
