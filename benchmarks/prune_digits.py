@@ -9,6 +9,13 @@ sparsity, every method of ``python -m compiler prune`` runs from that dense mode
 the baseline: ``torch.nn.utils.prune.global_unstructured`` (L1, one shot) followed by the same
 fine-tuning (same trainer, epochs, learning rate, batches and seeds). Accuracy is measured on
 the digits test split (360 images); each cell is the mean over the seeds.
+
+    python benchmarks/prune_digits.py --budgets 1,3,10,20 --sparsities 0.8,0.9,0.95 --seeds 0
+
+sweeps epoch budgets instead: every method at every budget and sparsity against
+``global-magnitude`` at the same budget, printing (and with ``--md PATH`` writing) a Markdown
+table of accuracy, the difference to ``global-magnitude`` (flagged where a method is more
+than 2 points under it) and whether the zero count is exactly the requested one.
 """
 
 from __future__ import annotations
@@ -267,6 +274,68 @@ def markdown(results, dense_acc, env, methods, sparsities, epochs, seeds, comman
     return "\n".join(lines) + "\n"
 
 
+#: Points under ``global-magnitude`` that the budget table flags.
+FLAG_POINTS = 2.0
+
+
+def sweep(methods, sparsities, budgets, seeds) -> tuple[dict, float]:
+    """``(method, budget, sparsity) -> [(accuracy, zeros, requested zeros)]`` per seed."""
+    data = load_data("digits")
+    with deterministic(torch.device("cpu")):
+        dense = train_dense(data)
+        dense_acc = evaluate(dense, torch.from_numpy(data.x_eval), torch.from_numpy(data.y_eval))
+    print(f"dense accuracy {100 * dense_acc:.2f} %", flush=True)
+    weights = sum(m.weight.numel() for _, m in prunable_layers(dense))
+    out: dict = {}
+    for epochs in budgets:
+        for s in sparsities:
+            for method in methods:
+                for seed in seeds:
+                    r = prune_model(dense, PruneConfig(method=method, sparsity=s, epochs=epochs,
+                                                       seed=seed, device="cpu"), data=data)
+                    zeros = int(round(r.sparsity.total.parameter * weights))
+                    want = r.info["projection"]["requested"]
+                    out.setdefault((method, epochs, s), []).append(
+                        (r.accuracy_after, zeros, want))
+                    print(f"{epochs:3d} epochs {100 * s:4.0f} % {method:18s} seed {seed}: "
+                          f"{100 * r.accuracy_after:6.2f} % (zeros {zeros}, requested {want})",
+                          flush=True)
+    return out, dense_acc
+
+
+def sweep_markdown(out, dense_acc, methods, sparsities, budgets, seeds, command) -> str:
+    """The budget table: accuracy (difference to global-magnitude), per budget x sparsity."""
+    cols = [(e, s) for e in budgets for s in sparsities]
+    lines = [f"Produced by `{command}` (dense {100 * dense_acc:.2f} %, seeds "
+             f"{', '.join(map(str, seeds))}; each cell: test accuracy %, and in brackets the "
+             f"points against `global-magnitude` at the same budget and sparsity; **bold**: "
+             f"more than {FLAG_POINTS:g} points under it).", "",
+             "| method | " + " | ".join(f"{e} ep, {100 * s:g} %" for e, s in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    flagged, inexact = [], []
+    for m in methods:
+        cells = []
+        for e, s in cols:
+            rows = out[(m, e, s)]
+            acc = 100 * _mean([r[0] for r in rows])
+            ref = 100 * _mean([r[0] for r in out[("global-magnitude", e, s)]]) \
+                if ("global-magnitude", e, s) in out else acc
+            gap = acc - ref
+            cell = f"{acc:.1f} ({gap:+.1f})" if m != "global-magnitude" else f"{acc:.1f}"
+            if gap < -FLAG_POINTS:
+                cell = f"**{cell}**"
+                flagged.append(f"{m} at {e} epochs, {100 * s:g} %: {gap:+.1f}")
+            cells.append(cell)
+            inexact += [f"{m} {e} ep {100 * s:g} %: {z} zeros, {w} requested"
+                        for _, z, w in rows if z != w]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Zero count exactly the requested `round(sparsity x weights)` in every run: "
+              + ("yes." if not inexact else "NO: " + "; ".join(inexact) + "."),
+              "", f"More than {FLAG_POINTS:g} points under `global-magnitude`: "
+              + ("none." if not flagged else "; ".join(flagged) + ".")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS),
@@ -276,6 +345,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
     parser.add_argument("--md", type=Path, default=ROOT / "docs" / "prune_benchmarks.md")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "prune_accuracy.png")
+    parser.add_argument("--budgets", default=None,
+                        help="comma-separated epoch budgets: sweep budgets x sparsities x "
+                             "methods against global-magnitude instead (prints the table; "
+                             "--md writes it only when given)")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -283,11 +356,21 @@ def main(argv=None) -> int:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     sparsities = [float(s) for s in args.sparsities.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    command = "python benchmarks/prune_digits.py" + ("" if argv is None and len(sys.argv) == 1
+                                                     else " " + " ".join(sys.argv[1:]))
+    if args.budgets:
+        budgets = [int(e) for e in args.budgets.split(",")]
+        if "global-magnitude" not in methods:
+            methods = ["global-magnitude", *methods]
+        out, dense_acc = sweep(methods, sparsities, budgets, seeds)
+        text = sweep_markdown(out, dense_acc, methods, sparsities, budgets, seeds, command)
+        print(text)
+        if "--md" in (argv if argv is not None else sys.argv):
+            args.md.write_text(text)
+        return 0
     started = time.perf_counter()
     results, dense_acc, env = run(methods, sparsities, args.epochs, seeds)
     total = time.perf_counter() - started
-    command = "python benchmarks/prune_digits.py" + ("" if argv is None and len(sys.argv) == 1
-                                                     else " " + " ".join(sys.argv[1:]))
     args.png.parent.mkdir(parents=True, exist_ok=True)
     plot(results, dense_acc, methods, sparsities, args.png)
     args.md.write_text(markdown(results, dense_acc, env, methods, sparsities, args.epochs, seeds,

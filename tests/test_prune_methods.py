@@ -2,6 +2,7 @@
 ``build`` loads, and does what it promises (L0 gates, smaller layers, balanced PEs)."""
 
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from torch.nn.utils import parametrize
 from _prune_helpers import blobs, digits_data, digits_mlp, mlp, train
 from compiler.build import compile_model
 from compiler.frontend import to_ir
-from compiler.prune import METHODS, PruneConfig, prune_model
+from compiler.prune import METHODS, PruneConfig, prune_model, schedule
 from compiler.prune.data import PruneData
+from compiler.prune.masks import Targets, keep_count, project_exact
 from compiler.prune.methods.balanced import pe_nonzero
 from compiler.prune.methods.structured import find_groups
 
@@ -150,3 +152,114 @@ def test_auto_sparsity_stays_within_the_accuracy_budget(method):
     assert set(auto["levels"]) and max(auto["levels"].values()) > 0
     assert r.targets.per_layer == auto["levels"]
     assert r.sparsity.total.parameter > 0.2
+
+
+# --- any budget from one epoch up: exact zero count, no collapse (issue 14) -------------------
+
+def _zeros(model) -> int:
+    return sum(int((m.weight == 0).sum()) for m in model.modules()
+               if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def _weights(model) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def _requested(method, model, sparsity) -> int:
+    """round(sparsity x weights) as the method counts it: per layer for layer-wise magnitude
+    pruning, over the whole model otherwise."""
+    sizes = [m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if method == "magnitude":
+        return sum(n - keep_count(n, sparsity) for n in sizes)
+    return sum(sizes) - keep_count(sum(sizes), sparsity)
+
+
+#: Accuracy points a method may lose against global-magnitude at the same (1 or 3 epoch)
+#: budget on the 64-32-16-10 digits MLP at 80 %. Measured (default reserve): every method
+#: within +-0.3 at 1 epoch and within 1.7 (l0) at 3 epochs, so 3 points catch a regression.
+#: Layer-wise magnitude loses 17 / 10 points (every layer to 80 %, the 10-output layer too)
+#: and structured 54 / 28 (whole neurons of 32 and 16 go, with 44 / 132 steps to recover):
+#: for them the test only asks that they did not collapse to chance (10 %).
+_SHORT_BUDGET_SLACK = {"magnitude": 25.0, "structured": 70.0}
+
+
+@functools.lru_cache(maxsize=None)
+def _short_budget_reference(epochs):
+    r = prune_model(digits_mlp(), PruneConfig(method="global-magnitude", sparsity=0.8,
+                                              epochs=epochs, batch_size=32), data=digits_data())
+    return r.accuracy_after
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_hits_the_exact_count_and_holds_up_at_short_budgets(method, epochs):
+    dense = digits_mlp()
+    r = prune_model(dense, PruneConfig(method=method, sparsity=0.8, epochs=epochs, batch_size=32,
+                                       pes=4), data=digits_data())
+    assert _zeros(r.model) + _weights(dense) - _weights(r.model) == \
+        _requested(method, dense, 0.8), r.info.get("projection")
+    assert r.info["projection"]["short"] == 0
+    slack = _SHORT_BUDGET_SLACK.get(method, 3.0)
+    assert 100 * r.accuracy_after >= 100 * _short_budget_reference(epochs) - slack
+    assert r.accuracy_after > 0.2                                     # not chance (10 %)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_exact_count_when_every_phase_runs_inside_one_epoch(method, monkeypatch):
+    """With no steps reserved, a one-epoch budget (44 steps) is split between all of a
+    method's phases, each ending mid-epoch; the zero count must still be exact."""
+    monkeypatch.setattr(schedule, "RESERVED_STEPS", 0)
+    dense = digits_mlp()
+    r = prune_model(dense, PruneConfig(method=method, sparsity=0.9, epochs=1, batch_size=32,
+                                       pes=4), data=digits_data())
+    assert _zeros(r.model) + _weights(dense) - _weights(r.model) == \
+        _requested(method, dense, 0.9)
+    assert r.accuracy_after > 0.2, r.accuracy_after
+
+
+def test_l0_does_not_collapse_at_20_epochs():
+    """The reported failure, reduced: a fixed gate learning rate and a controller that
+    integrated while the goal was still falling closed 99.8 % of the gates; the model saved
+    at 90.81 % sparsity with 31.4 % accuracy (global-magnitude: 83.3 %)."""
+    dense, data = digits_mlp(), digits_data()
+    r = prune_model(dense, PruneConfig(method="l0", sparsity=0.9, epochs=20, batch_size=64),
+                    data=data)
+    ref = prune_model(dense, PruneConfig(method="global-magnitude", sparsity=0.9, epochs=20,
+                                         batch_size=64), data=data)
+    assert _zeros(r.model) == _requested("l0", dense, 0.9)
+    assert r.info["gate_sparsity"] < 0.97, r.info          # measured 0.946 (was 0.998)
+    assert r.accuracy_after >= ref.accuracy_after - 0.03   # measured +0.6 points (was -52)
+
+
+def test_phases_split_the_steps_with_the_final_fine_tune_reserved():
+    assert schedule.split_phases(22, 2, 1, reserve=100) == [0, 22]
+    assert schedule.split_phases(220, 2, 1, reserve=100) == [80, 140]
+    assert schedule.split_phases(44, 2, 1, reserve=0) == [29, 15]
+    assert sum(schedule.split_phases(1321, 1, 2, reserve=100)) == 1321
+    assert schedule.pruning_steps(22, 16, reserve=100) == [0]
+
+
+def test_l1_total_pull_and_l0_gate_rate_scale_with_the_budget():
+    from compiler.prune.methods import l0, l1
+    data, dense = digits_data(), digits_mlp()
+    strength = {}
+    for epochs in (5, 20):
+        r = prune_model(dense, PruneConfig(method="l1", sparsity=0.9, epochs=epochs,
+                                           batch_size=32), data=data)
+        steps = schedule.split_phases(epochs * (len(data.x_train) // 32), 1, 1)[0]
+        strength[epochs] = r.info["strength"] * steps
+    assert strength[5] == pytest.approx(strength[20])       # the same total pull
+    assert strength[5] == pytest.approx(l1.STRENGTH * 9 * l1.REFERENCE_STEPS)
+    assert l0.gate_lr(10) > l0.gate_lr(100) > l0.gate_lr(1000) == l0.GATE_LR_RANGE[0]
+
+
+def test_project_exact_zeroes_the_smallest_surplus_and_reports_a_shortfall():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1, 21, dtype=torch.float32).reshape(5, 4))
+        model[2].weight.copy_(torch.arange(1, 11, dtype=torch.float32).reshape(2, 5) * 0.5)
+    out = project_exact(model, Targets(0.5))                   # 30 weights: 15 zeros
+    assert out == {"projected": 15, "short": 0, "requested": 15}
+    assert _zeros(model) == 15
+    assert float(model[2].weight.detach().abs().min()) == 0 and float(model[0].weight.detach()[4, 3]) == 20
+    assert project_exact(model, Targets(0.2)) == {"projected": 0, "short": 9, "requested": 6}

@@ -22,9 +22,9 @@ import torch.nn as nn
 from core.errors import FrontendError, InputError
 from .data import PruneData, check_model_fits, load_data
 from .distributed import DEVICES, Runtime, resolve_device, runtime
-from .layers import check_finite, check_prunable
-from .masks import Targets
-from .methods import AUTO_UNITS, METHODS
+from .layers import check_finite, check_prunable, prunable_layers
+from .masks import Targets, keep_count, project_exact
+from .methods import AUTO_UNITS, METHODS, PROJECTION
 from .metrics import SparsityReport, sparsity_report
 from .sensitivity import auto_targets
 from .train import Progress, Session, deterministic, evaluate
@@ -176,6 +176,8 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
             targets = Targets(float(config.sparsity))
         result = METHODS[config.method](copy.deepcopy(dense), session, targets)
         pruned = result.model.eval()
+        info["projection"] = _make_exact(pruned, dense, targets, config.method,
+                                         structured=result.kept is not None)
         after = evaluate(pruned, x_eval, y_eval)
     pruned = pruned.cpu()
     report = sparsity_report(pruned, dense.cpu(), kept=result.kept)
@@ -189,6 +191,26 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
                        seconds=time.perf_counter() - started, device=str(rt.device),
                        world_size=rt.world_size, eval_name=data.eval_name, notes=notes,
                        info=info, warnings=list(data.warnings))
+
+
+def _make_exact(pruned: nn.Module, dense: nn.Module, targets: Targets, method: str, *,
+                structured: bool) -> dict | None:
+    """The last step of every method: exactly ``round(sparsity x weights)`` zeros, in the
+    scope the method defines (:data:`~compiler.prune.methods.PROJECTION`), by zeroing the
+    smallest surviving weights where training left the count off. ``structured`` with
+    ``--sparsity auto`` is skipped: its per-layer targets are shares of units, not weights."""
+    scope = PROJECTION.get(method, "global")
+    if structured and targets.per_layer is not None:
+        return None
+    if scope is None:       # exact itself (balanced): report the global count it aims at
+        layers = prunable_layers(pruned)
+        total = sum(m.weight.numel() for _, m in layers)
+        want = sum(m.weight.numel() - keep_count(m.weight.numel(), targets.for_layer(n))
+                   for n, m in layers) if targets.per_layer is not None \
+            else total - keep_count(total, targets.overall)
+        return {"projected": 0, "short": 0, "requested": want}
+    total = sum(m.weight.numel() for _, m in prunable_layers(dense)) if structured else None
+    return project_exact(pruned, targets, scope=scope, dense_weights=total)
 
 
 def _check_drop(result: PruneResult, config: PruneConfig) -> str | None:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from .layers import prunable_layers
 
 __all__ = ["Targets", "Masks", "magnitude_scores", "keep_count", "keep_top", "select",
-           "apply_masks", "mask_grads", "masks_from_zeros", "sparsity_of"]
+           "apply_masks", "mask_grads", "masks_from_zeros", "sparsity_of", "project_exact"]
 
 Masks = dict[str, torch.Tensor]
 
@@ -116,3 +116,49 @@ def sparsity_of(masks: Masks) -> float:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return 1.0 - kept / max(total, 1)
+
+
+@torch.no_grad()
+def project_exact(model: nn.Module, targets: Targets, *, scope: str = "global",
+                  dense_weights: int | None = None) -> dict:
+    """Zero the smallest nonzero weights until exactly the requested count of weights is
+    zero: ``round(sparsity x weights)`` (via :func:`keep_count`) for the whole model
+    (``scope="global"``, one threshold) or for each layer (``scope="layer"``, or per-layer
+    targets). ``dense_weights``: the weight count the global target refers to, when the model
+    is smaller than the dense one (``structured``).
+
+    The methods aim at the count themselves; this is the last step that makes it exact where
+    training left it off (a kept weight that became exactly zero, rounding to whole units or
+    PEs). A model with *fewer* nonzero weights than the count cannot be projected (nothing is
+    regrown); the shortfall is reported. Returns ``{"projected": weights zeroed, "short":
+    weights missing, "requested": the zero count asked for}``.
+    """
+    layers = prunable_layers(model)
+    if scope == "layer" or targets.per_layer is not None:
+        groups = [([m], keep_count(m.weight.numel(), targets.for_layer(name)))
+                  for name, m in layers]
+    else:
+        total = dense_weights if dense_weights is not None else \
+            sum(m.weight.numel() for _, m in layers)
+        groups = [([m for _, m in layers], keep_count(total, targets.overall))]
+    projected = short = 0
+    requested = sum(sum(m.weight.numel() for m in members) - keep for members, keep in groups)
+    if dense_weights is not None and len(groups) == 1:
+        requested += dense_weights - sum(m.weight.numel() for m in groups[0][0])
+    for members, keep in groups:
+        nonzero = sum(int(torch.count_nonzero(m.weight)) for m in members)
+        if nonzero < keep:
+            short += keep - nonzero
+            continue
+        if nonzero == keep:
+            continue
+        flat = torch.cat([m.weight.detach().abs().reshape(-1).float().cpu() for m in members])
+        mask = keep_top(flat, keep)
+        offset = 0
+        for m in members:
+            size = m.weight.numel()
+            m.weight.mul_(mask[offset:offset + size].reshape(m.weight.shape)
+                          .to(m.weight.device, m.weight.dtype))
+            offset += size
+        projected += nonzero - keep
+    return {"projected": projected, "short": short, "requested": requested}

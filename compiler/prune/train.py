@@ -5,7 +5,9 @@ Determinism, and the same result on any number of processes
 * Batches: every epoch draws a permutation of the training set from a generator seeded by
   ``(seed, epoch number)``; each global batch of ``batch_size`` samples is cut into ``shards``
   fixed micro-batches (contiguous, ``numpy.array_split``). The split does not depend on how
-  many processes run.
+  many processes run. A method's phases are counted in optimizer steps
+  (:meth:`Session.split_steps`) and may end mid-epoch: the next phase continues the same batch
+  order, so a budget of one epoch still gives every phase its share.
 * Gradients: each micro-batch's loss is its summed per-sample loss divided by the *global*
   batch size, so adding the micro-batch gradients gives the batch mean. One process adds them
   in micro-batch order as autograd accumulates them; with ``W`` processes each rank computes
@@ -38,6 +40,7 @@ from .data import PruneData
 from .distributed import Runtime, wrap_ddp
 from .layers import set_train_mode
 from .masks import Masks, apply_masks, mask_grads
+from .schedule import split_phases
 
 __all__ = ["Progress", "Session", "fine_tune", "evaluate", "deterministic", "cross_entropy_sum"]
 
@@ -68,7 +71,9 @@ class Session:
     shards: int = 2
     progress: Progress = field(default_factory=Progress)
     step: int = 0            # optimizer steps so far, over all phases
-    epoch: int = 0           # epochs so far, over all phases (keys the batch order)
+    epoch: int = 0           # the epoch the next batch comes from (keys the batch order)
+    batch: int = 0           # the next batch's index within that epoch
+    budget_steps: int | None = None   # the whole budget in steps (default: epochs' worth)
     _tensors: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -102,12 +107,32 @@ class Session:
     def steps_per_epoch(self) -> int:
         return len(self.data.x_train) // self.global_batch
 
-    def split_epochs(self, *fractions: float, total: int | None = None) -> list[int]:
-        """Whole epochs for consecutive phases, in proportion to ``fractions``; they add up
-        to ``total`` (default: the session's budget)."""
-        total = self.epochs if total is None else total
-        cuts = np.round(np.cumsum(fractions) / sum(fractions) * total).astype(int)
-        return np.diff(np.concatenate([[0], cuts])).tolist()
+    @property
+    def total_steps(self) -> int:
+        """The method's whole budget in optimizer steps (``epochs x steps_per_epoch``):
+        what every schedule scales with."""
+        if self.budget_steps is not None:
+            return self.budget_steps
+        return max(0, self.epochs) * self.steps_per_epoch
+
+    def split_steps(self, *fractions: float, total: int | None = None) -> list[int]:
+        """Optimizer steps for consecutive phases adding up to ``total`` (default: the
+        session's budget): the last (the final fine-tuning) first gets
+        :data:`~compiler.prune.schedule.RESERVED_STEPS`, then all share the rest in proportion
+        to ``fractions`` (:func:`~compiler.prune.schedule.split_phases`). Phases may end
+        mid-epoch (the next one continues the same batch order)."""
+        return split_phases(self.total_steps if total is None else total, *fractions)
+
+    def sub_session(self, steps: int) -> "Session":
+        """A session for a side run of ``steps`` steps on a copy of the model (``learned``'s
+        labelling run); :meth:`follow` it afterwards to continue its batch order."""
+        fields = {k: v for k, v in self.__dict__.items()}
+        fields["budget_steps"] = steps
+        return Session(**fields)
+
+    def follow(self, other: "Session") -> None:
+        """Continue where ``other`` (a :meth:`sub_session`) stopped."""
+        self.step, self.epoch, self.batch = other.step, other.epoch, other.batch
 
 
 def cross_entropy_sum(output: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -139,14 +164,17 @@ def _cosine(base: float, step: int, total: int, floor: float = 0.02) -> float:
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total)))
 
 
-def fine_tune(model: nn.Module, session: Session, *, epochs: int, phase: str,
+def fine_tune(model: nn.Module, session: Session, *, phase: str, epochs: int | None = None,
+              steps: int | None = None,
               masks: Masks | None = None, lr: float | None = None,
               loss: Callable = cross_entropy_sum,
               regularizer: Callable[[], torch.Tensor] | None = None,
               on_step: Callable[[int, int], None] | None = None,
               before_forward: Callable[[int, int], None] | None = None,
               param_groups: list[dict] | None = None) -> nn.Module:
-    """Train ``model`` in place for ``epochs`` epochs (Adam, cosine learning-rate decay).
+    """Train ``model`` in place for ``steps`` optimizer steps, or ``epochs`` epochs' worth
+    (Adam, cosine learning-rate decay over the call). Batches continue the session's batch
+    order where the previous call stopped (epoch ``session.epoch``, batch ``session.batch``).
 
     ``masks`` (read every step, so ``on_step`` may change them) keep pruned weights at zero.
     ``loss(output, x, y)`` is summed over a micro-batch; ``regularizer()`` is added once per
@@ -156,7 +184,9 @@ def fine_tune(model: nn.Module, session: Session, *, epochs: int, phase: str,
     """
     rt = session.runtime
     steps_per_epoch = session.steps_per_epoch
-    total = max(0, epochs) * steps_per_epoch
+    if (epochs is None) == (steps is None):
+        raise ValueError("give fine_tune either epochs or steps")
+    total = max(0, steps) if steps is not None else max(0, epochs) * steps_per_epoch
     session.progress.start(phase, total)
     if total == 0:
         session.progress.done(phase)
@@ -176,36 +206,39 @@ def fine_tune(model: nn.Module, session: Session, *, epochs: int, phase: str,
     per_rank = parts // rt.world_size
     mine = range(rt.rank * per_rank, (rt.rank + 1) * per_rank)
 
-    t = 0
-    for _ in range(epochs):
-        order = np.random.default_rng([session.seed, session.epoch]).permutation(len(x))
-        session.epoch += 1
-        for b in range(steps_per_epoch):
-            if on_step is not None:
-                on_step(t, total)
-            for g, lr0 in zip(opt.param_groups, base_lrs):
-                g["lr"] = _cosine(lr0, t, total)
-            shards = np.array_split(order[b * batch:(b + 1) * batch], parts)
-            opt.zero_grad(set_to_none=True)
-            for j, k in enumerate(mine):
-                last = j == len(mine) - 1
-                with nullcontext() if last or not rt.distributed else net.no_sync():
-                    if before_forward is not None:
-                        before_forward(session.step, k)
-                    idx = torch.from_numpy(shards[k]).to(session.device)
-                    xb, yb = x[idx], y[idx]
-                    value = loss(net(xb), xb, yb) / batch
-                    if k == 0 and regularizer is not None:
-                        value = value + regularizer()
-                    value.backward()
-            if masks:
-                mask_grads(model, masks)
-            opt.step()
-            if masks:
-                apply_masks(model, masks)
-            t += 1
-            session.step += 1
-            session.progress.advance()
+    order, order_epoch = None, None
+    for t in range(total):
+        if order_epoch != session.epoch:
+            order_epoch = session.epoch
+            order = np.random.default_rng([session.seed, session.epoch]).permutation(len(x))
+        b = session.batch
+        if on_step is not None:
+            on_step(t, total)
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = _cosine(lr0, t, total)
+        shards = np.array_split(order[b * batch:(b + 1) * batch], parts)
+        opt.zero_grad(set_to_none=True)
+        for j, k in enumerate(mine):
+            last = j == len(mine) - 1
+            with nullcontext() if last or not rt.distributed else net.no_sync():
+                if before_forward is not None:
+                    before_forward(session.step, k)
+                idx = torch.from_numpy(shards[k]).to(session.device)
+                xb, yb = x[idx], y[idx]
+                value = loss(net(xb), xb, yb) / batch
+                if k == 0 and regularizer is not None:
+                    value = value + regularizer()
+                value.backward()
+        if masks:
+            mask_grads(model, masks)
+        opt.step()
+        if masks:
+            apply_masks(model, masks)
+        session.step += 1
+        session.batch += 1
+        if session.batch >= steps_per_epoch:
+            session.batch, session.epoch = 0, session.epoch + 1
+        session.progress.advance()
     model.eval()
     session.progress.done(phase)
     return model

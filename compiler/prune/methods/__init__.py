@@ -16,7 +16,7 @@ from .learned import learned_prune
 from .magnitude import global_magnitude_prune, magnitude_prune
 from .structured import structured_probe, structured_prune, structured_units
 
-__all__ = ["METHODS", "AUTO_UNITS", "Method", "MethodResult"]
+__all__ = ["METHODS", "AUTO_UNITS", "PROJECTION", "Method", "MethodResult"]
 
 #: ``--method`` name -> method.
 METHODS: dict[str, Method] = {
@@ -33,3 +33,9 @@ METHODS: dict[str, Method] = {
 #: Methods whose ``--sparsity auto`` analysis probes something other than layer-wise
 #: magnitude pruning: ``(units(model), probe)``.
 AUTO_UNITS = {"structured": (structured_units, structured_probe)}
+
+#: How :func:`compiler.prune.api.prune_model` makes each method's zero count exact after it
+#: ran (:func:`compiler.prune.masks.project_exact`): ``"global"`` (the default) counts the
+#: whole model, ``"layer"`` each layer; ``None``: the method is exact itself and a projection
+#: would undo what it promises (``balanced``: equal counts per PE, exact per layer).
+PROJECTION: dict[str, str | None] = {"magnitude": "layer", "balanced": None}

@@ -5,14 +5,15 @@ The compiler puts the PEs on an R x C grid (the default grid for ``P``,
 :func:`compiler.passes.encode.choose_grid`): PE ``(r, c)`` holds the weights of row group
 ``r`` in the columns of group ``c``. A PE holding more nonzero weights than the others makes
 them wait, so this method prunes every layer to the *same* nonzero count in every PE's block
-under interleaved rows (output ``i`` to row group ``i mod R``; layer 0's input ``j`` in column
+(one more in some blocks where the layer's count does not divide by the PEs) under interleaved rows (output ``i`` to row group ``i mod R``; layer 0's input ``j`` in column
 group ``j mod C``, a later layer's input ``j`` on the bus of row group ``j mod R``). The
 compiler keeps that assignment for a layer balanced under it
 (:func:`compiler.passes.encode.encode`), so the program ``build --pes P`` compiles holds
 exactly these counts (``info["pe_nonzero"]``, per layer and PE).
 
 How many weights each layer keeps comes from a global magnitude ranking (or the per-layer
-targets of ``--sparsity auto``), rounded to whole PEs. Pruning follows the cubic schedule over
+targets of ``--sparsity auto``), exactly (so the model's zero count is exact too, unless a
+block is too small to hold its share at low sparsity). Pruning follows the cubic schedule over
 the first two thirds of the budget; the rest fine-tunes. Finally surviving weights too small
 to survive int8 quantization (below half a step of their row's scale) are raised to one step,
 so the compiled program keeps exactly these nonzeros.
@@ -93,13 +94,16 @@ def _layer_budgets(model: nn.Module, targets: Targets) -> dict[str, int]:
 
 
 def _per_pe(scores: torch.Tensor, keep: int, blocks) -> torch.Tensor:
-    """The same number of the highest scores in every nonempty PE block."""
+    """The highest scores of every nonempty PE block, ``keep`` in all: the same number in
+    every block, and one more in the first ``keep mod blocks`` (so the layer's count is
+    exact), capped at the smallest block's size."""
     rows = scores.reshape(scores.shape[0], -1)
     busy = [(r, c) for r, c in blocks if len(r) and len(c)]
     capacity = min(len(r) * len(c) for r, c in busy)
-    per_pe = max(1, min(capacity, int(round(keep / len(busy)))))
+    base, extra = divmod(keep, len(busy))
     mask = torch.zeros_like(rows, dtype=torch.bool)
-    for r, c in busy:
+    for i, (r, c) in enumerate(busy):
+        per_pe = max(1, min(capacity, base + (i < extra)))
         ri = torch.as_tensor(r, dtype=torch.long, device=rows.device)
         ci = torch.as_tensor(c, dtype=torch.long, device=rows.device)
         sub = rows[ri][:, ci]
@@ -160,11 +164,11 @@ def balanced_prune(model: nn.Module, session: Session, targets: Targets) -> Meth
 
     def on_step(step: int, total: int):
         if not events:
-            events.extend(pruning_steps(total, EVENTS))
+            events.extend(pruning_steps(total, EVENTS, reserve=None))
         if step in events:
             prune_to(cubic_sparsity(step, 1.0, start=0, span=events[-1]))
 
-    fine_tune(model, session, epochs=session.epochs, phase="balanced prune + fine-tune",
+    fine_tune(model, session, steps=session.total_steps, phase="balanced prune + fine-tune",
               masks=masks, on_step=on_step)
     if not levels or levels[-1] < 1.0:      # no (or too short a) training: prune now
         prune_to(1.0)

@@ -29,7 +29,7 @@ def gradual_prune(model: nn.Module, session: Session, targets: Targets) -> Metho
 
     def on_step(step: int, total: int):
         if not events:
-            events.extend(pruning_steps(total, EVENTS))
+            events.extend(pruning_steps(total, EVENTS, reserve=None))
         if step in events:
             ramp_end = events[-1]
             level = cubic_sparsity(step, 1.0, start=0, span=ramp_end)
@@ -37,7 +37,7 @@ def gradual_prune(model: nn.Module, session: Session, targets: Targets) -> Metho
             masks.update(one_shot(model, targets.scaled(level), scope="global"))
             done.append(level)
 
-    fine_tune(model, session, epochs=session.epochs, phase="gradual prune + fine-tune",
+    fine_tune(model, session, steps=session.total_steps, phase="gradual prune + fine-tune",
               masks=masks, on_step=on_step)
     if not done or done[-1] < 1.0:      # no (or too short a) training: prune to the target now
         one_shot(model, targets, scope="global")

@@ -112,15 +112,15 @@ def _overlap(a: dict, b: dict) -> float:
 
 def learned_prune(model: nn.Module, session: Session, targets: Targets) -> MethodResult:
     """Label by a short gradual run, learn the mask from features, prune, fine-tune."""
-    labelling, tuning = session.split_epochs(1, 2)
+    labelling, tuning = session.split_steps(1, 2)
     layers = prunable_layers(model)
     features = weight_features(model, session)
 
     oracle = copy.deepcopy(model)
-    gradual_prune(oracle, Session(**{**session.__dict__, "epochs": labelling}), targets)
+    side = session.sub_session(labelling)
+    gradual_prune(oracle, side, targets)
     labels = {n: m.weight.detach() != 0 for n, m in prunable_layers(oracle)}
-    session.step += labelling * session.steps_per_epoch
-    session.epoch += labelling
+    session.follow(side)
 
     names = [n for n, _ in layers]
     net = _train_predictor(torch.cat([features[n] for n in names]),
@@ -131,7 +131,7 @@ def learned_prune(model: nn.Module, session: Session, targets: Targets) -> Metho
     masks = select(scores, targets, scope="global")
     magnitude = select(magnitude_scores(model), targets, scope="global")
     apply_masks(model, masks)
-    fine_tune(model, session, epochs=tuning, phase="fine-tune", masks=masks)
+    fine_tune(model, session, steps=tuning, phase="fine-tune", masks=masks)
     info = {"overlap_with_labels": _overlap(masks, labels),
             "magnitude_overlap_with_labels": _overlap(magnitude, labels),
             "features": list(FEATURES)}

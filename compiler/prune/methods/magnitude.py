@@ -19,7 +19,7 @@ __all__ = ["magnitude_prune", "global_magnitude_prune"]
 
 def _run(model: nn.Module, session: Session, targets: Targets, scope: str) -> MethodResult:
     masks = one_shot(model, targets, scope=scope)
-    fine_tune(model, session, epochs=session.epochs, phase="fine-tune", masks=masks)
+    fine_tune(model, session, steps=session.total_steps, phase="fine-tune", masks=masks)
     return MethodResult(model)
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from core.errors import InputError
 from ..layers import PRUNABLE
-from ..masks import Targets, apply_masks
+from ..masks import Targets, apply_masks, keep_count
 from ..metrics import Kept
 from ..schedule import cubic_sparsity, pruning_steps
 from ..sensitivity import Unit
@@ -180,8 +180,11 @@ def _plan(model, groups: list[Group], targets: Targets) -> dict[str, int]:
             hi = mid
         else:
             lo = mid
+    # the smallest plan that keeps at least the target's weights: prune_model then zeroes the
+    # few smallest extra weights of the small model, so the zero count is exact
     a, b = counts(lo), counts(hi)
-    return min((a, b), key=lambda c: abs(_remaining(model, groups, c) - goal))
+    need = keep_count(dense, targets.overall)
+    return a if _remaining(model, groups, a) >= need else b
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -288,7 +291,7 @@ def structured_prune(model: nn.Module, session: Session, targets: Targets) -> Me
     alive = {g.producer: torch.ones(g.size, dtype=torch.bool) for g in groups}
     masks: dict = {}
     events: list[int] = []
-    removing, tuning = session.split_epochs(1, 1)
+    removing, tuning = session.split_steps(1, 1)
     loss = _distillation_loss(teacher)
 
     def update(level: float):
@@ -303,12 +306,12 @@ def structured_prune(model: nn.Module, session: Session, targets: Targets) -> Me
         if step in events:
             update(cubic_sparsity(step, 1.0, start=0, span=events[-1]))
 
-    fine_tune(model, session, epochs=removing, phase="remove units (distillation)",
+    fine_tune(model, session, steps=removing, phase="remove units (distillation)",
               masks=masks, loss=loss, on_step=on_step)
     if any(int(alive[g.producer].sum()) != plan[g.producer] for g in groups):
         update(1.0)
     kept = _shrink(model, groups, alive)
-    fine_tune(model, session, epochs=tuning, phase="fine-tune small model (distillation)",
+    fine_tune(model, session, steps=tuning, phase="fine-tune small model (distillation)",
               loss=loss)
     sizes = {g.producer: f"{g.size} -> {plan[g.producer]}" for g in groups}
     return MethodResult(model, kept=kept, info={"units": sizes},
