@@ -3,10 +3,11 @@
 Loading is safe by default (see :mod:`.loader`). Every format becomes the same list of ops
 through one table of per-layer handlers (:mod:`.handlers`): torch modules directly,
 ``torch.export`` programs (:mod:`.exported`) and ONNX graphs (:mod:`.onnx_graph`) by reading
-each node as the torch layer it stands for; BatchNorm folds into the Linear/Conv2d next to it, ReLU and pooling fuse
-into the layer before them, Dropout/Identity/Flatten vanish. The result is checked numerically
-against the torch module itself, so a forward() that does something else is caught, not
-compiled.
+each node as the torch layer it stands for. BatchNorm folds into the Linear/Conv2d next to
+it, ReLU and pooling fuse into the layer before them, Dropout/Identity/Flatten vanish. The
+result is checked numerically against the model itself (the torch module, the exported
+program, the ONNX graph run by ``onnx.reference``), so a forward() that does something else
+is caught, not compiled.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ __all__ = ["load_model", "to_ir", "first_layer", "model_ops", "load_module", "SU
 
 def load_model(path, *, trust_pickle: bool = False, name: str | None = None,
                input_shape: tuple | None = None) -> Model:
-    """Load ``path`` (torch.export, ONNX, torch.save or TorchScript) into the float IR. ``input_shape`` (C, H, W)
-    is needed when the model starts with a convolution."""
+    """Load ``path`` (torch.export, ONNX, torch.save or TorchScript) into the float IR.
+    ``input_shape`` (C, H, W) is needed when the model starts with a convolution."""
     module = load_module(path, trust_pickle=trust_pickle)
     return to_ir(module, name or Path(path).stem, input_shape=input_shape)
 

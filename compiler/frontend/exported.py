@@ -46,7 +46,8 @@ def _mm(a, kw):
 def _conv2d(a, kw):
     return "Conv2d", dict(weight=a[1], bias=_arg(a, kw, 2, "bias", None),
                           stride=_arg(a, kw, 3, "stride", 1), padding=_arg(a, kw, 4, "padding", 0),
-                          dilation=_arg(a, kw, 5, "dilation", 1), groups=_arg(a, kw, 6, "groups", 1))
+                          dilation=_arg(a, kw, 5, "dilation", 1),
+                          groups=_arg(a, kw, 6, "groups", 1))
 
 
 def _convolution(a, kw):
@@ -153,7 +154,7 @@ def _layer_path(node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
         path = list(stack.values())[-1][0]
-        if path:
+        if path and not path.startswith("_"):   # "_empty_nn_module_stack...": top level
             return path
     return node.name
 
@@ -165,7 +166,7 @@ def _shape(node):
 
 def exported_ops(module) -> list[Op]:
     """The ops of an exported program's graph module, in order."""
-    model = type(module).__name__
+    model = "exported program"
     constants: dict = {}
     ops: list[Op] = []
     activation = None          # the node that holds the activation
@@ -182,7 +183,7 @@ def exported_ops(module) -> list[Op]:
         return arg
 
     def _chain_error(node):
-        return FrontendError(f"model {model!r}: the exported graph is not a plain chain of "
+        return FrontendError(f"the exported graph is not a plain chain of "
                              f"layers (at node {node.name!r}, {_op_name(node.target)}); branches "
                              f"and skip connections are not supported")
 
@@ -192,7 +193,7 @@ def exported_ops(module) -> list[Op]:
             continue
         if node.op == "placeholder":
             if seen_input:
-                raise FrontendError(f"model {model!r} takes several inputs; only one input "
+                raise FrontendError(f"the {model} takes several inputs; only one input "
                                     f"tensor is supported")
             seen_input, activation = True, node
             continue
@@ -201,10 +202,13 @@ def exported_ops(module) -> list[Op]:
             result = result[0] if isinstance(result, (tuple, list)) and len(result) == 1 \
                 else result
             if result is not activation:
-                raise FrontendError(f"model {model!r}: the exported graph's output is not its "
-                                    f"last layer's (several outputs or a branch)")
+                raise FrontendError("the exported graph's output is not its "
+                                    "last layer's (several outputs or a branch)")
             break
         if not node.users:     # _guards_fn, _assert_tensor_metadata, ...: checks, no values
+            continue
+        if isinstance(node.meta.get("val"), (torch.SymInt, int)):
+            constants[node] = node.meta["val"]    # x.size(0) in x.view(x.size(0), -1)
             continue
         inputs = [a for a in node.all_input_nodes if a not in constants]
         if not inputs:         # parameters only: prune masks, transposes, dtype casts
@@ -231,8 +235,9 @@ def _node_ops(node, model, value, constants, ops) -> list[Op]:
     name = _op_name(node.target)
     path = _layer_path(node)
     if name not in ATEN_LAYERS or node.op != "call_function":
-        raise FrontendError(f"unsupported operator {name!r} at node {node.name!r} (in "
-                            f"{path!r} of {model}); supported: {_supported()}")
+        where = f" (module {path!r})" if path != node.name else ""
+        raise FrontendError(f"unsupported operator {name!r} at node {node.name!r}{where} of "
+                            f"the {model}; supported: {_supported()}")
     args = [None if isinstance(a, torch.fx.Node) and a not in constants else value(a)
             for a in node.args]     # None: the activation
     kwargs = value(dict(node.kwargs))

@@ -93,7 +93,8 @@ def _conv2d(module, name):
     weight = _tensor(module, name, "weight")
     bias = _tensor(module, name, "bias") if getattr(module, "bias", None) is not None \
         else np.zeros(weight.shape[0])
-    return [Op("conv", name, type_name(module), weight=weight, bias=bias, stride=_pair(module.stride),
+    return [Op("conv", name, type_name(module), weight=weight, bias=bias,
+               stride=_pair(module.stride),
                padding=_pair(module.padding))]
 
 

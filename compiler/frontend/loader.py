@@ -45,6 +45,12 @@ _FORMATS = ("save the model with torch.export.save (recommended), torch.onnx.exp
             "torch.save(model, ...) or torch.jit.save")
 
 
+def _resave(path: Path) -> str:
+    if path.suffix.lower() == ".pt2":
+        return "re-save it with torch.export.save"
+    return "re-save it with torch.save(model, ...) or torch.jit.save"
+
+
 def _kind(path: Path) -> str:
     """'torchscript', 'export', 'zip-pickle', 'legacy-pickle' or 'onnx', from the file's
     bytes."""
@@ -56,8 +62,7 @@ def _kind(path: Path) -> str:
                 names = z.namelist()
                 bad = z.testzip()
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise FrontendError(f"{path}: corrupt model file ({e}); re-save it with "
-                                f"torch.save(model, ...) or torch.jit.save") from None
+            raise FrontendError(f"{path}: corrupt model file ({e}); {_resave(path)}") from None
         if bad is not None:
             raise FrontendError(f"{path}: corrupt model file (member {bad} fails its CRC); "
                                 f"re-save it")
