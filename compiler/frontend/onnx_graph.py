@@ -50,12 +50,28 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._evaluator is None:
-            self._evaluator = ReferenceEvaluator(self.proto)
+            self._evaluator = ReferenceEvaluator(_for_reference(self.proto))
         x = x.detach().cpu().numpy().astype(np.float32)
         step = self.batch or len(x)       # a graph exported for batch 1 runs row by row
         out = [self._evaluator.run(None, {self.input: x[i:i + step]})[0]
                for i in range(0, len(x), step)]
         return torch.from_numpy(np.concatenate(out))
+
+
+def _for_reference(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The model as ``onnx.reference`` should run it: its BatchNormalization before opset 14
+    uses batch statistics whenever ``momentum`` is set (torch writes it), where the operator
+    means inference with the running statistics. Opset 14 changes nothing else of the
+    supported operators (Reshape's ``allowzero`` defaults to the old behaviour)."""
+    version = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
+    if version != 13 or not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for entry in copy.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 14
+    return copy
 
 
 def load_onnx(path: Path) -> OnnxModel:
