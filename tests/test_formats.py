@@ -38,10 +38,12 @@ def _export(module, path, example, **kwargs):
     return path
 
 
-def _onnx(module, path, example):
+def _onnx(module, path, example, dynamic=False):
+    axes = {"x": {0: "n"}} if dynamic else None   # dynamic: x.view(x.size(0), -1) is Shape...
     with warnings.catch_warnings():          # the TorchScript-based exporter is deprecated
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=13)
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=13,
+                          input_names=["x"], dynamic_axes=axes)
     return path
 
 
@@ -133,12 +135,12 @@ def test_a_custom_class_with_functional_forward_and_batchnorm(tmp_path, dynamic)
         want = net(x).numpy()
     got = float_forward(model, x.reshape(5, -1).numpy())[-1]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    if not dynamic:       # the same class through ONNX (BatchNormalization at opset 13)
-        onnx_model = load_model(_onnx(net, tmp_path / "net.onnx", torch.randn(1, 1, 8, 8)),
-                                input_shape=(1, 8, 8))
-        for a, b in zip(onnx_model.layers, model.layers, strict=True):
-            np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6, atol=1e-7)
-            np.testing.assert_allclose(a.bias, b.bias, rtol=1e-6, atol=1e-6)
+    # the same class through ONNX (BatchNormalization at opset 13, Shape -> Reshape if dynamic)
+    path = _onnx(net, tmp_path / "net.onnx", torch.randn(2, 1, 8, 8), dynamic)
+    onnx_model = load_model(path, input_shape=(1, 8, 8))
+    for a, b in zip(onnx_model.layers, model.layers, strict=True):
+        np.testing.assert_allclose(a.weight, b.weight, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a.bias, b.bias, rtol=1e-6, atol=1e-6)
 
 
 def test_a_user_file_class_exported_builds_with_no_trust_pickle(tmp_path):

@@ -172,7 +172,9 @@ def _flatten(node, t, at, rank):
 def _reshape(node, t, at, rank):
     shape = list(np.reshape(t[1], -1)) if t[1] is not None else None
     if shape is None or len(shape) != 2:
-        raise ValueError(f"a target shape {shape}; only flattening to [N, features]")
+        shape = "of unknown rank" if shape is None else shape
+        raise ValueError(f"a target shape {shape}; only flattening to [N, features] is "
+                         f"supported")
     return "Flatten", {}
 
 
@@ -200,14 +202,19 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
     graph = model.proto.graph
     where = model.path.name
     tensors = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    ranks = _ranks(model.proto)
+    dims = _dims(model.proto)
     activation, ops = model.input, []
+    shapes: set = set()           # values computed from the activation's shape only
     for index, node in enumerate(graph.node):
         label = f"node {node.name or index!r}"
         if node.op_type == "Constant" and not node.input:
             (tensors[node.output[0]],) = ReferenceEvaluator(node).run(None, {})
             continue
-        live = [i for i in node.input if i and i not in tensors]
+        if node.op_type == "Shape" or any(i in shapes for i in node.input) \
+                and node.op_type != "Reshape":
+            shapes.update(node.output)    # x.view(x.size(0), -1): Shape, Gather, Concat, ...
+            continue
+        live = [i for i in node.input if i and i not in tensors and i not in shapes]
         if not live:              # tensors only: weight transposes, masks, casts
             outputs = ReferenceEvaluator(node).run(None, {i: tensors[i] for i in node.input
                                                           if i})
@@ -225,13 +232,19 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
                 raise FrontendError(f"{where}: {label} (Dropout) uses its mask output; "
                                     f"export the model after model.eval()")
         values = [None if i == activation else tensors.get(i) for i in node.input]
+        if node.op_type == "Reshape" and node.input[1] in shapes:
+            target = dims.get(node.input[1], [None])          # only its rank is known
+            rank = target[0] if len(target) == 1 else None
+            if rank is None and node.output[0] in dims:
+                rank = len(dims[node.output[0]])
+            values[1] = None if rank is None else np.zeros(rank)
         name = node.name or f"{node.op_type}_{index}"
         if node.op_type == "Add":
             _bias_add(where, label, values, ops)
         else:
             try:
                 handler, attrs = ONNX_LAYERS[node.op_type](node, values, _attrs(node),
-                                                          ranks.get(activation))
+                                                          len(dims.get(activation, ())))
             except ValueError as e:
                 raise FrontendError(f"{where}: layer {name!r} ({node.op_type}) uses {e}; "
                                     f"supported: {_supported()}") from None
@@ -252,13 +265,14 @@ def _bias_add(where, label, values, ops):
     prev.bias = prev.bias + np.reshape(bias, -1).astype(np.float64)
 
 
-def _ranks(proto) -> dict:
-    """The rank of every value that shape inference can tell."""
+def _dims(proto) -> dict:
+    """The dimensions (None where symbolic) of every value that shape inference can tell."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:                  # inference is a help for BatchNormalization only
         inferred = proto
     graph = inferred.graph
-    return {v.name: len(v.type.tensor_type.shape.dim)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None
+                     for d in v.type.tensor_type.shape.dim]
             for v in [*graph.input, *graph.value_info, *graph.output]
             if v.type.tensor_type.HasField("shape")}
