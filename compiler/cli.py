@@ -192,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("build", help="compile a model to Verilog (and a bitstream)")
-    p.add_argument("model", help="torch.save(model) or TorchScript file")
+    p.add_argument("model", help="torch.export .pt2 (recommended), .onnx, torch.save(model) "
+                                 "or TorchScript file")
     p.add_argument("--board", help=f"one of: {', '.join(board_names())}")
     p.add_argument("--platform", help="any amaranth-boards platform, module:Class (instead of "
                                       "--board)")

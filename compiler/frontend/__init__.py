@@ -1,10 +1,13 @@
 """Frontend: a model file becomes the float IR.
 
-Loading is safe by default (see :mod:`.loader`); layers go through per-type handlers
-(:mod:`.handlers`); BatchNorm folds into the Linear/Conv2d next to it, ReLU and pooling fuse
-into the layer before them, Dropout/Identity/Flatten vanish. The result is checked numerically
-against the torch module itself, so a forward() that does something else is caught, not
-compiled.
+Loading is safe by default (see :mod:`.loader`). Every format becomes the same list of ops
+through one table of per-layer handlers (:mod:`.handlers`): torch modules directly,
+``torch.export`` programs (:mod:`.exported`) and ONNX graphs (:mod:`.onnx_graph`) by reading
+each node as the torch layer it stands for. BatchNorm folds into the Linear/Conv2d next to
+it, ReLU and pooling fuse into the layer before them, Dropout/Identity/Flatten vanish. The
+result is checked numerically against the model itself (the torch module, the exported
+program, the ONNX graph run by ``onnx.reference``), so a forward() that does something else
+is caught, not compiled.
 """
 
 from __future__ import annotations
@@ -18,32 +21,45 @@ import torch
 from core.errors import FrontendError
 from core.ir import Conv2dShape, Layer, LayerKind, Model, Pool
 from ..passes.quantize import float_forward
+from .exported import ATEN_LAYERS, exported_ops, fixed_batch, is_exported
 from .handlers import SUPPORTED, Op, module_ops
 from .loader import SAFE_CLASSES, load_module
+from .onnx_graph import ONNX_LAYERS, OnnxModel, onnx_ops
 
-__all__ = ["load_model", "to_ir", "first_layer", "load_module", "SUPPORTED", "SAFE_CLASSES"]
+__all__ = ["load_model", "to_ir", "first_layer", "model_ops", "load_module", "SUPPORTED",
+           "ATEN_LAYERS", "ONNX_LAYERS", "SAFE_CLASSES"]
 
 
 def load_model(path, *, trust_pickle: bool = False, name: str | None = None,
                input_shape: tuple | None = None) -> Model:
-    """Load ``path`` (torch.save or TorchScript) into the float IR. ``input_shape`` (C, H, W)
-    is needed when the model starts with a convolution."""
+    """Load ``path`` (torch.export, ONNX, torch.save or TorchScript) into the float IR.
+    ``input_shape`` (C, H, W) is needed when the model starts with a convolution."""
     module = load_module(path, trust_pickle=trust_pickle)
     return to_ir(module, name or Path(path).stem, input_shape=input_shape)
 
 
 def first_layer(module) -> Op:
     """The first Linear or Conv2d of ``module`` (what its input must look like)."""
-    for op in module_ops(module):
+    for op in model_ops(module):
         if op.kind in ("linear", "conv"):
             return op
     raise FrontendError(f"model has no Linear or Conv2d layer; supported: "
                         f"{', '.join(SUPPORTED)}")
 
 
+def model_ops(module) -> list[Op]:
+    """The ops of whatever :func:`load_module` returned, in order."""
+    if isinstance(module, OnnxModel):
+        return onnx_ops(module)
+    if is_exported(module):
+        return exported_ops(module)
+    return module_ops(module)
+
+
 def to_ir(module, name: str = "model", *, input_shape: tuple | None = None) -> Model:
-    module.eval()
-    ops = module_ops(module)
+    if not is_exported(module):        # an exported program is in eval mode already
+        module.eval()
+    ops = model_ops(module)
     layers = _Folder(input_shape).fold(ops)
     if not layers:
         raise FrontendError(f"model {name!r} has no Linear or Conv2d layer; supported: "
@@ -85,10 +101,10 @@ class _Folder:
     def _linear(self, op):
         weight, bias = op.weight, op.bias
         if self.shape is not None and len(self.shape) != 1:
-            raise FrontendError(f"layer {op.name!r} (Linear) gets a {len(self.shape)}-d "
+            raise FrontendError(f"layer {op.name!r} ({op.type}) gets a {len(self.shape)}-d "
                                 f"feature map {list(self.shape)}; put an nn.Flatten before it")
         if self.shape is not None and self.shape[0] != weight.shape[1]:
-            raise FrontendError(f"layer {op.name!r} (Linear) takes {weight.shape[1]} features "
+            raise FrontendError(f"layer {op.name!r} ({op.type}) takes {weight.shape[1]} features "
                                 f"but gets {self.shape[0]}")
         if self.pending is not None:
             scale, shift = self.pending
@@ -102,19 +118,19 @@ class _Folder:
     def _conv(self, op):
         channels = op.weight.shape[1]
         if self.shape is None:
-            raise FrontendError(f"layer {op.name!r} (Conv2d) needs the input's height and "
+            raise FrontendError(f"layer {op.name!r} ({op.type}) needs the input's height and "
                                 f"width: give --calibration (and --inputs) of shape "
                                 f"[N, {channels}, H, W]")
         if len(self.shape) != 3 or self.shape[0] != channels:
-            raise FrontendError(f"layer {op.name!r} (Conv2d) takes [N, {channels}, H, W] but "
+            raise FrontendError(f"layer {op.name!r} ({op.type}) takes [N, {channels}, H, W] but "
                                 f"gets [N, {', '.join(map(str, self.shape))}]")
         if self.pending is not None:
-            raise FrontendError(f"a BatchNorm1d before {op.name!r} (Conv2d) cannot be folded")
+            raise FrontendError(f"a BatchNorm1d before {op.name!r} ({op.type}) cannot be folded")
         conv = Conv2dShape(in_channels=channels, out_channels=op.weight.shape[0],
                            kernel=op.weight.shape[2:], stride=op.stride, padding=op.padding,
                            in_hw=self.shape[1:])
         if min(conv.out_hw) < 1:
-            raise FrontendError(f"layer {op.name!r} (Conv2d): kernel {conv.kernel} does not "
+            raise FrontendError(f"layer {op.name!r} ({op.type}): kernel {conv.kernel} does not "
                                 f"fit its {conv.in_hw} input with padding {conv.padding}")
         self.layers.append(_layer(op.name, LayerKind.CONV2D, op.weight, op.bias, relu=False,
                                   conv=conv))
@@ -199,11 +215,18 @@ def _layer(name, kind, weight, bias, relu, conv=None) -> Layer:
 
 def _check_against_torch(module, model: Model):
     """The IR must compute what the torch module computes (float against float)."""
+    # a program exported for a fixed batch (often 1) runs that many rows at a time
+    step = fixed_batch(module) if is_exported(module) else None
+    if isinstance(module, OnnxModel):
+        step = module.batch
+    step = step or 8
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, *model.input_shape)).astype(np.float32)
+    x = rng.standard_normal((-(-8 // step) * step, *model.input_shape)).astype(np.float32)
     try:
         with torch.no_grad():
-            expected = module(torch.from_numpy(x)).double().numpy().reshape(len(x), -1)
+            expected = torch.cat([module(torch.from_numpy(x[i:i + step]))
+                                  for i in range(0, len(x), step)])
+            expected = expected.double().numpy().reshape(len(x), -1)
     except Exception as e:
         raise FrontendError(f"model {model.name!r} does not run on an input of shape "
                             f"[N, {', '.join(map(str, model.input_shape))}] "

@@ -2,19 +2,23 @@
 :func:`compiler.frontend.to_ir` folds into IR layers.
 
 Handlers are looked up by class name, which works for eager modules and for TorchScript
-modules (``original_name``) alike.
+modules (``original_name``) alike. This is the one table of layer handlers: the graph formats
+(:mod:`.exported` for ``torch.export`` programs, :mod:`.onnx_graph` for ONNX) read a node's
+tensors and attributes into an :class:`Attrs` record shaped like the torch module and call the
+same handler, so every format gets the same checks and the same ops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from core.errors import FrontendError
 
-__all__ = ["Op", "HANDLERS", "SUPPORTED", "type_name", "module_ops"]
+__all__ = ["Op", "Attrs", "HANDLERS", "SUPPORTED", "type_name", "module_ops"]
 
 
 @dataclass
@@ -32,7 +36,20 @@ class Op:
     pool: str | None = None           # "max" | "avg"
 
 
+class Attrs(SimpleNamespace):
+    """A graph node's layer, as the attributes of the torch module its handler reads.
+
+    ``handler`` names the :data:`HANDLERS` entry (a torch class name), ``op_type`` the node's
+    own operator (``aten.conv2d``, ``Conv``), for messages; tensors are torch tensors.
+    """
+
+    def __init__(self, handler: str, op_type: str, **attrs):
+        super().__init__(handler=handler, op_type=op_type, **attrs)
+
+
 def type_name(module) -> str:
+    if isinstance(module, Attrs):
+        return module.op_type
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name
     return type(module).__name__
@@ -53,7 +70,7 @@ def _linear(module, name):
     weight = _tensor(module, name, "weight")
     bias = _tensor(module, name, "bias") if getattr(module, "bias", None) is not None \
         else np.zeros(weight.shape[0])
-    return [Op("linear", name, "Linear", weight=weight, bias=bias)]
+    return [Op("linear", name, type_name(module), weight=weight, bias=bias)]
 
 
 def _pair(value) -> tuple[int, int]:
@@ -62,7 +79,8 @@ def _pair(value) -> tuple[int, int]:
 
 def _conv2d(module, name):
     def refuse(what):
-        return FrontendError(f"layer {name!r} (Conv2d) uses {what}; supported: groups=1, "
+        return FrontendError(f"layer {name!r} ({type_name(module)}) uses {what}; supported: "
+                             f"groups=1, "
                              f"dilation=1, zero padding given as numbers")
     if getattr(module, "groups", 1) != 1:
         raise refuse(f"groups={module.groups}")
@@ -75,7 +93,8 @@ def _conv2d(module, name):
     weight = _tensor(module, name, "weight")
     bias = _tensor(module, name, "bias") if getattr(module, "bias", None) is not None \
         else np.zeros(weight.shape[0])
-    return [Op("conv", name, "Conv2d", weight=weight, bias=bias, stride=_pair(module.stride),
+    return [Op("conv", name, type_name(module), weight=weight, bias=bias,
+               stride=_pair(module.stride),
                padding=_pair(module.padding))]
 
 
@@ -104,12 +123,13 @@ def _pool(kind):
 
 
 def _batchnorm2d(module, name):
-    (op,) = _batchnorm1d(module, name, "BatchNorm2d")
+    (op,) = _batchnorm1d(module, name)
     op.kind = "affine2d"
     return [op]
 
 
-def _batchnorm1d(module, name, cls="BatchNorm1d"):
+def _batchnorm1d(module, name):
+    cls = type_name(module)
     mean, var = getattr(module, "running_mean", None), getattr(module, "running_var", None)
     if mean is None or var is None:
         raise FrontendError(f"layer {name!r} ({cls}) has no running statistics "
@@ -154,6 +174,8 @@ def _unsupported(name, module):
 
 def module_ops(module, name: str = "") -> list[Op]:
     """The ops ``module`` applies, in order."""
+    if isinstance(module, Attrs):
+        return HANDLERS[module.handler](module, name)
     kind = type_name(module)
     if kind in HANDLERS:
         return HANDLERS[kind](module, name)
