@@ -117,9 +117,8 @@ def cmd_simulate(args) -> int:
                   f"{result.report['cycles']['dense']}, {sim['dense_to_measured']:.2f} x slower); "
                   f"latency {sim['latency_mean']:.1f}")
     if result.accuracy:
-        acc = result.accuracy
-        console.print(f"  accuracy on {acc['inputs']} labelled inputs: RTL "
-                      f"{100 * acc['rtl']:.2f} %, float PyTorch {100 * acc['float']:.2f} %")
+        from .report import accuracy_line
+        console.print(f"  {accuracy_line(result.accuracy)}")
     console.print(f"  outputs {result.outputs_path}")
     if args.waves:
         console.print(f"  waveform in {os.path.join(args.dir, 'sim_' + args.simulator)}")

@@ -14,7 +14,7 @@ from hw.images import geometry, memory_bits
 
 from .reference import dense_cycles
 
-__all__ = ["build_report", "write_report", "record_simulation"]
+__all__ = ["build_report", "write_report", "record_simulation", "accuracy_line"]
 
 
 def build_report(state) -> dict:
@@ -134,6 +134,12 @@ def record_simulation(out_dir, report: dict, *, simulator: str, cycles: np.ndarr
     return report
 
 
+def accuracy_line(acc: dict) -> str:
+    """The RTL's accuracy beside float PyTorch's (a report's ``accuracy``), in words."""
+    return (f"accuracy on {acc['inputs']} labelled inputs: RTL {100 * acc['rtl']:.2f} %, "
+            f"float PyTorch {100 * acc['float']:.2f} %")
+
+
 def _markdown(r: dict) -> str:
     c = r["cycles"]
     lines = [
@@ -185,10 +191,8 @@ def _markdown(r: dict) -> str:
             f"dense / measured = {sim['dense_to_measured']:.2f}; latency "
             f"{sim['latency_mean']:.1f} on average",
         ]
-        acc = r.get("accuracy")
-        if acc:
-            lines.append(f"- accuracy on {acc['inputs']} labelled inputs: RTL "
-                         f"{100 * acc['rtl']:.2f} %, float PyTorch {100 * acc['float']:.2f} %")
+        if r.get("accuracy"):
+            lines.append(f"- {accuracy_line(r['accuracy'])}")
     else:
         lines.append("- measured: not simulated yet (`python -m compiler simulate`)")
     lines += _board_markdown(r)

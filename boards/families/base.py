@@ -169,8 +169,7 @@ class Family:
         families whose parts differ)."""
         if self.fmax_points:
             return interpolate_fmax(self.fmax_points, pes)
-        a, b = self.fmax_model
-        return round(a - b * math.log2(pes), 1)
+        return linear_fmax(self.fmax_model, pes)
 
     def nextpnr_options(self, program) -> str:
         """Extra nextpnr options for ``program`` (a router for large designs)."""
@@ -209,6 +208,12 @@ class Family:
 
 #: every family instance by name (what ``boards.families.FAMILIES`` lists)
 _INSTANCES: dict = {}
+
+
+def linear_fmax(model: tuple, pes: int) -> float:
+    """MHz at ``pes`` of a model ``(a, b)``: a - b * log2(P)."""
+    a, b = model
+    return round(a - b * math.log2(pes), 1)
 
 
 def interpolate_fmax(points: dict, pes: int) -> float:

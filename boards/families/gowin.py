@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from hw.options import HardwareOptions
 
-from .base import NextpnrFamily
+from .base import NextpnrFamily, linear_fmax
 
 __all__ = ["GOWIN", "GowinPLL", "gowin_pll", "PLL_LIMITS"]
 
@@ -199,8 +199,7 @@ class GowinFamily(NextpnrFamily):
     def predicted_fmax(self, pes: int, board=None) -> float:
         """The GW1N model, or the GW2A's on a GW2A board."""
         if board is not None and _generation(board.device) == "gw2a":
-            a, b = self.fmax_model_gw2a
-            return round(a - b * math.log2(pes), 1)
+            return linear_fmax(self.fmax_model_gw2a, pes)
         return super().predicted_fmax(pes)
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> GowinPLL:
