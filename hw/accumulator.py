@@ -17,7 +17,8 @@ row per cycle (reading a row clears it) and releases it for the next inference. 
 Pipeline::
 
     distributed: D: row decode, product -> A0: read (LUT RAM, per-bank registers)
-                 -> A1: select the bank, add (forwarded) -> W: write (from registers)
+                 -> S: select the bank (forwarded) -> A: add (forwarded) -> W: write
+                 (from registers)
     block:       D: row decode, product -> D2: address, read -> R: registered (forwarded)
                  -> A: add (forwarded), write
 """
@@ -124,12 +125,14 @@ class MacBanks(wiring.Component):
 
     def _distributed(self, m, d):
         """A0: read the entry's row of its bank, and the drained row of another bank, into
-        registers; A1: add the product to what was read - or to what one of the two ops just
-        before wrote there, which the read missed - and register the write; W: write the sum
+        registers; S: select the entry's bank - or the sum one of the ops two and three ahead
+        wrote to its row, which the read missed - into a register; A: add the product to it, or
+        to the sum of the op just ahead (the newest), and register the write; W: write the sum
         (the drained row: 0). Each bank is one LUT-RAM memory whose read address is the MAC's
         row or, while that bank drains, the drain's; its write port is driven from registers
         only (address, enable, data), so the path into the LUT RAMs' write ports, which fans
-        out to every LUT of the bank, is nothing but routing."""
+        out to every LUT of the bank, is nothing but routing. The adder's operand is a 2:1
+        multiplexer of two registers, as in the block style."""
         geo = self.geo
         width = geo.partial_width
         drain_valid = Signal()
@@ -147,37 +150,46 @@ class MacBanks(wiring.Component):
             m.d.comb += rp.addr.eq(Mux(drain_valid & (drain.slot == s), drain.addr, d["row"]))
             reads.append(rp.data)
             ports.append(wp)
-        # A1: the op and what was read for it, the drain and what it read
-        a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
-        m.d.sync += [a[name].eq(value) for name, value in d.items()]
-        # W: the op whose sum is being written
-        w = {name: Signal.like(a[name], name=f"w_{name}") for name in ("slot", "row")}
-        m.d.sync += [w[name].eq(a[name]) for name in w]
-        # every bank's read into its own register: the slot selects come after, from
+        # S, A and W: the op a stage
+        stages, before = [], d
+        for name in ("s", "a", "w"):
+            regs = {k: Signal.like(v, name=f"{name}_{k}") for k, v in before.items()}
+            m.d.sync += [regs[k].eq(v) for k, v in before.items()]
+            stages.append(regs)
+            before = regs
+        sreg, a, w = stages
+        # every bank's read into its own register: the slot select comes after, from
         # registers (selecting among LUT-RAM outputs directly costs several times the logic)
         held = [Signal(signed(width), name=f"read{s}") for s in range(geo.slots)]
         m.d.sync += [h.eq(r) for h, r in zip(held, reads)]
         a_drain_valid, a_drain = Signal(), Signal.like(drain)
         m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain),
                      self.partial.eq(_select(held, a_drain.slot))]
-        # the read missed what the op one ahead (in A1 while this one read) and the op two
-        # ahead (in W) write to the same row: take the newest of those sums instead. Every
-        # choice is a registered one-hot select, so the adder's operand is one AND-OR.
+        # the read (A0) missed what the ops one, two and three ahead (in S, A and W then)
+        # write to the same row. Matched in A0 into registers; S folds in the sums of the ops
+        # two and three ahead (written by then: `last`, `before_last`), A the one ahead's.
         writes = d["valid"] & ~d["end"]
-        a_writes, w_writes = Signal(), Signal()
-        m.d.sync += [a_writes.eq(writes), w_writes.eq(a_writes)]
-        hit_one, hit_two = Signal(), Signal()
-        near_one = writes & a_writes & (d["slot"] == a["slot"]) & (d["row"] == a["row"])
-        near_two = writes & w_writes & (d["slot"] == w["slot"]) & (d["row"] == w["row"])
-        m.d.sync += [hit_one.eq(near_one), hit_two.eq(near_two & ~near_one)]
+        s_writes, a_writes, w_writes = Signal(), Signal(), Signal()
+        m.d.sync += [s_writes.eq(writes), a_writes.eq(s_writes), w_writes.eq(a_writes)]
+
+        def near(x, x_writes):
+            return writes & x_writes & (d["slot"] == x["slot"]) & (d["row"] == x["row"])
+
+        near_one, near_two, near_three = near(sreg, s_writes), near(a, a_writes), near(w, w_writes)
+        s_hit_one, hit_two, hit_three, hit_one = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [s_hit_one.eq(near_one), hit_two.eq(near_two & ~near_one),
+                     hit_three.eq(near_three & ~near_two & ~near_one), hit_one.eq(s_hit_one)]
         picks = [Signal(name=f"pick{s}") for s in range(geo.slots)]
-        m.d.sync += [p.eq((d["slot"] == s) & ~near_one & ~near_two) for s, p in enumerate(picks)]
+        m.d.sync += [p.eq((d["slot"] == s) & ~near_one & ~near_two & ~near_three)
+                     for s, p in enumerate(picks)]
         total, last, before_last = (Signal(signed(width), name=n)
                                     for n in ("total", "total_last", "total_before_last"))
-        operand = Mux(hit_one, last, 0) | Mux(hit_two, before_last, 0)
+        chosen = Mux(hit_two, last, 0) | Mux(hit_three, before_last, 0)
         for p, h in zip(picks, held):
-            operand = operand | Mux(p, h, 0)
-        m.d.comb += total.eq(operand + a["product"])
+            chosen = chosen | Mux(p, h, 0)
+        selected = Signal(signed(width))
+        m.d.sync += selected.eq(chosen)
+        m.d.comb += total.eq(Mux(hit_one, last, selected) + a["product"])
         m.d.sync += [last.eq(total), before_last.eq(last)]
         # W: each bank's write, from registers
         data = Signal(signed(width))

@@ -187,7 +187,7 @@ def test_a_drain_reads_one_bank_while_entries_go_into_another():
             ctx.set(dut.i.valid, 1)
             await ctx.tick()
         ctx.set(dut.i.valid, 0)
-        for _ in range(2):                            # the tokens through D and A
+        for _ in range(3):                            # the tokens through D, S and A
             await ctx.tick()
         assert ctx.get(dut.done) & 1
         got0.extend(await _drain(ctx, dut, 0, rows0, beside=second))
@@ -196,8 +196,8 @@ def test_a_drain_reads_one_bank_while_entries_go_into_another():
             ctx.set(dut.i.valid, 1)
             await ctx.tick()
         ctx.set(dut.i.valid, 0)
-        await ctx.tick()
-        await ctx.tick()
+        for _ in range(3):
+            await ctx.tick()
         assert (ctx.get(dut.done) >> 1) & 1
         got1.extend(await _drain(ctx, dut, 1, rows0))
 
