@@ -252,7 +252,7 @@ class Plan:
         return {"pes": self.program.pes, "grid": str(self.program.grid),
                 "options": {k: _plain(getattr(self.options, k)) for k in
                             ("memory", "accumulators", "pipeline", "weights", "banks",
-                             "fifo_depth")},
+                             "fifo_depth", "flash_boot")},
                 "predicted_fmax_mhz": self.fmax_mhz, "predicted_cycles": round(self.cycles, 1),
                 "clock_mhz": self.clock_mhz,
                 "predicted_inferences_per_s": round(self.inferences_per_second),

@@ -314,6 +314,33 @@ def test_flash_dry_run(tmp_path, monkeypatch, capsys):
     assert "holds no bitstream" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("board, offset", [("icebreaker", "0x100000"), ("ulx3s_85f", "0x300000")])
+def test_flash_dry_run_weights(tmp_path, monkeypatch, capsys, board, offset):
+    """A build that boots its weights from flash: two writes, the bitstream (persistent: the
+    board is to start stand-alone) and the weight image at the board's offset."""
+    from compiler.cli import main
+
+    out = tmp_path / "b"
+    out.mkdir()
+    bit = out / f"sparsemac_{board}.bit"
+    bit.write_bytes(b"\x00")
+    (out / "weights_flash.bin").write_bytes(b"SMWF")
+    (out / "report.json").write_text(json.dumps(
+        {"board": board, "bitstream": str(bit),
+         "weights_flash": {"file": str(out / "weights_flash.bin"), "bytes": 4}}))
+    monkeypatch.setenv("OPENFPGALOADER", "")
+    assert main(["flash", str(out), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("openFPGALoader")]
+    assert len(lines) == 2
+    programmer = "-b ice40_generic" if board == "icebreaker" else "-b ulx3s -f"
+    assert lines[0].endswith(f"{programmer} {bit}")
+    assert lines[1].endswith(f"--write-flash -o {offset} {out / 'weights_flash.bin'}")
+    (out / "weights_flash.bin").unlink()
+    assert main(["flash", str(out), "--dry-run"]) == 2
+    assert "is gone" in capsys.readouterr().err
+
+
 def test_toolchain_choice(monkeypatch, tmp_path):
     from boards.toolchain import find_tool, flow_environment
     from core.errors import ToolError

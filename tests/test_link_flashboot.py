@@ -45,8 +45,8 @@ def _boot(flash_bytes, *, design_id=0x12345678, length, divisor=1, stall=0.0, se
             if new_cs and sck and not new_sck:
                 ctx.set(dut.flash.cipo, flash.fall())
             sck, cs = new_sck, new_cs
-            if ctx.get(dut.done):
-                result.update(loaded=ctx.get(dut.loaded), error=ctx.get(dut.error),
+            if ctx.get(dut.status.done):
+                result.update(loaded=ctx.get(dut.status.loaded), error=ctx.get(dut.status.error),
                               cycles=cycle)
                 return
         raise AssertionError(f"no boot within {limit} cycles")

@@ -15,7 +15,8 @@ from hw.weights import WEIGHT_BYTE
 
 from . import flashimage
 
-__all__ = ["FlashSignature", "SPIMaster", "FlashBoot", "READ", "RELEASE_POWER_DOWN"]
+__all__ = ["FlashSignature", "BootStatus", "SPIMaster", "FlashBoot", "READ",
+           "RELEASE_POWER_DOWN"]
 
 #: The flash's pins, from the master's side (``cs`` high: selected; the board layer inverts).
 FlashSignature = wiring.Signature({
@@ -23,6 +24,15 @@ FlashSignature = wiring.Signature({
     "cs": Out(1),
     "copi": Out(1),
     "cipo": In(1),
+})
+
+#: How the boot went, from :class:`FlashBoot`'s side: ``done`` (finished; stays set), then
+#: ``loaded`` (a whole, good image was streamed out) or ``error`` (the image was corrupt or
+#: another design's) or neither (no image in the flash).
+BootStatus = wiring.Signature({
+    "done": Out(1),
+    "loaded": Out(1),
+    "error": Out(1),
 })
 
 #: READ (3-byte address, no dummy cycles) and Release Power-Down: every SPI NOR flash has both.
@@ -119,12 +129,8 @@ class FlashBoot(wiring.Component):
     weights : Out(stream.Signature(WEIGHT_BYTE))
         The image bytes, ``first`` on the first; written before the CRC is known (``loaded``
         says whether to trust them).
-    done : Out(1)
-        Boot finished (stays set).
-    loaded : Out(1)
-        A whole, good image was streamed out.
-    error : Out(1)
-        The image was corrupt or another design's.
+    status : Out(BootStatus)
+        ``done``, then ``loaded`` or ``error`` (or neither: no image).
     """
 
     def __init__(self, design_id: int, weight_bytes: int, offset: int, *, divisor: int = 1,
@@ -140,9 +146,7 @@ class FlashBoot(wiring.Component):
         super().__init__({
             "flash": Out(FlashSignature),
             "weights": Out(stream.Signature(WEIGHT_BYTE)),
-            "done": Out(1),
-            "loaded": Out(1),
-            "error": Out(1),
+            "status": Out(BootStatus),
         })
 
     def elaborate(self, platform):
@@ -194,7 +198,7 @@ class FlashBoot(wiring.Component):
                     m.next = "HEADER"
                     with m.If((n < flashimage.PREFIX_BYTES) & (byte != expect[:8])):
                         # without the magic there is no image; with it, a wrong header is
-                        m.d.sync += self.error.eq(n >= len(flashimage.MAGIC))
+                        m.d.sync += self.status.error.eq(n >= len(flashimage.MAGIC))
                         m.next = "FINISH"
                     with m.Elif(n == flashimage.HEADER_BYTES - 1):
                         m.d.sync += n.eq(0)
@@ -210,10 +214,10 @@ class FlashBoot(wiring.Component):
                     with m.If(n == self.weight_bytes - 1):
                         m.next = "CHECK"
             with m.State("CHECK"):              # the CRC register has taken the last byte
-                m.d.sync += [self.loaded.eq(crc.crc == stored),
-                             self.error.eq(crc.crc != stored)]
+                m.d.sync += [self.status.loaded.eq(crc.crc == stored),
+                             self.status.error.eq(crc.crc != stored)]
                 m.next = "FINISH"
             with m.State("FINISH"):
                 m.d.comb += spi.select.eq(0)
-                m.d.sync += self.done.eq(1)
+                m.d.sync += self.status.done.eq(1)
         return m
