@@ -13,7 +13,8 @@ from core.errors import InputError
 
 from .families import ECP5, FAMILIES, GOWIN, ICE40, XC7, Family, family_of_platform
 
-__all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform"]
+__all__ = ["Board", "BOARDS", "DEVICES", "get_board", "board_names", "board_from_platform",
+           "flash_boards"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Board:
     spram_bits: int
     programmer: str        # openFPGALoader arguments
     description: str
+    # where ``--boot-from-flash`` keeps the weights in the board's SPI flash: past the largest
+    # (uncompressed) bitstream of the device, on a 64 KiB erase-block boundary; None: the
+    # board's flash is not wired for it (its family's ``connect_flash`` does the pins)
+    flash_offset: int | None = None
 
     @property
     def flow(self) -> str:
@@ -61,19 +66,24 @@ BOARDS = {b.name: b for b in [
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", ICE40, "iCE40UP5K",
           48.0, luts=5280, ffs=5280, dsps=8, bram_bits=30 * 4096,
           spram_bits=4 * 262144, programmer="-b ice40_generic",
-          description="1BitSquared iCEBreaker (Lattice iCE40UP5K)"),
+          description="1BitSquared iCEBreaker (Lattice iCE40UP5K)",
+          flash_offset=0x100000),          # bitstream 104 kB; a 16 MiB W25Q128 flash
     Board("ulx3s_12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", ECP5, "LFE5U-12F",
           100.0, luts=12288, ffs=12288, dsps=28, bram_bits=32 * 18432,
-          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-12F"),
+          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-12F",
+          flash_offset=0x100000),            # bitstream < 600 kB
     Board("ulx3s_25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", ECP5, "LFE5U-25F",
           100.0, luts=24288, ffs=24288, dsps=28, bram_bits=56 * 18432,
-          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-25F"),
+          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-25F",
+          flash_offset=0x100000),            # bitstream < 600 kB
     Board("ulx3s_45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", ECP5, "LFE5U-45F",
           100.0, luts=43848, ffs=43848, dsps=72, bram_bits=108 * 18432,
-          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-45F"),
+          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-45F",
+          flash_offset=0x200000),            # bitstream < 1.2 MB
     Board("ulx3s_85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", ECP5, "LFE5U-85F",
           100.0, luts=83640, ffs=83640, dsps=156, bram_bits=208 * 18432,
-          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-85F"),
+          spram_bits=0, programmer="-b ulx3s", description="Radiona ULX3S, ECP5-85F",
+          flash_offset=0x300000),            # bitstream < 2.3 MB; flash 4-16 MiB
     Board("arty_a7_35", "amaranth_boards.arty_a7:ArtyA7_35Platform", XC7, "XC7A35T",
           100.0, luts=20800, ffs=41600, dsps=90, bram_bits=50 * 36864,
           spram_bits=0, programmer="-b arty_a7_35t",
@@ -172,6 +182,11 @@ def board_from_platform(spec: str) -> Board:
 def with_clock(board: Board, clock_mhz: float) -> Board:
     """``board`` with another clock target."""
     return replace(board, clock_mhz=float(clock_mhz))
+
+
+def flash_boards() -> list[str]:
+    """Boards that can boot their weights from flash (``build --boot-from-flash``)."""
+    return sorted(name for name, board in BOARDS.items() if board.flash_offset is not None)
 
 
 def board_names() -> list[str]:

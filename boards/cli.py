@@ -1,6 +1,7 @@
 """``python -m compiler flash``: program a board with openFPGALoader. Argument parsing and
-printing here; the command line is :func:`flash_command`'s. (``run``, which needs the
-reference model, is :mod:`compiler.runtime`'s.)
+printing here; the command lines are :func:`flash_commands`'s: the bitstream, and for a build
+with ``--boot-from-flash`` the weight image (``weights_flash.bin``) at the board's flash
+offset. (``run``, which needs the reference model, is :mod:`compiler.runtime`'s.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from core.errors import InputError, ToolError
 from . import get_board
 from .toolchain import TOOLS, openfpgaloader
 
-__all__ = ["add_commands", "flash_command", "flash"]
+__all__ = ["add_commands", "flash_command", "flash_commands", "flash"]
 
 
 def flash_command(out_dir, *, persist: bool = False, dry_run: bool = False) -> list:
@@ -37,21 +38,46 @@ def flash_command(out_dir, *, persist: bool = False, dry_run: bool = False) -> l
     return [tool, *args, str(bitstream)]
 
 
+def flash_commands(out_dir, *, persist: bool = False, dry_run: bool = False) -> list:
+    """Every openFPGALoader command that programs build folder ``out_dir``, in order: the
+    bitstream, then for a build that boots its weights from flash the weight image at the
+    board's flash offset (the bitstream goes to the flash too: a stand-alone board)."""
+    first = flash_command(out_dir, persist=persist, dry_run=dry_run)
+    out_dir, report = build_folder(out_dir, needs=("report.json",))
+    image = report.get("weights_flash")
+    if not image:
+        return [first]
+    path = Path(image["file"])
+    if not path.is_file():
+        raise InputError(f"the flash weight image {path} is gone; rebuild {out_dir}")
+    board = get_board(report["board"])
+    if board.flash_offset is None:
+        raise InputError(f"{out_dir} boots its weights from flash, but board {board.name} has "
+                         f"no flash offset for them")
+    if not persist:             # a board that boots stand-alone boots from its flash
+        first[-1:-1] = [a for a in board.family.flash_persist_args if a not in first]
+    tool, args = first[0], shlex.split(board.programmer)
+    return [first, [tool, *args, "--write-flash", "-o", f"{board.flash_offset:#x}",
+                    str(path)]]
+
+
 def flash(out_dir, *, persist: bool = False, dry_run: bool = False) -> list:
-    cmd = flash_command(out_dir, persist=persist, dry_run=dry_run)
+    """Run (or with ``dry_run`` only return) :func:`flash_commands`."""
+    cmds = flash_commands(out_dir, persist=persist, dry_run=dry_run)
     if dry_run:
-        return cmd
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise ToolError(f"openFPGALoader exited with {proc.returncode}: is the board plugged in "
-                        f"and may you use it (udev rules for the FTDI chip)? Command: "
-                        f"{shlex.join(cmd)}")
-    return cmd
+        return cmds
+    for cmd in cmds:
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise ToolError(f"openFPGALoader exited with {proc.returncode}: is the board "
+                            f"plugged in and may you use it (udev rules for the FTDI chip)? "
+                            f"Command: {shlex.join(cmd)}")
+    return cmds
 
 
 def cmd_flash(args) -> int:
-    cmd = flash(args.dir, persist=args.persist, dry_run=args.dry_run)
-    print(shlex.join(cmd))
+    for cmd in flash(args.dir, persist=args.persist, dry_run=args.dry_run):
+        print(shlex.join(cmd))
     if args.dry_run and openfpgaloader(required=False) is None:
         print(f"(openFPGALoader is not installed: {TOOLS['openFPGALoader'].package})")
     return 0

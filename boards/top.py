@@ -40,7 +40,7 @@ class BoardTop(Elaboratable):
         # checks the baud rate now, before any tool runs
         self.linked = LinkedAccelerator(
             program, clock_hz=self.clock_hz, link_hz=self.clocking.link_hz, baud=baud,
-            options=options)
+            options=options, flash_offset=board.flash_offset)
 
     def elaborate(self, platform):
         m = Module()
@@ -50,6 +50,8 @@ class BoardTop(Elaboratable):
         m.submodules.linked = linked = self.linked
         uart = platform.request("uart", 0)
         m.d.comb += [linked.rx.eq(uart.rx.i), uart.tx.o.eq(linked.tx)]
+        if linked.flash_boot:                   # the pins are the family's business (ECP5:
+            self.board.family.connect_flash(m, platform, linked.flash)      # USRMCLK)
         for n, signal in enumerate([linked.busy, linked.errors[0]]):
             try:
                 led = platform.request("led", n)
@@ -60,13 +62,16 @@ class BoardTop(Elaboratable):
 
 
 def link_verilog(program, path, *, clock_hz: int, baud: int, link_hz: int | None = None,
-                 timeout_cycles: int | None = None, options=None) -> Path:
+                 timeout_cycles: int | None = None, options=None,
+                 flash_offset: int | None = None) -> Path:
     """Verilog of the accelerator behind its UART link (no clocking, no pins), top module
-    :data:`LINK_TOPLEVEL`: what the cocotb UART bench simulates."""
+    :data:`LINK_TOPLEVEL`: what the cocotb UART bench simulates (``options.flash_boot``: with
+    the flash pins ``flash__sck``, ``flash__cs``, ``flash__copi``, ``flash__cipo``)."""
     from amaranth.back import verilog
 
     top = LinkedAccelerator(program, clock_hz=clock_hz, link_hz=link_hz, baud=baud,
-                            timeout_cycles=timeout_cycles, options=options)
+                            timeout_cycles=timeout_cycles, options=options,
+                            flash_offset=flash_offset)
     path = Path(path)
     path.write_text(verilog.convert(top, name=LINK_TOPLEVEL, emit_src=False))
     return path

@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
-from boards import Board, get_board, with_clock
+from boards import Board, flash_boards, get_board, with_clock
 from boards.fit import plan
 from boards.flow import board_products, check_timing
+from boards.link.flashimage import write_flash_image
 from core.errors import InputError
 from core.ir import Grid, IRError, Model, SparseProgram
 from hw.options import Choices, HardwareOptions
@@ -83,6 +84,8 @@ class BuildConfig:
     pointers: str | None = None          # "csc" / "counted"; None: by board
     pipeline: str | None = None          # "short" / "deep"; None: by board
     weights: str | None = None           # "bitstream" / "uploaded"; None: by the fit check
+    boot_from_flash: bool = False        # uploaded weights, also read from the board's SPI
+                                         # flash at power-up (weights_flash.bin)
     # boards (boards/): the clock target (None: the board's), UART rate, timing policy
     clock_mhz: float | None = None
     baud: int = 115200
@@ -121,7 +124,11 @@ class BuildConfig:
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
         self.choices                     # hw.options checks the gateware options
-        get_board(self.board)
+        board = get_board(self.board)
+        if self.boot_from_flash and board.flash_offset is None:
+            raise InputError(f"--boot-from-flash: board {board.name} has no SPI flash that "
+                             f"sparsemac knows how to read the weights from (boards with one: "
+                             f"{', '.join(flash_boards())}); upload them with `run` instead")
         return self
 
     @property
@@ -129,7 +136,8 @@ class BuildConfig:
         """The gateware options the user fixed, checked (:class:`hw.options.Choices`)."""
         return Choices(memory=self.memory, pipeline=self.pipeline, weights=self.weights,
                        banks=self.banks, fifo_depth=self.fifo_depth,
-                       accumulators=self.accumulators, pointers=self.pointers)
+                       accumulators=self.accumulators, pointers=self.pointers,
+                       flash_boot=self.boot_from_flash or None)
 
     @property
     def requested_pes(self) -> int | None:
@@ -250,6 +258,10 @@ def step_check_reference(s: BuildState):
 
 def step_verilog(s: BuildState):
     s.verilog = generate_verilog(s.program, s.out_dir / "sparsemac_top.v", s.options)
+    if s.options.flash_boot:            # what `flash` writes beside the bitstream
+        path = write_flash_image(s.program, s.options, s.out_dir)
+        s.board_results["weights_flash"] = {"file": str(path), "bytes": path.stat().st_size,
+                                            "offset": s.board.flash_offset}
 
 
 def step_board(s: BuildState):

@@ -71,6 +71,7 @@ def cmd_build(args) -> int:
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
                          accumulators=args.accumulators, pointers=args.pointers,
+                         boot_from_flash=args.boot_from_flash,
                          bitstream=not args.no_bitstream,
                          synth_estimate=args.synth_estimate)
     console = _console()
@@ -238,6 +239,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="bitstream: weights in the bitstream's memories; uploaded: empty "
                         "memories (iCE40: SPRAM) that `run` fills over the UART (default: "
                         "bitstream, uploaded when only that fits)")
+    p.add_argument("--boot-from-flash", action="store_true",
+                   help="stand-alone board: uploaded weights that the board also reads from "
+                        "its SPI flash at power-up (`flash` writes them there beside the "
+                        "bitstream), so `run` needs no upload; iCEBreaker and ULX3S")
     p.add_argument("--no-bitstream", action="store_true",
                    help="fit check and Verilog only; skip synthesis and place and route")
     p.add_argument("--synth-estimate", action="store_true",

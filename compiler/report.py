@@ -91,10 +91,12 @@ def build_report(state) -> dict:
         },
         "fmax_mhz": state.board_results.get("fmax_mhz"),
         "bitstream": state.board_results.get("bitstream"),
+        "weights_flash": state.board_results.get("weights_flash"),
         "timing": state.board_results.get("timing"),
         "fit": state.board_results.get("fit"),
         "board_flow": {k: v for k, v in state.board_results.items()
-                       if k not in ("resources", "fmax_mhz", "bitstream", "timing", "fit",
+                       if k not in ("resources", "fmax_mhz", "bitstream", "weights_flash",
+                                    "timing", "fit",
                                     "plan")},
         "steps": dict(state.timings),
         "warnings": list(getattr(state, "warnings", [])),

@@ -5,7 +5,8 @@ The link itself - wire format, host client, serial transport - is :mod:`boards.l
 the session around it that needs the compiler's layer (the build folder, the program, the
 reference model), and the command's CLI.
 
-A bitstream built with uploaded weights (iCE40 SPRAM) starts without them: :func:`run` uploads
+A bitstream built with uploaded weights (iCE40 SPRAM) starts without them (unless it read them
+from its flash at power-up, ``--boot-from-flash``: INFO says loaded): :func:`run` uploads
 the build's weight image (:func:`hw.images.weight_image`) in LOAD chunks when the board says it
 does not hold it, starting over from the first chunk after any error.
 """
@@ -100,6 +101,9 @@ def cmd_run(args) -> int:
                  outputs=args.outputs, retries=args.retries, reload=args.reload_weights)
     n = len(result.hw)
     info = result.info
+    if info.boot_error:
+        print(f"the weight image in the board's flash is corrupt or another build's: "
+              f"`python -m compiler flash {args.dir}` writes it again")
     if result.uploaded_bytes:
         print(f"weights uploaded: {result.uploaded_bytes} bytes in {result.upload_seconds:.1f} s")
     cycles = float(result.cycles.mean()) if n else 0.0

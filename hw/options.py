@@ -40,6 +40,10 @@ PIPELINES = ("short", "deep")
 #: bitstream can initialise; inferences are refused until a whole, in-order image arrived.
 WEIGHT_STORES = ("bitstream", "uploaded")
 
+# ``flash_boot`` (build ``--boot-from-flash``): uploaded weights that the board also reads from
+# its SPI flash at power-up (boards/link/flashboot.py), so that it runs without a host upload;
+# the weight memories are the uploaded design's, only the board top differs.
+
 #: Accumulator banks per layer: 2 lets inference n + 1 fill a layer's bank while the reducers
 #: still drain inference n's; 1 halves the accumulator memory.
 BANKS = (1, 2, 3, 4)
@@ -85,6 +89,12 @@ def _check(options, *, flags: bool) -> None:
     if given("fifo_depth") and (not isinstance(depth, int) or not 4 <= depth <= 1024):
         raise OptionError(f"{name('fifo_depth')} must be a whole number in 4..1024, not "
                           f"{depth!r}")
+    flag = "--boot-from-flash" if flags else "flash_boot"
+    if options.flash_boot not in (None, False, True):
+        raise OptionError(f"{flag} must be True or False, not {options.flash_boot!r}")
+    if options.flash_boot and options.weights not in (None, "uploaded"):
+        raise OptionError(f"{flag} needs {name('weights')} uploaded (the flash image fills the "
+                          f"weight memories at power-up), not {options.weights!r}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ class HardwareOptions:
     fifo_depth: int = DEFAULT_FIFO_DEPTH
     accumulators: str = "distributed"
     pointers: str = "csc"
+    flash_boot: bool = False          # weights also read from the board's flash at power-up
 
     def banks_for(self, layers: int) -> tuple:
         """Accumulator banks of each of ``layers`` layers."""
@@ -112,7 +123,8 @@ class HardwareOptions:
 
 @dataclass(frozen=True)
 class Choices:
-    """What the user asked for (``build --memory/--pipeline/--weights/--banks/--fifo-depth``);
+    """What the user asked for (``build --memory/--pipeline/--weights/--banks/--fifo-depth/
+    --boot-from-flash``);
     None: left to the board's family (``boards.families``; weights: the fit check,
     boards/fit.py). Checked when made, naming the build flags."""
     memory: str | None = None
@@ -122,11 +134,14 @@ class Choices:
     fifo_depth: int | None = None
     accumulators: str | None = None
     pointers: str | None = None
+    flash_boot: bool | None = None
 
     def __post_init__(self):
         if isinstance(self.banks, list):
             object.__setattr__(self, "banks", tuple(self.banks))
         _check(self, flags=True)
+        if self.flash_boot and self.weights is None:     # what booting from flash fills
+            object.__setattr__(self, "weights", "uploaded")
 
     def over(self, defaults: HardwareOptions) -> HardwareOptions:
         """``defaults`` (a family's, boards.families) with what was chosen in their place."""

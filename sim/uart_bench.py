@@ -10,7 +10,11 @@ fault the next good frame must be answered correctly, and no fault may ever prod
 A design with uploaded weights (``image`` in the parameters) gets them first;
 ``uploaded_weights`` checks the upload itself: no result before a whole good image, a spoiled
 image (corrupted, dropped or out-of-order chunk) refused until a new one, then bit-exact
-results.
+results. A design that boots from flash (``flash`` in the parameters: the flash image, and
+``flash_offset``) has a SPI flash model (:class:`sim.spi_flash.SPIFlashModel`) on its flash
+pins: ``flash_boot`` checks results bit-exact after the boot with no LOAD sent,
+``flash_boot_corrupt`` an image with a bad CRC (the flag, the error, recovery by upload) and
+``flash_boot_erased`` an empty flash (no image, no error).
 
 ``SPARSEMAC_UART_BENCH`` names an .npz with ``inputs``, ``expected`` (int), ``info`` (the
 BoardInfo fields), ``baud``, ``period_ns`` (the accelerator's clock), ``link_period_ns`` (the
@@ -22,11 +26,12 @@ import os
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, Timer
+from cocotb.triggers import ClockCycles, FallingEdge, Timer
 from cocotbext.uart import UartSink, UartSource
 
 from boards.link import protocol as proto
 from boards.link.client import LinkClient, drive_async
+from sim.spi_flash import SPIFlashModel
 
 __all__ = ["UartLinkBench", "CocotbTransport"]
 
@@ -83,6 +88,42 @@ class UartLinkBench:
         self.client = LinkClient(baud=self.baud, retries=0, reply_slack_s=REPLY_SLACK_S,
                                  board_timeout_s=self.timeout_cycles * self.period_ns * 1e-9)
         self.image = bytes(params["image"].tobytes()) if "image" in params else b""
+        self.flash = None
+        if "flash" in params:
+            dut.flash__cipo.value = 1
+            self.flash = SPIFlashModel(b"\xff" * int(params["flash_offset"])
+                                       + bytes(params["flash"].tobytes()), asleep=True)
+
+    async def serve_flash(self):
+        """The flash model on the pins, sampled between the link clock's edges (the master's
+        outputs change on rising edges) until the boot's READ is over."""
+        dut, flash = self.dut, self.flash
+        sck = cs = 0
+        while True:
+            await FallingEdge(dut.link_clk)
+            new_cs, new_sck = int(dut.flash__cs.value), int(dut.flash__sck.value)
+            if new_cs and not cs:
+                flash.select()
+            elif cs and not new_cs:
+                flash.deselect()
+                if flash.reads:
+                    return
+            elif new_cs and new_sck and not sck:
+                flash.rise(int(dut.flash__copi.value))
+            elif new_cs and sck and not new_sck:
+                dut.flash__cipo.value = flash.fall()
+            sck, cs = new_sck, new_cs
+
+    async def boot(self, limit_us=20_000):
+        """Reset with the flash model on the pins; wait until the board has read it."""
+        serving = cocotb.start_soon(self.serve_flash())
+        await self.reset()
+        waited = 0
+        while int(self.dut.busy.value) or not serving.done():
+            await Timer(10, "us")
+            waited += 10
+            assert waited < limit_us, "the flash boot did not finish"
+        self.dut._log.info("flash boot: %d us", waited)
 
     async def run(self, operation):
         """One of the client's operations, on this bench's UART."""
@@ -154,8 +195,11 @@ class UartLinkBench:
 
 async def _bench(dut, *, upload=True):
     bench = UartLinkBench(dut, _params())
-    await bench.reset()
-    if bench.image and upload:
+    if bench.flash is not None:
+        await bench.boot()
+    else:
+        await bench.reset()
+    if bench.image and upload and bench.flash is None:
         await bench.upload()
     return bench
 
@@ -296,3 +340,42 @@ async def uploaded_weights(dut):
     assert await flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
     for n in range(len(bench.p["inputs"])):
         await bench.check_good(n)
+
+
+@cocotb.test()
+async def flash_boot(dut):
+    """Weights from flash: loaded at power-up, results bit-exact, no LOAD ever sent."""
+    bench = await _bench(dut)
+    assert bench.flash is not None, "this bench's design does not boot from flash"
+    assert bench.flash.reads == [int(bench.p["flash_offset"])]
+    assert bench.flash.commands[0] == 0xAB, "the flash was not woken"
+    assert await bench.flags() == proto.FLAG_UPLOADED | proto.FLAG_LOADED
+    for n in range(len(bench.p["inputs"])):
+        await bench.check_good(n)
+
+
+@cocotb.test()
+async def flash_boot_corrupt(dut):
+    """A flash image with a bad CRC: flagged, INFER refused with its own error; a LOAD over
+    the UART then recovers."""
+    bench = UartLinkBench(dut, _params())
+    at = (int(bench.p["flash_offset"]) + len(bench.flash.data)) // 2
+    bench.flash.data[at] ^= 0x01                 # one bit of the image
+    await bench.boot()
+    assert await bench.flags() == proto.FLAG_UPLOADED | proto.FLAG_BOOT_ERROR
+    await bench.send(bench.infer_request(bench.p["inputs"][0], 3))
+    await bench.expect_error(proto.ERR_BOOT_IMAGE, seq=3)
+    await bench.wait_timeouts(2)
+    await bench.upload()                         # flags: uploaded and loaded, no boot error
+    await bench.check_good(0)
+
+
+@cocotb.test()
+async def flash_boot_erased(dut):
+    """An erased flash is no image, not a corrupt one: INFER asks for an upload."""
+    bench = UartLinkBench(dut, _params())
+    del bench.flash.data[int(bench.p["flash_offset"]):]
+    await bench.boot()
+    assert await bench.flags() == proto.FLAG_UPLOADED
+    await bench.send(bench.infer_request(bench.p["inputs"][0], 5))
+    await bench.expect_error(proto.ERR_NOT_LOADED, seq=5)

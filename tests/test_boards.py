@@ -314,6 +314,33 @@ def test_flash_dry_run(tmp_path, monkeypatch, capsys):
     assert "holds no bitstream" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("board, offset", [("icebreaker", "0x100000"), ("ulx3s_85f", "0x300000")])
+def test_flash_dry_run_weights(tmp_path, monkeypatch, capsys, board, offset):
+    """A build that boots its weights from flash: two writes, the bitstream (persistent: the
+    board is to start stand-alone) and the weight image at the board's offset."""
+    from compiler.cli import main
+
+    out = tmp_path / "b"
+    out.mkdir()
+    bit = out / f"sparsemac_{board}.bit"
+    bit.write_bytes(b"\x00")
+    (out / "weights_flash.bin").write_bytes(b"SMWF")
+    (out / "report.json").write_text(json.dumps(
+        {"board": board, "bitstream": str(bit),
+         "weights_flash": {"file": str(out / "weights_flash.bin"), "bytes": 4}}))
+    monkeypatch.setenv("OPENFPGALOADER", "")
+    assert main(["flash", str(out), "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("openFPGALoader")]
+    assert len(lines) == 2
+    programmer = "-b ice40_generic" if board == "icebreaker" else "-b ulx3s -f"
+    assert lines[0].endswith(f"{programmer} {bit}")
+    assert lines[1].endswith(f"--write-flash -o {offset} {out / 'weights_flash.bin'}")
+    (out / "weights_flash.bin").unlink()
+    assert main(["flash", str(out), "--dry-run"]) == 2
+    assert "is gone" in capsys.readouterr().err
+
+
 def test_toolchain_choice(monkeypatch, tmp_path):
     from boards.toolchain import find_tool, flow_environment
     from core.errors import ToolError
@@ -349,3 +376,62 @@ def test_placement_overflow_is_a_fit_error_with_the_numbers(tmp_path):
         "Info: \t        TRELLIS_COMB:  104092/  83640   124%\n")
     with pytest.raises(FitError, match=r"TRELLIS_COMB 104092/83640 after synthesis.*fewer --pes"):
         _raise_tool_failure(log)
+
+
+def test_boot_from_flash_build(tmp_path):
+    """--boot-from-flash: uploaded weights, weights_flash.bin beside the Verilog (the image,
+    its design id and CRC), in the report for `flash`; refused where it cannot work."""
+    from boards.link import protocol as proto
+    from boards.link.flashimage import FLASH_FILE, parse_flash_image
+    from compiler.build import BuildConfig, build
+    from hw.images import geometry, weight_image
+    from hw.options import Choices, HardwareOptions, OptionError
+
+    out = tmp_path / "out"
+    result = build(BuildConfig(model="examples/digits_mlp.pt", board="icebreaker", pes=1,
+                               boot_from_flash=True, bitstream=False, out=str(out)))
+    plan = result.report["plan"]["options"]
+    assert plan["weights"] == "uploaded" and plan["flash_boot"] is True
+    design, image = parse_flash_image((out / FLASH_FILE).read_bytes())
+    program = result.program
+    assert design == proto.design_id(program)
+    assert image == weight_image(program, geometry(program, HardwareOptions(weights="uploaded")))
+    flash = result.report["weights_flash"]
+    assert flash["file"] == str(out / FLASH_FILE) and flash["offset"] == 0x100000
+    with pytest.raises(InputError, match="no SPI flash"):
+        BuildConfig(model="m.pt", board="arty_a7_35", boot_from_flash=True).validate()
+    with pytest.raises(OptionError, match="--boot-from-flash needs --weights uploaded"):
+        Choices(weights="bitstream", flash_boot=True)
+    with pytest.raises(OptionError, match="flash_boot needs weights uploaded"):
+        HardwareOptions(flash_boot=True)
+
+
+@pytest.mark.parametrize("board", ["icebreaker", "ulx3s_85f"])
+def test_boot_from_flash_pins(board, monkeypatch, tmp_path):
+    """The board top wires FlashBoot to the platform's flash: iCE40 through its I/O pins,
+    ECP5's clock through USRMCLK (its MCLK pin is not user I/O)."""
+    from boards.top import BoardTop
+    from compiler.build import compile_model
+    from compiler.datasets import digits_split
+    from compiler.frontend import load_model
+    from hw.options import HardwareOptions
+
+    monkeypatch.setenv("OPENFPGALOADER", "openFPGALoader")
+    x = digits_split()[0]
+    program = compile_model(load_model("examples/digits_mlp.pt"), x, 1)
+    b = get_board(board)
+    options = HardwareOptions(weights="uploaded", pipeline="deep", flash_boot=True)
+    plan = b.create_platform().prepare(BoardTop(program, b, options=options), "top")
+    files = {name: (text if isinstance(text, str) else text.decode(errors="replace"))
+             for name, text in plan.files.items()}
+    rtlil = files["top.il"]
+    constraints = next(text for name, text in files.items()
+                       if name.endswith((".pcf", ".lpf")))
+    if b.family.name == "ice40":
+        for name, pin in (("cs", 16), ("clk", 15), ("copi", 14), ("cipo", 17)):
+            assert f"set_io spi_flash_1x_0__{name}__io {pin}\n" in constraints
+        assert "USRMCLK" not in rtlil
+    else:
+        assert "USRMCLK" in rtlil
+        for name, pin in (("cs", "R2"), ("copi", "W2"), ("cipo", "V2")):
+            assert f'LOCATE COMP "spi_flash_0__{name}__io" SITE "{pin}";' in constraints

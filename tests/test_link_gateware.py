@@ -56,9 +56,51 @@ def test_uart_link_cocotb(digits_program, simulator, weights, tmp_path):
     if uploaded:
         env["COCOTB_TEST_FILTER"] = r"\.(uploaded_weights|good_frames)$"
     else:
-        env["COCOTB_TEST_FILTER"] = r"\.(?!uploaded_weights$)\w+$"
+        env["COCOTB_TEST_FILTER"] = r"\.(?!uploaded_weights$|flash_boot)\w+$"
     results = run_cocotb(verilog=verilog, toplevel=LINK_TOPLEVEL, simulator=simulator,
                          build_dir=tmp_path / f"sim_{simulator}", test_module="sim.uart_bench",
                          extra_env=env)
     ran = results.read_text()
     assert ("uploaded_weights" in ran) == uploaded
+
+
+@pytest.mark.slow
+def test_uart_link_flash_boot_cocotb(digits_program, tmp_path):
+    """Weights from a SPI flash model at reset (--boot-from-flash): results bit-exact with no
+    LOAD sent; a corrupt image flagged and refused, then recovered by an upload; an erased
+    flash reported as no image."""
+    from boards.link.flashimage import flash_image
+    from boards.top import LINK_TOPLEVEL, link_verilog
+    from compiler import reference
+    from hw.images import geometry, weight_image
+    from hw.options import HardwareOptions
+    from sim.runner import run_cocotb
+
+    program, x = digits_program
+    xq = reference.quantize_input(x[:3], program.model.input_scale)
+    expected = reference.run(program, xq).outputs
+    clock_hz = int(1e9 / SIM_PERIOD_NS)
+    options = HardwareOptions(weights="uploaded", pipeline="deep", flash_boot=True)
+    offset = 0x1000                 # small: the model's flash is a bytearray this long
+    verilog = link_verilog(program, tmp_path / "link.v", clock_hz=clock_hz, baud=SIM_BAUD,
+                           link_hz=int(1e9 / SIM_LINK_PERIOD_NS),
+                           timeout_cycles=SIM_TIMEOUT_CYCLES, options=options,
+                           flash_offset=offset)
+    image = weight_image(program, geometry(program, options))
+    info = proto.BoardInfo(program.model.in_features, program.model.out_features, program.pes,
+                           proto.design_id(program), clock_hz, proto.FLAG_UPLOADED)
+    params = tmp_path / "uart_bench.npz"
+    np.savez(params, inputs=np.asarray(xq, np.int64), expected=np.asarray(expected, np.int64),
+             info=np.array(list(info.__dict__.values()), np.int64), baud=SIM_BAUD,
+             period_ns=SIM_PERIOD_NS, link_period_ns=SIM_LINK_PERIOD_NS,
+             timeout_cycles=SIM_TIMEOUT_CYCLES, image=np.frombuffer(image, np.uint8),
+             flash=np.frombuffer(flash_image(image, proto.design_id(program)), np.uint8),
+             flash_offset=offset)
+    env = {"SPARSEMAC_UART_BENCH": str(params),
+           "COCOTB_TEST_FILTER": r"\.(flash_boot|flash_boot_corrupt|flash_boot_erased)$"}
+    results = run_cocotb(verilog=verilog, toplevel=LINK_TOPLEVEL, simulator="icarus",
+                         build_dir=tmp_path / "sim_icarus", test_module="sim.uart_bench",
+                         extra_env=env)
+    ran = results.read_text()
+    for name in ("flash_boot", "flash_boot_corrupt", "flash_boot_erased"):
+        assert name in ran

@@ -186,6 +186,16 @@ class Family:
         output, ``link_clk`` the oscillator, ``locked`` its lock."""
         raise NotImplementedError(f"{self.title}: no PLL")
 
+    # ---- the configuration flash, after configuration -----------------------------------
+    def connect_flash(self, m, platform, pins) -> None:
+        """Wire ``pins`` (:data:`boards.link.flashboot.FlashSignature`: ``sck``, ``cs``
+        (high: selected), ``copi`` out, ``cipo`` in) to the board's SPI flash
+        (``build --boot-from-flash``)."""
+        from core.errors import InputError
+
+        raise InputError(f"{self.title} boards: reading the weights from the SPI flash is not "
+                         f"supported; upload them with `run` instead")
+
     # ---- flow -----------------------------------------------------------------------------
     def synth_options(self, board, options=None) -> str:
         """Options for Yosys's ``synth_<name>``."""
@@ -304,3 +314,16 @@ class NextpnrFamily(Family):
     def parse_report(self, path, target_mhz: float) -> dict:
         """Fmax and utilisation from nextpnr's ``--report`` JSON."""
         return flow.parse_nextpnr_report(path, self, target_mhz)
+
+
+def request_flash(platform, name: str, title: str):
+    """The platform's SPI flash resource, or a one-line error."""
+    from amaranth.build import ResourceError
+
+    from core.errors import InputError
+
+    try:
+        return platform.request(name, 0)
+    except ResourceError:
+        raise InputError(f"{type(platform).__name__} ({title}) has no {name} resource: "
+                         f"--boot-from-flash cannot reach its flash") from None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from hw.options import HardwareOptions
 
-from .base import NextpnrFamily
+from .base import NextpnrFamily, request_flash
 
 __all__ = ["ECP5", "ECP5PLL", "ecp5_pll"]
 
@@ -103,6 +103,20 @@ class ECP5Family(NextpnrFamily):
 
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> ECP5PLL:
         return ecp5_pll(f_in_mhz, f_out_mhz)
+
+    def connect_flash(self, m, platform, pins) -> None:
+        """The flash's clock is the dedicated MCLK pin, reached after configuration only
+        through the ``USRMCLK`` primitive (amaranth-boards' ``spi_flash`` has no ``clk``);
+        ``wp`` and ``hold`` held inactive."""
+        from amaranth.hdl import Instance
+
+        flash = request_flash(platform, "spi_flash", self.title)
+        m.submodules.usrmclk = Instance("USRMCLK", i_USRMCLKI=pins.sck, i_USRMCLKTS=0)
+        m.d.comb += [flash.cs.o.eq(pins.cs), flash.copi.o.eq(pins.copi),
+                     pins.cipo.eq(flash.cipo.i)]
+        for name in ("wp", "hold"):
+            if hasattr(flash, name):
+                m.d.comb += getattr(flash, name).o.eq(0)
 
     def instantiate_pll(self, m, platform, pll, *, sync_clk, link_clk, locked) -> None:
         """``EHXPLLL`` from the oscillator pin; the link runs on the oscillator."""

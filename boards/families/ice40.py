@@ -10,7 +10,7 @@ from hw.images import SPRAM_DEPTH
 from hw.options import HardwareOptions
 from hw.weights import UploadedWeightMemory
 
-from .base import MemoryWithAttrs, NextpnrFamily
+from .base import MemoryWithAttrs, NextpnrFamily, request_flash
 
 __all__ = ["ICE40", "ICE40PLL", "ice40_pll"]
 
@@ -133,6 +133,16 @@ class ICE40Family(NextpnrFamily):
     def pll(self, f_in_mhz: float, f_out_mhz: float) -> ICE40PLL:
         return ice40_pll(f_in_mhz, f_out_mhz)
 
+    def connect_flash(self, m, platform, pins) -> None:
+        """The flash's pins are ordinary I/O once the iCE40 is configured (amaranth-boards:
+        ``spi_flash_1x``); ``wp`` and ``hold`` held inactive."""
+        flash = request_flash(platform, "spi_flash_1x", self.title)
+        m.d.comb += [flash.cs.o.eq(pins.cs), flash.clk.o.eq(pins.sck),
+                     flash.copi.o.eq(pins.copi), pins.cipo.eq(flash.cipo.i)]
+        for name in ("wp", "hold"):
+            if hasattr(flash, name):
+                m.d.comb += getattr(flash, name).o.eq(0)
+
     def instantiate_pll(self, m, platform, pll, *, sync_clk, link_clk, locked) -> None:
         """``SB_PLL40_2_PAD``: port A passes the oscillator through (the link), port B is the
         PLL's output."""
@@ -162,3 +172,4 @@ class ICE40Family(NextpnrFamily):
 
 
 ICE40 = ICE40Family()
+

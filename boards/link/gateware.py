@@ -5,7 +5,9 @@ A request's inputs are buffered and fed to the accelerator only after the frame'
 out, so a corrupted or shortened frame can never produce a result: it produces an ERROR frame.
 A design with uploaded weights takes LOAD frames' bytes straight into its weight memories and
 counts them; it computes only once a whole image arrived in order through good frames (see
-:mod:`boards.link.protocol`). The two halves of the protocol engine are
+:mod:`boards.link.protocol`). A design that boots from flash (``options.flash_boot``) first
+streams the flash image into the same memories (:mod:`boards.link.flashboot`), and takes no
+request before that is done. The two halves of the protocol engine are
 :mod:`boards.link.receiver` and :mod:`boards.link.transmitter`.
 """
 
@@ -22,6 +24,7 @@ from hw.top import SparseAccelerator
 from hw.weights import WEIGHT_BYTE
 
 from . import protocol as proto
+from .flashboot import FlashBoot, FlashSignature
 from .receiver import RequestReceiver
 from .transmitter import ReplyTransmitter
 from .uart import uart_divisor
@@ -45,6 +48,11 @@ class UartLink(wiring.Component):
         Quiet line inside a frame for this long means a byte was lost.
     weight_bytes : int
         Size of the weight image the design takes over the link; 0: weights in the bitstream.
+    flash_offset : int or None
+        Where the flash image lies in the board's SPI flash: the weights are read from there
+        at reset, before any request (None: no flash boot).
+    wake_cycles : int
+        Flash boot: cycles between the flash's wake-up command and its READ.
 
     Members
     -------
@@ -52,21 +60,24 @@ class UartLink(wiring.Component):
         UART receive line.
     tx : Out(1)
         UART transmit line.
+    flash : Out(flashboot.FlashSignature)
+        Flash boot only: the SPI flash's pins.
     input : Out(stream.Signature(signed(8)))
         One inference's inputs, to the accelerator.
     output : In(stream.Signature(8))
         The inference's outputs, then its compute cycle count (4 bytes, little-endian).
     busy : Out(1)
-        A request is being received or answered.
+        Booting, or a request is being received or answered.
     errors : Out(8)
         Count of ERROR frames sent (wraps).
     weights : Out(stream.Signature(WEIGHT_BYTE))
-        Uploaded weights only: LOAD frames' image bytes, to the accelerator (a byte that finds
-        it not ready is an error).
+        Uploaded weights only: the flash image's bytes at boot, then LOAD frames' image bytes,
+        to the accelerator (a LOAD byte that finds it not ready is an error).
     """
 
     def __init__(self, info: proto.BoardInfo, *, divisor: int, timeout_cycles: int,
-                 weight_bytes: int = 0):
+                 weight_bytes: int = 0, flash_offset: int | None = None,
+                 wake_cycles: int = 64):
         if not isinstance(info, proto.BoardInfo):
             raise TypeError(f"info must be a protocol.BoardInfo, not {info!r}")
         if not isinstance(timeout_cycles, int) or timeout_cycles < 12 * divisor:
@@ -76,8 +87,14 @@ class UartLink(wiring.Component):
             raise ValueError(f"weight_bytes must be an integer in 0..2**32-1, not "
                              f"{weight_bytes!r}")
         self.info, self.divisor, self.timeout_cycles = info, divisor, timeout_cycles
-        self.weight_bytes = weight_bytes
+        if flash_offset is not None and not weight_bytes:
+            raise ValueError("a flash boot needs uploaded weights (weight_bytes > 0)")
+        self.weight_bytes, self.flash_offset = weight_bytes, flash_offset
         upload = {"weights": Out(stream.Signature(WEIGHT_BYTE))} if weight_bytes else {}
+        if flash_offset is not None:
+            self.boot = FlashBoot(info.design_id, weight_bytes, flash_offset,
+                                  wake_cycles=wake_cycles)      # checks its arguments now
+            upload["flash"] = Out(FlashSignature)
         super().__init__({
             "rx": In(1, init=1),
             "tx": Out(1, init=1),
@@ -90,18 +107,33 @@ class UartLink(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        flash_boot = self.flash_offset is not None
         m.submodules.receiver = receiver = RequestReceiver(
             self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles,
-            weight_bytes=self.weight_bytes)
+            weight_bytes=self.weight_bytes, flash_boot=flash_boot)
         m.submodules.transmitter = transmitter = ReplyTransmitter(
             self.info, divisor=self.divisor, uploaded=self.weight_bytes > 0)
         wiring.connect(m, receiver.reply, transmitter.reply)
         wiring.connect(m, receiver.input, wiring.flipped(self.input))
         wiring.connect(m, wiring.flipped(self.output), transmitter.output)
-        if self.weight_bytes:
+        if flash_boot:
+            m.submodules.boot = boot = self.boot
+            wiring.connect(m, boot.flash, wiring.flipped(self.flash))
+            wiring.connect(m, boot.status, receiver.boot)
+            # the flash's bytes first; the receiver sends none before the boot is done
+            source = [boot.weights, receiver.weights]
+            done = boot.status.done
+            m.d.comb += [self.weights.valid.eq(Mux(done, source[1].valid, source[0].valid)),
+                         self.weights.payload.eq(Mux(done, source[1].payload,
+                                                     source[0].payload)),
+                         source[0].ready.eq(~done & self.weights.ready),
+                         source[1].ready.eq(done & self.weights.ready)]
+        elif self.weight_bytes:
             wiring.connect(m, receiver.weights, wiring.flipped(self.weights))
+        booting = ~boot.status.done if flash_boot else 0
         m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx),
-                     self.errors.eq(receiver.errors), self.busy.eq(~transmitter.reply.idle)]
+                     self.errors.eq(receiver.errors),
+                     self.busy.eq(~transmitter.reply.idle | booting)]
         return m
 
 
@@ -206,13 +238,17 @@ class LinkedAccelerator(wiring.Component):
     tx : Out(1)
         UART transmit line.
     busy : Out(1)
-        Computing or talking.
+        Booting, computing or talking.
     errors : Out(8)
         ERROR frames sent (wraps).
+    flash : Out(flashboot.FlashSignature)
+        ``options.flash_boot`` only: the board's SPI flash, where the weights are read from
+        at ``flash_offset`` at reset (link domain).
     """
 
     def __init__(self, program, *, clock_hz: int, baud: int, link_hz: int | None = None,
-                 timeout_s: float = 0.02, options=None, timeout_cycles: int | None = None):
+                 timeout_s: float = 0.02, options=None, timeout_cycles: int | None = None,
+                 flash_offset: int | None = None):
         self.program, self.options = program, options
         self.clock_hz, self.baud = int(clock_hz), baud
         self.link_hz = int(link_hz or clock_hz)
@@ -225,8 +261,15 @@ class LinkedAccelerator(wiring.Component):
         self.info = proto.BoardInfo(program.model.in_features, program.model.out_features,
                                     program.pes, proto.design_id(program), self.clock_hz,
                                     proto.FLAG_UPLOADED if self.weight_bytes else 0)
+        self.flash_boot = bool(options is not None and options.flash_boot)
+        if self.flash_boot and flash_offset is None:
+            raise ValueError("options.flash_boot needs the board's flash_offset")
+        self.flash_offset = flash_offset if self.flash_boot else None
+        # Release Power-Down takes at most 3 us (tRES1); wait 10
+        self.wake_cycles = max(1, -(-self.link_hz * 10 // 1_000_000))
+        flash = {"flash": Out(FlashSignature)} if self.flash_boot else {}
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1),
-                          "errors": Out(8)})
+                          "errors": Out(8), **flash})
 
     def elaborate(self, platform):
         m = Module()
@@ -236,7 +279,10 @@ class LinkedAccelerator(wiring.Component):
         wiring.connect(m, packer.o, core.input)
         m.submodules.link = link = DomainRenamer("link")(
             UartLink(self.info, divisor=self.divisor, timeout_cycles=self.timeout_cycles,
-                     weight_bytes=self.weight_bytes))
+                     weight_bytes=self.weight_bytes, flash_offset=self.flash_offset,
+                     wake_cycles=self.wake_cycles))
+        if self.flash_boot:                     # the flash is read in the link's domain
+            wiring.connect(m, link.flash, wiring.flipped(self.flash))
         m.submodules.result = result = ResultBytes(self.program.model.out_features)
         # Bytes cross between the accelerator and the FIFOs through registers that take a
         # byte only when empty (a byte every other cycle, far above the UART's rate): every

@@ -22,7 +22,7 @@ uploaded weights - :data:`LOAD`: the byte offset (u32 LE) of a chunk of the weig
 Replies (board -> host, ``sync`` = :data:`SYNC_REPLY`): :data:`RESULT` (``out_features``
 int8 outputs, then the compute cycles as u32 LE), :data:`INFO_REPLY` (in_features u16,
 out_features u16, PEs u8, design id u32, clock Hz u32, flags u8, all LE; flags:
-:data:`FLAG_UPLOADED`, :data:`FLAG_LOADED`), :data:`LOADED` (image bytes the board holds,
+:data:`FLAG_UPLOADED`, :data:`FLAG_LOADED`, :data:`FLAG_BOOT_ERROR`), :data:`LOADED` (image bytes the board holds,
 u32 LE, then the flags) and :data:`ERROR` (one byte, an :data:`ERRORS` code).
 
 Uploaded weights: a LOAD at offset 0 starts a new image; every other LOAD must continue
@@ -32,6 +32,16 @@ chunk that would continue a spoiled image is refused as out of order; a chunk re
 its offset or for running past the image's end writes nothing and spoils nothing); the
 board sets :data:`FLAG_LOADED` only when a whole image arrived in order with every frame's
 CRC good, and answers INFER with an error until then.
+
+Weights from flash (a design built with ``--boot-from-flash``, :mod:`boards.link.flashboot`):
+at power-up, before it takes the first request, the board reads the flash image
+(:mod:`boards.link.flashimage`: magic, design id, length, CRC-32, the weight image) from its
+SPI flash into the weight memories. A good image sets :data:`FLAG_LOADED`, so ``run`` sends no
+LOAD. An erased flash or one without the magic is "no image": the board waits for an upload,
+as without flash. An image with a bad CRC, another design's id or the wrong length sets
+:data:`FLAG_BOOT_ERROR`, and INFER answers :data:`ERR_BOOT_IMAGE` (not the plain
+:data:`ERR_NOT_LOADED`); a LOAD at offset 0 clears the flag and uploads as usual, which is
+how a host recovers. Requests sent while the board boots are not seen.
 
 The board answers every request it could frame: a bad CRC, a wrong length, an unknown type, a
 UART framing error or a frame cut short (no byte for ``timeout`` while inside a frame: a dropped
@@ -49,7 +59,7 @@ from amaranth.lib.crc import catalog
 
 __all__ = [
     "SYNC_REQUEST", "SYNC_REPLY", "INFER", "INFO", "LOAD", "RESULT", "INFO_REPLY", "LOADED",
-    "ERROR", "ERRORS", "FLAG_UPLOADED", "FLAG_LOADED", "HEADER_BYTES", "CRC", "crc16",
+    "ERROR", "ERRORS", "FLAG_UPLOADED", "FLAG_LOADED", "FLAG_BOOT_ERROR", "HEADER_BYTES", "CRC", "crc16",
     "encode_frame", "FrameDecoder", "Frame", "info_payload", "parse_info", "result_payload", "parse_result",
     "load_payload", "loaded_payload", "parse_loaded", "design_id", "BoardInfo",
 ]
@@ -69,13 +79,15 @@ INFO_REPLY = 0x82
 LOADED = 0x83
 ERROR = 0xEE
 
-#: INFO_REPLY / LOADED flags: the design takes its weights over the link; it holds them.
+#: INFO_REPLY / LOADED flags: the design takes its weights over the link; it holds them;
+#: the weight image it read from its flash at power-up was corrupt (or another design's).
 FLAG_UPLOADED = 0x01
 FLAG_LOADED = 0x02
+FLAG_BOOT_ERROR = 0x04
 
 #: Error codes in an :data:`ERROR` frame's payload, and what each means.
 ERR_CRC, ERR_TIMEOUT, ERR_LENGTH, ERR_TYPE, ERR_FRAMING = 1, 2, 3, 4, 5
-ERR_NOT_LOADED, ERR_ORDER, ERR_OVERRUN = 6, 7, 8
+ERR_NOT_LOADED, ERR_ORDER, ERR_OVERRUN, ERR_BOOT_IMAGE = 6, 7, 8, 9
 ERRORS = {
     ERR_CRC: "bad CRC",
     ERR_TIMEOUT: "frame cut short (timeout: a byte was dropped)",
@@ -86,6 +98,9 @@ ERRORS = {
     ERR_ORDER: "weight chunk out of order (an image starts at offset 0 and continues where it "
                "ended)",
     ERR_OVERRUN: "weight byte lost (the accelerator was not ready)",
+    ERR_BOOT_IMAGE: "the weight image in flash is corrupt or another design's (bad CRC, "
+                    "design id or length): `python -m compiler flash` writes it again, "
+                    "`python -m compiler run` uploads the weights instead",
 }
 
 #: sync, type, seq, length (2)
@@ -184,6 +199,10 @@ class BoardInfo:
     @property
     def loaded(self) -> bool:
         return bool(self.flags & FLAG_LOADED)
+
+    @property
+    def boot_error(self) -> bool:
+        return bool(self.flags & FLAG_BOOT_ERROR)
 
 
 def info_payload(info: BoardInfo) -> bytes:

@@ -14,6 +14,7 @@ from amaranth.lib.wiring import In, Out
 from hw.weights import WEIGHT_BYTE
 
 from . import protocol as proto
+from .flashboot import BootStatus
 from .transmitter import ReplySignature
 from .uart import UARTRx
 
@@ -34,11 +35,17 @@ class RequestReceiver(wiring.Component):
         Quiet line inside a frame for this long means a byte was lost.
     weight_bytes : int
         Size of the weight image the design takes over the link; 0: weights in the bitstream.
+    flash_boot : bool
+        The weights are read from flash first: the receiver waits for ``boot`` and takes its
+        verdict as the image's state (requires ``weight_bytes``).
 
     Members
     -------
     rx : In(1)
         UART receive line.
+    boot : In(BootStatus)
+        Flash boot only: how the :class:`~boards.link.flashboot.FlashBoot` went; the line is
+        ignored until ``done``.
     input : Out(stream.Signature(signed(8)))
         One inference's inputs, to the accelerator (after the frame's CRC checked out).
     reply : Out(ReplySignature)
@@ -54,12 +61,16 @@ class RequestReceiver(wiring.Component):
     """
 
     def __init__(self, info: proto.BoardInfo, *, divisor: int, timeout_cycles: int,
-                 weight_bytes: int = 0):
+                 weight_bytes: int = 0, flash_boot: bool = False):
         if not isinstance(info, proto.BoardInfo):
             raise TypeError(f"info must be a protocol.BoardInfo, not {info!r}")
+        if flash_boot and not weight_bytes:
+            raise ValueError("flash_boot needs uploaded weights (weight_bytes > 0)")
         self.info, self.divisor, self.timeout_cycles = info, divisor, timeout_cycles
-        self.weight_bytes = weight_bytes
+        self.weight_bytes, self.flash_boot = weight_bytes, bool(flash_boot)
         upload = {"weights": Out(stream.Signature(WEIGHT_BYTE))} if weight_bytes else {}
+        if flash_boot:
+            upload["boot"] = In(BootStatus)
         super().__init__({
             "rx": In(1, init=1),
             "input": Out(stream.Signature(signed(8))),
@@ -72,6 +83,8 @@ class RequestReceiver(wiring.Component):
         m = Module()
         fsm = _FrameStates(self, m)
         with m.FSM(name="rx_frame"):
+            if self.flash_boot:
+                fsm.boot()                      # the first state: where the FSM starts
             fsm.header()
             fsm.decide()
             fsm.payload()
@@ -132,6 +145,7 @@ class _FrameStates:
         # (`loaded`), whether an error spoiled the image since its offset-0 chunk (`spoiled`)
         self.count = Signal(range(total + 1))
         self.loaded = Signal()
+        self.boot_error = Signal()             # the flash's image was corrupt: not loaded
         self.spoiled = Signal()
         self.offset = Signal(32)
         self.offset_bytes = Signal(range(proto.LOAD_OFFSET_BYTES))
@@ -143,7 +157,8 @@ class _FrameStates:
         reply = link.reply
         m.d.comb += [reply.start.eq(self.tx_start), reply.kind.eq(self.tx_kind),
                      reply.seq.eq(self.seq), reply.code.eq(self.tx_code),
-                     reply.count.eq(self.count), reply.loaded.eq(self.loaded)]
+                     reply.count.eq(self.count), reply.loaded.eq(self.loaded),
+                     reply.boot_error.eq(self.boot_error)]
 
     def fail(self, code, then, *, spoils=True):
         m = self.m
@@ -160,6 +175,16 @@ class _FrameStates:
             self.fail(proto.ERR_FRAMING, "DRAIN")
         with m.Elif(self.timed_out & ~self.got):
             self.fail(proto.ERR_TIMEOUT, "HUNT")
+
+    def boot(self):
+        """Flash boot: the line is ignored until the flash image has been read; its verdict
+        is the image's state, as if it had been uploaded."""
+        m, status = self.m, self.link.boot
+        with m.State("BOOT"):
+            with m.If(status.done):
+                m.d.sync += [self.loaded.eq(status.loaded), self.boot_error.eq(status.error),
+                             self.count.eq(Mux(status.loaded, self.total, 0))]
+                m.next = "HUNT"
 
     def header(self):
         m, got, byte, rx_crc = self.m, self.got, self.byte, self.rx_crc
@@ -191,7 +216,8 @@ class _FrameStates:
             m.d.comb += [self.in_frame.eq(1)]
             infer, ask = kind == proto.INFER, kind == proto.INFO
             with m.If(infer & Const(uploaded) & ~self.loaded):
-                self.fail(proto.ERR_NOT_LOADED, "DRAIN")
+                self.fail(Mux(self.boot_error, proto.ERR_BOOT_IMAGE, proto.ERR_NOT_LOADED),
+                          "DRAIN")
             with m.Elif(is_load & Const(uploaded) & (length > proto.LOAD_OFFSET_BYTES)):
                 if uploaded:                    # (a design without uploads has no such state)
                     m.d.sync += [self.offset_bytes.eq(0),
@@ -243,7 +269,7 @@ class _FrameStates:
             with m.Else():
                 with m.If(restart):
                     m.d.sync += [count.eq(0), self.spoiled.eq(0), self.loaded.eq(0),
-                                 self.first_byte.eq(1)]
+                                 self.boot_error.eq(0), self.first_byte.eq(1)]
                 m.next = "LOAD_DATA"
         with m.State("LOAD_DATA"):              # image bytes go straight to the accelerator
             m.d.comb += [self.in_frame.eq(1), self.rx_crc.valid.eq(got),

@@ -26,6 +26,7 @@ __all__ = ["ReplySignature", "ReplyTransmitter"]
 #: - ``code`` (out, 8): an ERROR's code (taken once the header is out).
 #: - ``count`` (out, 32): a LOADED reply's image byte count (taken once the header is out).
 #: - ``loaded`` (out, 1): the flags' :data:`~.protocol.FLAG_LOADED` bit (taken with ``count``).
+#: - ``boot_error`` (out, 1): the flags' :data:`~.protocol.FLAG_BOOT_ERROR` bit (likewise).
 #: - ``idle`` (in, 1): nothing being sent, the last stop bit included.
 ReplySignature = wiring.Signature({
     "start": Out(1),
@@ -34,6 +35,7 @@ ReplySignature = wiring.Signature({
     "code": Out(8),
     "count": Out(32),
     "loaded": Out(1),
+    "boot_error": Out(1),
     "idle": In(1),
 })
 
@@ -51,7 +53,7 @@ class ReplyTransmitter(wiring.Component):
     ----------
     info : protocol.BoardInfo
         What an INFO_REPLY carries (its ``flags`` byte is sent live: ``uploaded``, then
-        ``reply.loaded``); ``out_features`` sizes a RESULT.
+        ``reply.loaded`` and ``reply.boot_error``); ``out_features`` sizes a RESULT.
     divisor : int
         Clock cycles per UART bit.
     uploaded : bool
@@ -93,7 +95,7 @@ class ReplyTransmitter(wiring.Component):
         line = Signal(widest)
         left = Signal(range(widest // 8 + 1))          # bytes left in `line`
         outs_left = Signal(range(n_out + 5))
-        flags = Cat(Const(int(self.uploaded), 1), req.loaded, Const(0, 6))
+        flags = Cat(Const(int(self.uploaded), 1), req.loaded, req.boot_error, Const(0, 5))
 
         def load(*byte_values):
             """`line` <- these bytes, first byte in the low bits."""
