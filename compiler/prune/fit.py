@@ -225,8 +225,7 @@ def choose_target(module: nn.Module, data, config, progress=None
         if progress is not None:
             progress.done("fit search")
     notes = []
-    where = f"{board.name} at P = {pes}" + ("" if config.pes else " (the smallest design; "
-                                            "the P reported below is build's --pes auto)")
+    where = f"{board.name} at P = {pes}"
     if search.fits_at_minimum:
         why = ("the dense model" if minimum == 0 else
                f"the model at {100 * minimum:.1f} % sparsity"
@@ -238,6 +237,9 @@ def choose_target(module: nn.Module, data, config, progress=None
         if config.sparsity is not None:
             notes.append(f"--sparsity {asked:g} is below what {board.name} needs: pruning to "
                          f"{100 * search.sparsity:.1f} %, the larger of the two")
+    if not config.pes:
+        notes.append("no --pes: searched at P = 1, the smallest design; the fit line below "
+                     "is the P that build --pes auto chooses for the pruned model")
     if own > asked and own > 0:
         notes.append(f"the model is {100 * own:.1f} % sparse already; the search started "
                      f"there")
