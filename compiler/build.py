@@ -22,7 +22,7 @@ from boards import Board, flash_boards, get_board, with_clock
 from boards.fit import plan
 from boards.flow import board_products, check_timing
 from boards.link.flashimage import write_flash_image
-from core.errors import InputError
+from core.errors import FitError, InputError
 from core.ir import Grid, IRError, Model, SparseProgram
 from hw.options import Choices, HardwareOptions
 from hw.verilog import generate_verilog
@@ -239,12 +239,27 @@ def step_plan(s: BuildState):
                                  index_bits=config.index_bits, dense=config.dense)
 
     x = reference.quantize_input(s.calibration, s.quantized.input_scale)[:256]
-    s.plan = plan(compile_for, s.board, pes=config.requested_pes, grid=config.grid,
-                  choices=s.choices, calibration_run=lambda program: reference.run(program, x))
+    try:
+        s.plan = plan(compile_for, s.board, pes=config.requested_pes, grid=config.grid,
+                      choices=s.choices, calibration_run=lambda program: reference.run(program, x))
+    except FitError as e:
+        hint = None if config.dense else _sparsity_hint(s, config.requested_pes or 1)
+        if hint is None:
+            raise
+        raise FitError(f"{str(e).rstrip('.')}. {hint}") from None
     s.program, s.options = s.plan.program, s.plan.options
     save_program(s.program, s.out_dir / "program.npz")
     s.board_results["fit"] = s.plan.estimate.as_dict()
     s.board_results["plan"] = s.plan.as_dict()
+
+
+def _sparsity_hint(s: BuildState, pes: int) -> str | None:
+    """The sparsity at which the model would fit at ``pes`` PEs, for the fit error (None: it
+    is no torch model ``prune`` can change)."""
+    from .prune.fit import sparsity_hint
+    return sparsity_hint(s.module, s.calibration, s.board, pes, model_path=s.config.model,
+                         board_name=s.config.board, input_shape=s.input_shape,
+                         choices=s.choices, index_bits=s.config.index_bits)
 
 
 def step_check_reference(s: BuildState):

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -66,20 +66,27 @@ class PruneConfig:
     val: str | None = None               # PATH.npz, a separate validation split
     epochs: int = 60                     # fine-tuning budget, whole method
     device: str = "auto"
-    pes: int = 8                         # processing elements (balanced)
+    pes: int | None = None               # PEs: balanced balances for them (None: 8);
+                                         # fit_board fits at them (None: build's --pes auto)
     seed: int = 0
     max_accuracy_drop: float = DEFAULT_MAX_DROP  # points: refuse to save beyond; auto's budget
     force: bool = False                  # save even beyond max_accuracy_drop (with a warning)
     lr: float = 3e-3
     batch_size: int = 64
+    fit_board: str | None = None         # search the sparsity at which the model fits it
 
     def validate(self) -> "PruneConfig":
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; use one of "
                              f"{', '.join(METHODS)}")
-        self.sparsity = parse_sparsity(self.sparsity)
+        if self.fit_board is not None:
+            _validate_fit(self)
+        else:
+            self.sparsity = parse_sparsity(self.sparsity)
         for name, low in (("epochs", 0), ("pes", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
+            if name == "pes" and value is None:
+                continue
             if not isinstance(value, int) or value < low:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number >= {low}, "
                                  f"not {value!r}")
@@ -94,6 +101,24 @@ class PruneConfig:
             raise InputError(f"--device must be one of {', '.join(DEVICES)}, not "
                              f"{self.device!r}")
         return self
+
+
+def _validate_fit(config: PruneConfig) -> None:
+    """``--fit-board``: a known board; ``--sparsity`` left out (None) or a number, the least
+    the search may return."""
+    from boards import get_board
+    try:
+        get_board(config.fit_board)
+    except InputError as e:
+        raise InputError(f"--fit-board: {e}".replace("--platform module:Class",
+                                                     "module:Class")) from None
+    if config.sparsity is None:
+        return
+    if parse_sparsity(config.sparsity) == "auto":
+        raise InputError("--fit-board searches one sparsity for the model; --sparsity auto's "
+                         "per-layer targets cannot be combined with it: leave --sparsity out "
+                         "(or give a number, the least sparsity to prune to)")
+    config.sparsity = parse_sparsity(config.sparsity)
 
 
 @dataclass
@@ -156,7 +181,7 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
     check_model_fits(model, data)
     rt = rt if rt is not None else Runtime(device=resolve_device(config.device))
     session = Session(data=data, runtime=rt, epochs=config.epochs, seed=config.seed,
-                      pes=config.pes, lr=config.lr, batch_size=config.batch_size,
+                      pes=config.pes or 8, lr=config.lr, batch_size=config.batch_size,
                       progress=progress or Progress())
     started = time.perf_counter()
     with deterministic(rt.device):
@@ -251,6 +276,36 @@ def default_out(model_path, config: PruneConfig) -> Path:
     return path.with_name(f"{path.stem}-{config.method}-{level}.pt")
 
 
+def _check_out(out: Path) -> None:
+    if out.suffix != ".pt":
+        raise InputError(f"--out {out}: the pruned model is saved with torch.save; give a .pt "
+                         f"path")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or "
+                         f"choose another path")
+
+
+def _refit(result: PruneResult, data: PruneData, search, notes: list[str], warn) -> None:
+    """``--fit-board``: check the fine-tuned model itself (its zero count is the target's, its
+    zeros may sit elsewhere) and record the search and that check in ``result.info["fit"]``."""
+    from boards import get_board
+    from .fit import calibration_of, fit_report
+
+    calibration, shape = calibration_of(data)
+    final = fit_report(result.model, calibration, get_board(result.config.fit_board),
+                       result.config.pes, input_shape=shape)
+    result.notes[:0] = notes
+    result.info["fit"] = {"board": search.board, "search_pes": search.pes,
+                          "sparsity": search.sparsity, "minimum": search.minimum,
+                          "tried": [list(t) for t in search.tried], "final": final}
+    if not final["fits"]:
+        text = (f"the pruned model does not fit {search.board} after fine-tuning "
+                f"({final['problem']}); prune again with a slightly higher --sparsity")
+        result.warnings.append(text)
+        if warn is not None:
+            warn(text)
+
+
 def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool = False,
                progress: Progress | None = None,
                warn: Callable[[str], None] | None = None) -> PruneResult:
@@ -263,18 +318,20 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
     ``config.force`` is not set.
     """
     config.validate()
-    out = Path(out) if out is not None else default_out(model_path, config)
-    if out.suffix != ".pt":
-        raise InputError(f"--out {out}: the pruned model is saved with torch.save; give a .pt "
-                         f"path")
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist; create it or "
-                         f"choose another path")
+    if out is not None:
+        _check_out(Path(out))
     module = load_module(model_path, trust_pickle=trust_pickle)
     check_prunable(module, str(model_path))
     check_finite(module, str(model_path))
     data = load_data(config.data, seed=config.seed, val=config.val)
     check_model_fits(module, data)
+    fit_notes, search = [], None
+    if config.fit_board is not None:
+        from .fit import choose_target
+        target, search, fit_notes = choose_target(module, data, config, progress)
+        config = replace(config, sparsity=target)
+    out = Path(out) if out is not None else default_out(model_path, config)
+    _check_out(out)
     with runtime(config.device) as rt:
         if rt.is_main and warn is not None:
             for text in data.warnings:
@@ -284,6 +341,8 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
         forced = _check_drop(result, config)     # every rank: all exit alike
         if forced:
             result.warnings.append(forced)
+        if rt.is_main and search is not None:
+            _refit(result, data, search, fit_notes, warn)
         if rt.is_main:
             if forced and warn is not None:
                 warn(forced)

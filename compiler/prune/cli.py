@@ -49,19 +49,37 @@ def _sparsity_table(report, title: str):
     return table
 
 
+def _fit_line(final: dict) -> str:
+    """``--fit-board``: the pruned model's fit on the board, as build would plan it."""
+    if not final["fits"]:
+        return f"fit: does NOT fit {final['board']}: {final['problem']}"
+    e = final["estimate"]
+    used = ", ".join(f"{name} {e[key]['used']}/{e[key]['available']}" for key, name in
+                     (("luts", "LUT"), ("ffs", "FF"), ("bram_blocks", "block RAM"),
+                      ("spram_blocks", "SPRAM"), ("dsps", "DSP"))
+                     if key != "spram_blocks" or e[key]["available"])
+    return (f"fit: {final['board']} at P = {final['pes']} ({final['grid']}, weights in "
+            f"{e['weights']}): {used} (estimate before synthesis)")
+
+
 def cmd_prune(args) -> int:
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
+    from core.errors import InputError
     from .api import PruneConfig, prune_file
     from .distributed import torchrun_env
     from .train import Progress as ProgressSink
 
+    if args.sparsity is None and args.fit_board is None:
+        raise InputError("prune needs --sparsity S (a share in [0, 1), or auto) or "
+                         "--fit-board BOARD (the sparsity at which the model fits it)")
     config = PruneConfig(method=args.method, sparsity=args.sparsity, data=args.data,
                          val=args.val, epochs=args.epochs, device=args.device, pes=args.pes,
                          seed=args.seed, max_accuracy_drop=args.max_accuracy_drop,
-                         force=args.force, lr=args.lr, batch_size=args.batch_size)
+                         force=args.force, lr=args.lr, batch_size=args.batch_size,
+                         fit_board=args.fit_board)
     env = torchrun_env()
     main = env is None or env[0] == 0
     console = Console(highlight=False, soft_wrap=True)
@@ -107,7 +125,8 @@ def cmd_prune(args) -> int:
             bars.stop()
     if not main:
         return 0
-    target = "auto" if args.sparsity == "auto" else f"{100 * float(args.sparsity):.1f} %"
+    sparsity = result.config.sparsity
+    target = "auto" if sparsity == "auto" else f"{100 * float(sparsity):.1f} %"
     console.print(_sparsity_table(result.sparsity, f"{args.method}, target {target}"))
     change = 100 * (result.accuracy_after - result.accuracy_before)
     console.print(f"accuracy on {result.eval_name}: dense {100 * result.accuracy_before:.2f} % "
@@ -123,6 +142,8 @@ def cmd_prune(args) -> int:
                   f"{args.epochs} epochs, seed {args.seed}")
     for note in result.notes:
         console.print(f"note: {note}")
+    if "fit" in result.info:
+        console.print(_fit_line(result.info["fit"]["final"]))
     console.print(f"saved {result.out}")
     return 0
 
@@ -153,9 +174,13 @@ def add_commands(sub) -> None:
     p.add_argument("model", help="torch.save(model) file (a dense, trained classifier)")
     p.add_argument("--method", required=True, choices=list(METHODS),
                    help="pruning method")
-    p.add_argument("--sparsity", required=True, type=_sparsity,
+    p.add_argument("--sparsity", type=_sparsity,
                    help="share of weights to remove, in [0, 1), or 'auto' (per-layer targets "
-                        "from a sensitivity analysis within --max-accuracy-drop)")
+                        "from a sensitivity analysis within --max-accuracy-drop); required "
+                        "unless --fit-board, where it is the least to prune to")
+    p.add_argument("--fit-board", metavar="BOARD",
+                   help="search the lowest sparsity at which the model fits BOARD (build's "
+                        "fit check, no synthesis), prune to it and report the resources")
     p.add_argument("--max-accuracy-drop", type=_non_negative, default=DEFAULT_MAX_DROP,
                    help="accuracy points the pruned model may lose against the dense one on "
                         "the same validation samples; beyond it nothing is saved (exit 2) "
@@ -174,8 +199,9 @@ def add_commands(sub) -> None:
                    help="fine-tuning budget in epochs, the whole method (default 60)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: CUDA when present (default)")
-    p.add_argument("--pes", type=_positive, default=8,
-                   help="processing elements to balance for (balanced; default 8)")
+    p.add_argument("--pes", type=_positive,
+                   help="processing elements: balanced balances for them (default 8); "
+                        "--fit-board fits at them (default: build's --pes auto)")
     p.add_argument("--out", help="pruned model (default <model>-<method>-<sparsity>.pt)")
     p.add_argument("--seed", type=_count, default=0, help="seed (default 0)")
     p.add_argument("--lr", type=_positive_float, default=3e-3,
