@@ -9,7 +9,7 @@ the board's family for one.
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
 __all__ = ["ClockReset"]
@@ -50,6 +50,12 @@ class ClockReset(Elaboratable):
         if self.pll is not None:
             platform.add_clock_constraint(sync_clk, self.actual_hz)
             platform.add_clock_constraint(link_clk, self.link_hz)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # the accelerator's reset: synchronized in a domain of its own on the same clock, then
+        # onto a global network where the family has one for it
+        m.domains.sync_reset = ClockDomain("sync_reset", local=True)
+        m.d.comb += ClockSignal("sync_reset").eq(sync_clk)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync_reset")
+        m.d.comb += ResetSignal("sync").eq(
+            self.family.global_buffer(m, ResetSignal("sync_reset"), "sync_reset"))
         m.submodules.reset_link = ResetSynchronizer(~locked, domain="link")
         return m

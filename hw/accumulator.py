@@ -100,8 +100,8 @@ class MacBanks(wiring.Component):
             m.d.sync += prev.eq(row)
         d = {"valid": Signal(name="d_valid"), "end": Signal(name="d_end"),
              "drain": Signal(name="d_drain"), "slot": Signal.like(op.slot, name="d_slot"),
-             "row": Signal(geo.row_bits, name="d_row"),
-             "product": Signal(signed(16), name="d_product")}
+             "row": Signal(geo.row_bits, name="d_row", reset_less=True),
+             "product": Signal(signed(16), name="d_product", reset_less=True)}
         m.d.sync += [d["valid"].eq(self.i.valid), d["end"].eq(op.end), d["drain"].eq(op.drain),
                      d["slot"].eq(op.slot), d["row"].eq(Mux(op.drain, op.row, row)),
                      d["product"].eq(op.weight * op.act)]
@@ -153,14 +153,17 @@ class MacBanks(wiring.Component):
         # S, A and W: the op a stage
         stages, before = [], d
         for name in ("s", "a", "w"):
-            regs = {k: Signal.like(v, name=f"{name}_{k}") for k, v in before.items()}
+            # data needs no reset (only the valid flag does): fewer loads on the reset net
+            regs = {k: Signal.like(v, name=f"{name}_{k}", reset_less=k in ("row", "product"))
+                    for k, v in before.items()}
             m.d.sync += [regs[k].eq(v) for k, v in before.items()]
             stages.append(regs)
             before = regs
         sreg, a, w = stages
         # every bank's read into its own register: the slot select comes after, from
         # registers (selecting among LUT-RAM outputs directly costs several times the logic)
-        held = [Signal(signed(width), name=f"read{s}") for s in range(geo.slots)]
+        held = [Signal(signed(width), name=f"read{s}", reset_less=True)
+                for s in range(geo.slots)]
         m.d.sync += [h.eq(r) for h, r in zip(held, reads)]
         a_drain_valid, a_drain = Signal(), Signal.like(drain)
         m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain),
@@ -182,21 +185,21 @@ class MacBanks(wiring.Component):
         picks = [Signal(name=f"pick{s}") for s in range(geo.slots)]
         m.d.sync += [p.eq((d["slot"] == s) & ~near_one & ~near_two & ~near_three)
                      for s, p in enumerate(picks)]
-        total, last, before_last = (Signal(signed(width), name=n)
+        total, last, before_last = (Signal(signed(width), name=n, reset_less=True)
                                     for n in ("total", "total_last", "total_before_last"))
         chosen = Mux(hit_two, last, 0) | Mux(hit_three, before_last, 0)
         for p, h in zip(picks, held):
             chosen = chosen | Mux(p, h, 0)
-        selected = Signal(signed(width))
+        selected = Signal(signed(width), reset_less=True)
         m.d.sync += selected.eq(chosen)
         m.d.comb += total.eq(Mux(hit_one, last, selected) + a["product"])
         m.d.sync += [last.eq(total), before_last.eq(last)]
         # W: each bank's write, from registers
-        data = Signal(signed(width))
+        data = Signal(signed(width), reset_less=True)
         m.d.sync += data.eq(total)
         for s, wp in enumerate(ports):
             clearing = a_drain_valid & (a_drain.slot == s)
-            addr, en, clear = (Signal.like(wp.addr, name=f"w{s}_addr"),
+            addr, en, clear = (Signal.like(wp.addr, name=f"w{s}_addr", reset_less=True),
                                Signal(name=f"w{s}_en"), Signal(name=f"w{s}_clear"))
             m.d.sync += [addr.eq(Mux(clearing, a_drain.addr, a["row"])), clear.eq(clearing),
                          en.eq(clearing | (a_writes & (a["slot"] == s)))]

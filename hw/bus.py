@@ -108,7 +108,7 @@ class ColumnBus(wiring.Component):
             for k in range(count):
                 valid, payload = copies[min(k // per, len(copies) - 1)]
                 v = Signal(name=f"fan{level}_{k}_valid")
-                p = Signal(item, name=f"fan{level}_{k}_item")
+                p = Signal(item, name=f"fan{level}_{k}_item", reset_less=True)
                 m.d.sync += [v.eq(valid), p.eq(payload)]
                 regs.append((v, p))
             copies = regs

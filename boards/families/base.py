@@ -186,6 +186,11 @@ class Family:
         output, ``link_clk`` the oscillator, ``locked`` its lock."""
         raise NotImplementedError(f"{self.title}: no PLL")
 
+    def global_buffer(self, m, signal, name: str):
+        """``signal`` on a global network where the family has one for logic nets (the
+        accelerator's reset reaches every flip-flop of the chip), else ``signal`` itself."""
+        return signal
+
     # ---- the configuration flash, after configuration -----------------------------------
     def connect_flash(self, m, platform, pins) -> None:
         """Wire ``pins`` (:data:`boards.link.flashboot.FlashSignature`: ``sck``, ``cs``

@@ -142,5 +142,15 @@ class ECP5Family(NextpnrFamily):
             o_CLKOP=clkop, o_LOCK=locked)
         m.d.comb += [sync_clk.eq(clkop), link_clk.eq(clk_in)]
 
+    def global_buffer(self, m, signal, name: str):
+        """A ``DCCA`` onto one of the primary clock networks, which reach every slice's LSR
+        mux too: nextpnr promotes only clocks by itself, and the reset, routed through the
+        general fabric to twenty thousand flip-flops at P = 32, was the critical path."""
+        from amaranth.hdl import Instance, Signal
+
+        out = Signal(name=f"{name}_global")
+        m.submodules[f"{name}_dcca"] = Instance("DCCA", i_CLKI=signal, i_CE=1, o_CLKO=out)
+        return out
+
 
 ECP5 = ECP5Family()
