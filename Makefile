@@ -38,7 +38,7 @@ demo: install
 	@cat $(BUILD)/report.md
 
 test: install
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 -q --durations=15
 
 # `make sim SIM=verilator WAVES=1`: the example through cocotb, with an FST trace on request.
 sim: install
