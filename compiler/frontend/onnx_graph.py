@@ -67,15 +67,22 @@ def _for_reference(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model as ``onnx.reference`` should run it: its BatchNormalization before opset 14
     uses batch statistics whenever ``momentum`` is set (torch writes it), where the operator
     means inference with the running statistics. Opset 14 changes nothing else of the
-    supported operators (Reshape's ``allowzero`` defaults to the old behaviour)."""
+    supported operators (Reshape's ``allowzero`` defaults to the old behaviour).
+    ``onnx.reference`` implements QuantizeLinear/DequantizeLinear from opset 19 only, which
+    computes the same for the integer types as opsets 13-18: a QDQ graph runs as opset 19."""
     version = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
-    if version != 13 or not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+    ops = {n.op_type for n in proto.graph.node}
+    if version < 19 and ops & {"QuantizeLinear", "DequantizeLinear"}:
+        target = 19
+    elif version == 13 and "BatchNormalization" in ops:
+        target = 14
+    else:
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     for entry in copy.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            entry.version = 14
+            entry.version = target
     return copy
 
 
@@ -239,7 +246,8 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
             raise FrontendError(f"{where}: the ONNX graph is not a plain chain of layers (at "
                                 f"{label}, {node.op_type}); branches and skip connections are "
                                 f"not supported")
-        if node.op_type not in ONNX_LAYERS or node.domain not in ("", "ai.onnx"):
+        if not is_quant and (node.op_type not in ONNX_LAYERS
+                             or node.domain not in ("", "ai.onnx")):
             raise FrontendError(f"{where}: unsupported operator {node.op_type!r} at {label}; "
                                 f"supported: {_supported()}")
         if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
