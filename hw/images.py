@@ -210,10 +210,11 @@ def _layer_shift(layer) -> int:
 
 def value_bits(program: SparseProgram) -> int:
     """Signed bits the stored weights need: 8 for int8 weights, fewer for a model trained
-    with narrower ones (4-bit weights, -7..7, take 4 bits an entry)."""
+    with narrower ones (4-bit weights, -7..7, take 4 bits an entry). A program without a
+    nonzero weight keeps 8."""
     peak = max((int(np.abs(pe.entry_value.astype(np.int64)).max(initial=0))
                 for pe in program.pe_images), default=0)
-    return max(2, peak.bit_length() + 1)
+    return peak.bit_length() + 1 if peak else 8
 
 
 def bus_layout(geo: Geometry) -> data.StructLayout:
