@@ -18,7 +18,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from compiler import reference
@@ -46,6 +45,7 @@ def weight_bits(program) -> tuple[int, int]:
 def measure(program, x, y, limit, work) -> dict:
     xq = reference.quantize_input(x, program.model.input_scale)
     ref = reference.run(program, xq).outputs
+    Path(work).mkdir(parents=True, exist_ok=True)
     verilog = generate_verilog(program, Path(work) / "top.v", HardwareOptions())
     hw, _, _ = run_rtl(verilog, xq[:limit], ref[:limit], lanes=program.grid.cols,
                        simulator="icarus", work_dir=Path(work) / "icarus")
