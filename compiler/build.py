@@ -231,6 +231,7 @@ def step_quantize(s: BuildState):
         return
     if s.config.requantize:
         s.quantized = quantize(s.model, s.calibration)
+        s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
         s.quantization = {"source": "calibration (--requantize: the model's scales ignored)"}
         return
     s.quantized, notes = quantize_imported(s.model, graph, s.calibration)
