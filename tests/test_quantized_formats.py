@@ -210,3 +210,23 @@ def test_requantize_builds_with_calibration_and_the_cli_names_it(tiny, data, tmp
     report = build(config).report
     assert report["quantization"]["source"] == "model"
     assert report["quantization"]["agreement"]["equal_outputs"] == 1.0
+
+
+def test_scales_that_are_not_powers_of_two_agree_within_one_step(data, tmp_path):
+    """Exact equality is impossible by construction here: ``in_scale * weight_scale /
+    out_scale`` is no 15-bit fixed-point number (and the channels share one shift), so an
+    output whose exact value lies within the multiplier's error of a rounding edge can round
+    the other way (and the graph itself computes in float32). Build says so; the outputs stay
+    within one step, and almost all are equal."""
+    def rescale(proto):           # the first hidden activation's scale, and fc1's bias scale
+        for i, t in enumerate(proto.graph.initializer):
+            if t.name in ("a6_scale", "fc1.bias_scale"):
+                proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(
+                    (numpy_helper.to_array(t) * np.float32(1.1)).astype(np.float32), t.name))
+
+    path = _edited(EXAMPLES / "digits_mlp_w4_qdq.onnx", tmp_path / "scaled.onnx", rescale)
+    module = load_module(path)
+    quantized, notes = quantize_imported(to_ir(module, "m"), module.quantization, data[0])
+    assert len(notes) == 2 and all("not a 15-bit fixed-point number" in n for n in notes)
+    agree = agreement(module, quantized, data[1])
+    assert agree["max_difference"] == 1 and agree["equal_outputs"] > 0.97
