@@ -32,6 +32,7 @@ from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .frontend import first_layer, load_module, to_ir
 from .passes.encode import encode
+from .passes.imported import agreement, quantize_imported
 from .passes.quantize import quantization_warnings, quantize
 from .report import build_report, write_report
 from .serialize import save_program
@@ -58,10 +59,16 @@ def encode_calibrated(quantized: Model, calibration: np.ndarray, pes: int, *,
 
 def compile_model(model: Model, calibration: np.ndarray, pes: int, *,
                   grid: Grid | str | None = None, index_bits: int | None = None,
-                  dense: bool = False) -> SparseProgram:
-    """Float IR -> quantized, encoded program (the library path of ``build`` without files)."""
-    return encode_calibrated(quantize(model, calibration), calibration, pes, grid=grid,
-                             index_bits=index_bits, dense=dense)
+                  dense: bool = False, quantization=None) -> SparseProgram:
+    """Float IR -> quantized, encoded program (the library path of ``build`` without files).
+    ``quantization``: a QONNX / QDQ graph's own quantizers (``OnnxModel.quantization``), used
+    instead of calibrating."""
+    if quantization is not None and quantization.present:
+        quantized = quantize_imported(model, quantization, calibration)[0]
+    else:
+        quantized = quantize(model, calibration)
+    return encode_calibrated(quantized, calibration, pes, grid=grid, index_bits=index_bits,
+                             dense=dense)
 
 
 @dataclass
@@ -79,6 +86,7 @@ class BuildConfig:
     fifo_depth: int | None = None        # each PE's activation FIFO (hw.options)
     banks: int | list | None = None      # accumulator banks, all layers or per layer (hw.options)
     dense: bool = False                  # store every weight, skip nothing (baseline)
+    requantize: bool = False             # QONNX/QDQ: calibrate instead of the model's scales
     memory: str | None = None            # "block" / "distributed"; None: by board (hw.options)
     accumulators: str | None = None      # "distributed" / "block"; None: by board
     pointers: str | None = None          # "csc" / "counted"; None: by board
@@ -179,6 +187,7 @@ class BuildState:
     board_results: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)   # one line each, in the report and printed
+    quantization: dict | None = None       # where the scales came from, and the agreement
     report: dict | None = None
 
 
@@ -220,8 +229,28 @@ def step_frontend(s: BuildState):
 
 
 def step_quantize(s: BuildState):
-    s.quantized = quantize(s.model, s.calibration)
-    s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
+    """Our calibration, or a QONNX / QDQ graph's own quantizers (unless ``--requantize``),
+    checked in integers against the graph's fake-quant outputs on the calibration inputs."""
+    graph = getattr(s.module, "quantization", None)
+    if graph is None or not graph.present:
+        s.quantized = quantize(s.model, s.calibration)
+        s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
+        s.quantization = {"source": "calibration"}
+        return
+    if s.config.requantize:
+        s.quantized = quantize(s.model, s.calibration)
+        s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
+        s.quantization = {"source": "calibration (--requantize: the model's scales ignored)"}
+        return
+    s.quantized, notes = quantize_imported(s.model, graph, s.calibration)
+    s.warnings += notes
+    agree = agreement(s.module, s.quantized, s.calibration[:256])
+    s.quantization = {"source": "model", "agreement": agree}
+    if agree["equal_outputs"] < 1:
+        s.warnings.append(f"the integer outputs equal the model's own (fake-quant) ones in "
+                          f"{100 * agree['equal_outputs']:.2f} % of outputs on "
+                          f"{agree['inputs']} calibration inputs (at most "
+                          f"{agree['max_difference']} steps apart)")
 
 
 def step_plan(s: BuildState):

@@ -67,6 +67,7 @@ def cmd_build(args) -> int:
                          grid=args.grid, calibration=args.calibration, out=args.out,
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,
                          fifo_depth=args.fifo_depth, banks=args.banks, dense=args.dense,
+                         requantize=args.requantize,
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
@@ -216,6 +217,9 @@ def _parser() -> argparse.ArgumentParser:
                         "hold the next inference back)")
     p.add_argument("--dense", action="store_true",
                    help="store and process every weight and input (baseline for benchmarks)")
+    p.add_argument("--requantize", action="store_true",
+                   help="a QONNX / ONNX QDQ model: ignore its own scales, keep its weights "
+                        "(dequantized) and calibrate as for a float model")
     p.add_argument("--clock-mhz", type=float, help="clock target (default: the board's)")
     p.add_argument("--baud", type=_positive, default=115200, help="UART rate (default 115200)")
     p.add_argument("--allow-timing-failure", action="store_true",

@@ -10,6 +10,9 @@ Arithmetic of one layer, for output row ``r`` and integer input vector ``x``::
     requantize(v, m, s, relu) = clamp((v * m + 2**(s-1)) >> s, 0 if relu else -128, 127)
 
 ``>>`` is an arithmetic shift (floor division by ``2**s``), so ties round toward +infinity.
+A layer imported with the model's own quantization (``quant.half_even``: QONNX, ONNX QDQ)
+rounds ties to even instead, as ``QuantizeLinear`` does:
+``(v * m + 2**(s-1) - 1 + ((v * m >> s) & 1)) >> s``.
 :func:`run` computes this from the sparse memory images themselves (pointers, relative indices,
 padding), so a wrong image gives a wrong answer here too; :func:`run_dense` computes it from the
 quantized weight matrices, and the tests hold the two equal.
@@ -42,13 +45,17 @@ def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(q, dtype=np.float64) * scale
 
 
-def requantize(value, multiplier, shift, relu: bool) -> np.ndarray:
-    """Integer-only requantization: fixed-point multiply, rounding shift, saturation, ReLU."""
+def requantize(value, multiplier, shift, relu: bool, half_even: bool = False) -> np.ndarray:
+    """Integer-only requantization: fixed-point multiply, rounding shift, saturation, ReLU.
+    Ties round up, or to even with ``half_even``."""
     value = np.asarray(value, dtype=np.int64)
     multiplier = np.asarray(multiplier, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     product = value * multiplier                      # |value| < 2**33, multiplier < 2**15
-    rounded = (product + (np.int64(1) << (shift - 1))) >> shift
+    half = np.int64(1) << (shift - 1)
+    if half_even:
+        half = half - 1 + ((product >> shift) & 1)
+    rounded = (product + half) >> shift
     return np.clip(rounded, 0 if relu else ACT_MIN, ACT_MAX)
 
 
@@ -76,7 +83,7 @@ def run_dense(model: Model, x: np.ndarray, *, return_activations: bool = False):
         rc = layer.row_channel()
         acc = act @ layer.matrix(quantized=True).T
         act = pool(layer, requantize(acc + q.bias[rc], q.multiplier[rc], q.shift[rc],
-                                     layer.relu))
+                                     layer.relu, q.half_even))
         activations.append(act)
     out = act[0] if single else act
     return (out, activations) if return_activations else out
@@ -183,7 +190,8 @@ def run(program: SparseProgram, x: np.ndarray) -> RunResult:
                 pe_lookups[:, m, k] = sent.sum(axis=1)
             local = slice(program.row_base[m], program.row_base[m] + rows)
             y = pool(layer, requantize(acc + red.bias[local], red.multiplier[local],
-                                       layer.quant.shift[0], layer.relu))
+                                       layer.quant.shift[0], layer.relu,
+                                       layer.quant.half_even))
             out[:, program.outputs_of(r, m)] = y
         activations.append(out)
         act = out

@@ -100,6 +100,7 @@ def build_report(state) -> dict:
                                     "plan")},
         "steps": dict(state.timings),
         "warnings": list(getattr(state, "warnings", [])),
+        "quantization": getattr(state, "quantization", None),
     }
 
 

@@ -39,6 +39,7 @@ def save_program(program: SparseProgram, path) -> None:
                        "in_features": layer.in_features, "out_features": layer.out_features,
                        "in_scale": q.in_scale, "out_scale": q.out_scale,
                        "pool_multiplier": q.pool_multiplier, "pool_shift": q.pool_shift,
+                       "half_even": q.half_even,
                        "conv": dataclasses.asdict(layer.conv) if layer.conv else None,
                        "pool": dataclasses.asdict(layer.pool) if layer.pool else None})
     for k, pe in enumerate(program.pe_images):
@@ -76,7 +77,8 @@ def load_program(path) -> SparseProgram:
             q = Quantization(**{name: arrays[f"layer{m}.q.{name}"] for name in _QUANT_ARRAYS},
                              in_scale=info["in_scale"], out_scale=info["out_scale"],
                              pool_multiplier=info["pool_multiplier"],
-                             pool_shift=info["pool_shift"])
+                             pool_shift=info["pool_shift"],
+                             half_even=info.get("half_even", False))
             conv = info["conv"] and Conv2dShape(**{k: tuple(v) if isinstance(v, list) else v
                                                    for k, v in info["conv"].items()})
             pool = info["pool"] and Pool(**{k: tuple(v) if isinstance(v, list) else v

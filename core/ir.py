@@ -76,6 +76,8 @@ class Quantization:
     ``requantize(acc + bias[k], multiplier[k], shift[k], relu)``. All channels of a layer share
     one shift (the hardware shifts by a per-layer constant). An average pool then
     requantizes the sum of each window with ``pool_multiplier``/``pool_shift`` (scale 1/window).
+    ``half_even``: the layer's requantization rounds ties to even, as ONNX ``QuantizeLinear``
+    does (a model imported with its own scales); otherwise ties round up (our calibration).
     """
     weight: np.ndarray        # int8
     bias: np.ndarray          # int64 [channels], within int32
@@ -86,6 +88,7 @@ class Quantization:
     out_scale: float
     pool_multiplier: int = 0
     pool_shift: int = 1
+    half_even: bool = False
 
 
 @dataclass(frozen=True, eq=False)

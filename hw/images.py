@@ -25,7 +25,7 @@ __all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "
            "row_layout",
            "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
            "pack_rows", "memory_bits",
-           "entry_bytes", "weight_image", "MemorySpec", "memories", "SPRAM_DEPTH", "deepest_memory"]
+           "entry_bytes", "weight_image", "value_bits", "MemorySpec", "memories", "SPRAM_DEPTH", "deepest_memory"]
 
 #: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
 #: chunks this deep.
@@ -56,6 +56,7 @@ class Geometry:
     in_features: int
     out_features: int
     index_bits: int
+    value_bits: int           # signed bits of a stored weight (8 for int8; 4 for 4-bit weights)
     row_slots: tuple          # accumulator rows per row group, per layer
     row_base: tuple           # per layer: offset into the reducers' row tables
     out_slots: tuple          # outputs per row group, per layer (rows / pooling window)
@@ -176,7 +177,8 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         rows=grid.rows, cols=grid.cols, layers=len(program.layers),
         banks=options.banks_for(len(program.layers)),
         in_features=program.model.in_features, out_features=program.model.out_features,
-        index_bits=program.index_bits, row_slots=tuple(program.row_slots),
+        index_bits=program.index_bits, value_bits=value_bits(program),
+        row_slots=tuple(program.row_slots),
         row_base=tuple(program.row_base), out_slots=tuple(program.out_slots),
         col_slots=tuple(program.col_slots), ptr_base=tuple(program.ptr_base), groups=groups,
         pool_sum_width=max(9, (128 * max(groups)).bit_length() + 1),
@@ -206,6 +208,15 @@ def _layer_shift(layer) -> int:
     return shifts.pop()
 
 
+def value_bits(program: SparseProgram) -> int:
+    """Signed bits the stored weights need: 8 for int8 weights, fewer for a model trained
+    with narrower ones (4-bit weights, -7..7, take 4 bits an entry). A program without a
+    nonzero weight keeps 8."""
+    peak = max((int(np.abs(pe.entry_value.astype(np.int64)).max(initial=0))
+                for pe in program.pe_images), default=0)
+    return peak.bit_length() + 1 if peak else 8
+
+
 def bus_layout(geo: Geometry) -> data.StructLayout:
     """What a bus carries: one nonzero activation (its local column, its value) for the bank
     ``slot``, or (``end``) the token that closes one source's part of that bank's layer."""
@@ -218,7 +229,8 @@ def bus_layout(geo: Geometry) -> data.StructLayout:
 
 
 def entry_layout(geo: Geometry) -> data.StructLayout:
-    return data.StructLayout({"value": signed(8), "index": unsigned(geo.index_bits)})
+    return data.StructLayout({"value": signed(geo.value_bits),
+                              "index": unsigned(geo.index_bits)})
 
 
 def job_layout(geo: Geometry) -> data.StructLayout:
@@ -269,8 +281,9 @@ def pack_pointers(program: SparseProgram, pe: int, geo: Geometry) -> list:
 def pack_entries(program: SparseProgram, pe: int, geo: Geometry) -> list:
     img = program.pe_images[pe]
     mask = (1 << geo.index_bits) - 1
-    values = (img.entry_value.astype(np.int64) & 0xFF) | (img.entry_index.astype(np.int64)
-                                                           & mask) << 8
+    bits = geo.value_bits
+    values = (img.entry_value.astype(np.int64) & ((1 << bits) - 1)) | (
+        img.entry_index.astype(np.int64) & mask) << bits
     return [int(v) for v in values] or [0]
 
 

@@ -305,7 +305,8 @@ class Reducer(wiring.Component):
         at_sum = _delay(m, issued, wait, "at_sum")
         m.submodules.requant = rq = Requantizer(
             acc_width=geo.acc_width, bias_width=geo.bias_width, shifts=geo.shifts,
-            tag_shape=side, deep=deep)
+            tag_shape=side, deep=deep,
+            half_even=[layer.quant.half_even for layer in prog.layers])
         m.d.comb += [
             rq.i.valid.eq(at_sum.valid),
             rq.i.payload.acc.eq(Mux(at_sum.marker, 0, tree.o)),

@@ -3,7 +3,10 @@
 
 ``y = clamp(((acc + bias) * multiplier + 2**(shift-1)) >> shift, 0 if relu else -128, 127)``,
 computed as ``((p >> (shift - 1)) + 1) >> 1`` with ``p = (acc + bias) * multiplier``, which is
-the same integer for every ``shift >= 1``. Shifts are per-layer constants (the compiler gives
+the same integer for every ``shift >= 1``. A layer marked ``half_even`` (imported with the
+model's own QONNX/QDQ quantization) rounds ties to even instead: a tie (``halved`` odd, the
+bits below it zero) whose lower neighbour is even (bit 1 of ``halved`` clear) rounds down.
+Shifts are per-layer constants (the compiler gives
 every channel of a layer one shift), so the shift is a small multiplexer of fixed bit slices,
 not a barrel shifter.
 """
@@ -30,6 +33,9 @@ class Requantizer(wiring.Component):
         Signed width of ``acc + bias`` (the compiler proves it from the weights and biases).
     shifts : tuple of int
         The shifts in use (one per layer); the input selects one by index.
+    half_even : tuple of bool or None
+        Per entry of ``shifts``: ties round to even there (None: every tie rounds up, and no
+        logic for it is built).
     tag_shape : ShapeLike
         Shape of a payload carried alongside, unchanged (row number, fan-out mask ...).
     deep : bool
@@ -47,7 +53,7 @@ class Requantizer(wiring.Component):
     """
 
     def __init__(self, *, acc_width: int, bias_width: int, shifts, tag_shape=unsigned(1),
-                 deep: bool = False):
+                 deep: bool = False, half_even=None):
         for name, width in (("acc_width", acc_width), ("bias_width", bias_width)):
             if not isinstance(width, int) or width < 2:
                 raise TypeError(f"{name} must be an integer >= 2, not {width!r}")
@@ -58,6 +64,14 @@ class Requantizer(wiring.Component):
         if not shifts or any(not isinstance(s, int) or not 1 <= s <= SHIFT_MAX for s in shifts):
             raise ValueError(f"shifts must be integers in 1..{SHIFT_MAX}, not {shifts!r}")
         self.acc_width, self.bias_width, self.shifts = acc_width, bias_width, shifts
+        if half_even is not None:
+            half_even = tuple(bool(h) for h in half_even)
+            if len(half_even) != len(shifts):
+                raise ValueError(f"half_even needs one flag per shift ({len(shifts)}), not "
+                                 f"{half_even!r}")
+            if not any(half_even):
+                half_even = None
+        self.half_even = half_even
         self.deep = deep
         self.latency = self.stages(deep)
         self.product_width = bias_width + MULTIPLIER_BITS + 1
@@ -115,9 +129,19 @@ class Requantizer(wiring.Component):
                           shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
         # stage 3 (and 3b when deep): shift by a per-layer constant, round half up, saturate
         shifted = Array([s2["product"] >> (s - 1) for s in self.shifts])[s2["shift"]]
+        # round half to even: a tie (no bits below the half bit) rounds down when the value
+        # below it is even; never at a saturation edge (there the rounded-up value is even)
+        if self.half_even is not None:
+            exact = Array([Const(1) if s == 1 else ~s2["product"][:s - 1].any()
+                           for s in self.shifts])[s2["shift"]]
+            even = Array([Const(int(h)) for h in self.half_even])[s2["shift"]]
+            down = even & exact & shifted[0] & ~shifted[1]
+        else:
+            down = Const(0)
         if self.deep:
-            s3 = register(valid=s2["valid"], halved=shifted, relu=s2["relu"], tag=s2["tag"])
-            halved, relu, last = s3["halved"], s3["relu"], s3
+            s3 = register(valid=s2["valid"], halved=shifted, relu=s2["relu"], tag=s2["tag"],
+                          down=down)
+            halved, relu, last, down = s3["halved"], s3["relu"], s3, s3["down"]
         else:
             halved, relu, last = shifted, s2["relu"], s2
         # rounded = (halved + 1) >> 1; decide saturation on `halved` itself:
@@ -140,7 +164,7 @@ class Requantizer(wiring.Component):
         above = ~sign & (~fits | high_half)
         below = sign & Mux(relu, ~(fits & low.all()), ~fits | ~high_half)
         small = Signal(signed(10))
-        m.d.comb += small.eq((low.as_signed() + 1) >> 1)
+        m.d.comb += small.eq((low.as_signed() + Mux(down, 0, 1)) >> 1)
         if self.deep:
             # deep: the saturation flags into registers, the choice a stage later
             s4 = register(valid=last["valid"], above=above, below=below, small=small,

@@ -195,3 +195,28 @@ def test_requantizer_on_random_compiled_layers(seed, deep):
     got = _requantize_on(dut, acc, bias, mult, select, relu, offer_probability=0.85, rng=rng)
     assert np.array_equal(np.array(got), want)
     assert len(set(got)) > 10
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_half_even_rounding_matches_the_reference(deep):
+    """Layers imported with the model's own quantization round ties to even (QuantizeLinear);
+    the others, in the same requantizer, still round ties up. Ties dense (multiplier 1, small
+    shifts) and the saturation edges."""
+    shifts = (1, 2, 3, 14)
+    half_even = (True, True, False, True)
+    dut = Requantizer(acc_width=12, bias_width=13, shifts=shifts, deep=deep,
+                      half_even=half_even)
+    acc, select, relu = (a.ravel() for a in np.meshgrid(
+        np.concatenate([np.arange(-300, 300), np.arange(-1030, -1010), np.arange(1010, 1030)]),
+        np.arange(len(shifts)), [0, 1]))
+    bias = np.zeros_like(acc)
+    mult = np.where(select == 3, 2 ** 13, 1)
+    want = np.concatenate([reference.requantize(
+        np.array([a]), np.array([mm]), np.array([shifts[s]]), bool(r), half_even[s])
+        for a, mm, s, r in zip(acc, mult, select, relu)])
+    got = _requantize_on(dut, acc, bias, mult, select, relu)
+    assert np.array_equal(got, want)
+    # the reference's half-even rule is numpy's rint where the value is a tie
+    x = np.arange(-64, 64)
+    assert np.array_equal(reference.requantize(x, 1, 2, False, True),
+                          np.clip(np.rint(x / 4), -128, 127))

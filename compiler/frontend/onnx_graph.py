@@ -6,7 +6,8 @@ evaluated with ``onnx.reference``. Every other node must take the previous node'
 and be one of :data:`ONNX_LAYERS`, which names the torch layer whose handler
 (:data:`.handlers.HANDLERS`) reads it. :class:`OnnxModel` runs the graph with
 ``onnx.reference`` so that the compiled layers are checked against the model numerically, as
-torch modules are.
+torch modules are. Quantizers (QONNX ``Quant``, ``QuantizeLinear``/``DequantizeLinear``) are
+read by :mod:`.quantizers` into ``OnnxModel.quantization``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from onnx.reference import ReferenceEvaluator
 
 from core.errors import FrontendError
 from .handlers import Attrs, Op, module_ops
+from .quantizers import (QONNX_DOMAINS, QUANT_OPS, REFERENCE_OPS, GraphQuantization, quant,
+                         read_quantizer)
 
 __all__ = ["ONNX_LAYERS", "OnnxModel", "load_onnx", "onnx_ops"]
 
@@ -44,13 +47,15 @@ class OnnxModel:
         dims = inputs[0].type.tensor_type.shape.dim
         self.batch = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
         self._evaluator = None
+        self.quantization: GraphQuantization | None = None   # set by onnx_ops
 
     def eval(self):
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._evaluator is None:
-            self._evaluator = ReferenceEvaluator(_for_reference(self.proto))
+            self._evaluator = ReferenceEvaluator(_for_reference(self.proto),
+                                                 new_ops=REFERENCE_OPS)
         x = x.detach().cpu().numpy().astype(np.float32)
         step = self.batch or len(x)       # a graph exported for batch 1 runs row by row
         out = [self._evaluator.run(None, {self.input: x[i:i + step]})[0]
@@ -62,15 +67,22 @@ def _for_reference(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model as ``onnx.reference`` should run it: its BatchNormalization before opset 14
     uses batch statistics whenever ``momentum`` is set (torch writes it), where the operator
     means inference with the running statistics. Opset 14 changes nothing else of the
-    supported operators (Reshape's ``allowzero`` defaults to the old behaviour)."""
+    supported operators (Reshape's ``allowzero`` defaults to the old behaviour).
+    ``onnx.reference`` implements QuantizeLinear/DequantizeLinear from opset 19 only, which
+    computes the same for the integer types as opsets 13-18: a QDQ graph runs as opset 19."""
     version = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
-    if version != 13 or not any(n.op_type == "BatchNormalization" for n in proto.graph.node):
+    ops = {n.op_type for n in proto.graph.node}
+    if version < 19 and ops & {"QuantizeLinear", "DequantizeLinear"}:
+        target = 19
+    elif version == 13 and "BatchNormalization" in ops:
+        target = 14
+    else:
         return proto
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     for entry in copy.opset_import:
         if entry.domain in ("", "ai.onnx"):
-            entry.version = 14
+            entry.version = target
     return copy
 
 
@@ -205,8 +217,11 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
     dims = _dims(model.proto)
     activation, ops = model.input, []
     shapes: set = set()           # values computed from the activation's shape only
+    quantization = model.quantization = GraphQuantization()
     for index, node in enumerate(graph.node):
         label = f"node {node.name or index!r}"
+        is_quant = node.op_type in QUANT_OPS and node.domain in (
+            QONNX_DOMAINS if node.op_type == "Quant" else ("", "ai.onnx"))
         if node.op_type == "Constant" and not node.input:
             (tensors[node.output[0]],) = ReferenceEvaluator(node).run(None, {})
             continue
@@ -215,16 +230,24 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
             shapes.update(node.output)    # x.view(x.size(0), -1): Shape, Gather, Concat, ...
             continue
         live = [i for i in node.input if i and i not in tensors and i not in shapes]
-        if not live:              # tensors only: weight transposes, masks, casts
-            outputs = ReferenceEvaluator(node).run(None, {i: tensors[i] for i in node.input
-                                                          if i})
+        if not live:              # tensors only: weight transposes, masks, casts, quantizers
+            values = [tensors[i] if i else None for i in node.input]
+            if is_quant and node.op_type == "Quant":
+                outputs = [quant(*values, **_attrs(node))]
+            else:
+                outputs = ReferenceEvaluator(node).run(None, {i: tensors[i] for i in node.input
+                                                              if i})
             tensors.update(zip(node.output, outputs))
+            if is_quant and node.op_type != "QuantizeLinear":
+                quantization.weight_inputs[node.output[0]] = _quantizer(where, node, values,
+                                                                        label)
             continue
         if live != [activation] or node.input[0] != activation and node.op_type != "Add":
             raise FrontendError(f"{where}: the ONNX graph is not a plain chain of layers (at "
                                 f"{label}, {node.op_type}); branches and skip connections are "
                                 f"not supported")
-        if node.op_type not in ONNX_LAYERS or node.domain not in ("", "ai.onnx"):
+        if not is_quant and (node.op_type not in ONNX_LAYERS
+                             or node.domain not in ("", "ai.onnx")):
             raise FrontendError(f"{where}: unsupported operator {node.op_type!r} at {label}; "
                                 f"supported: {_supported()}")
         if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
@@ -232,6 +255,17 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
                 raise FrontendError(f"{where}: {label} (Dropout) uses its mask output; "
                                     f"export the model after model.eval()")
         values = [None if i == activation else tensors.get(i) for i in node.input]
+        if is_quant:              # on the activation: an identity for the float IR
+            if node.op_type != "DequantizeLinear":
+                try:
+                    quantization.add_activation(len(quantization.weights),
+                                                _quantizer(where, node, values, label))
+                except ValueError as e:
+                    raise FrontendError(f"{where}: {e}") from None
+            activation = node.output[0]
+            continue
+        if node.op_type in ("Gemm", "MatMul", "Conv"):
+            quantization.weights.append(quantization.weight_inputs.get(node.input[1]))
         if node.op_type == "Reshape" and node.input[1] in shapes:
             target = dims.get(node.input[1], [None])          # only its rank is known
             rank = target[0] if len(target) == 1 else None
@@ -253,6 +287,13 @@ def onnx_ops(model: OnnxModel) -> list[Op]:
     if activation != graph.output[0].name:
         raise FrontendError(f"{where}: the ONNX graph's output is not its last layer's")
     return ops
+
+
+def _quantizer(where, node, values, label):
+    try:
+        return read_quantizer(node, values, _attrs(node), label)
+    except ValueError as e:
+        raise FrontendError(f"{where}: unsupported quantizer: {e}") from None
 
 
 def _bias_add(where, label, values, ops):
