@@ -31,9 +31,10 @@ from . import reference
 from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .frontend import first_layer, load_module, to_ir
-from .passes.encode import encode
 from .passes.imported import agreement, quantize_imported
 from .passes.quantize import quantization_warnings, quantize
+from .compiling import compile_model, encode_calibrated
+from .prune.fit import sparsity_hint
 from .report import build_report, write_report
 from .serialize import save_program
 
@@ -44,31 +45,6 @@ __all__ = ["BuildConfig", "BuildState", "BuildResult", "STEPS", "build", "compil
 #: beyond any supported board (the fit check names what fits); larger counts would spend
 #: minutes encoding before the fit check could refuse them.
 MAX_PES = 1024
-
-
-def encode_calibrated(quantized: Model, calibration: np.ndarray, pes: int, *,
-                      grid: Grid | str | None = None, index_bits: int | None = None,
-                      dense: bool = False) -> SparseProgram:
-    """Encode ``quantized`` for ``pes`` PEs, balancing them on the activity that
-    ``calibration`` (float [N, in]) produces in every layer."""
-    x = reference.quantize_input(calibration, quantized.input_scale)
-    _, acts = reference.run_dense(quantized, x[:256], return_activations=True)
-    return encode(quantized, pes, grid=grid, index_bits=index_bits,
-                  activity=[a != 0 for a in acts[:-1]], skip_zero_activations=not dense)
-
-
-def compile_model(model: Model, calibration: np.ndarray, pes: int, *,
-                  grid: Grid | str | None = None, index_bits: int | None = None,
-                  dense: bool = False, quantization=None) -> SparseProgram:
-    """Float IR -> quantized, encoded program (the library path of ``build`` without files).
-    ``quantization``: a QONNX / QDQ graph's own quantizers (``OnnxModel.quantization``), used
-    instead of calibrating."""
-    if quantization is not None and quantization.present:
-        quantized = quantize_imported(model, quantization, calibration)[0]
-    else:
-        quantized = quantize(model, calibration)
-    return encode_calibrated(quantized, calibration, pes, grid=grid, index_bits=index_bits,
-                             dense=dense)
 
 
 @dataclass
@@ -285,7 +261,6 @@ def step_plan(s: BuildState):
 def _sparsity_hint(s: BuildState, pes: int) -> str | None:
     """The sparsity at which the model would fit at ``pes`` PEs, for the fit error (None: it
     is no torch model ``prune`` can change)."""
-    from .prune.fit import sparsity_hint
     return sparsity_hint(s.module, s.calibration, s.board, pes, model_path=s.config.model,
                          board_name=s.config.board, input_shape=s.input_shape,
                          choices=s.choices, index_bits=s.config.index_bits)

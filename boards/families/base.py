@@ -9,6 +9,7 @@ import math
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import memory
 
+from core.errors import InputError
 from hw.options import Choices, HardwareOptions
 
 from .. import flow
@@ -196,8 +197,6 @@ class Family:
         """Wire ``pins`` (:data:`boards.link.flashboot.FlashSignature`: ``sck``, ``cs``
         (high: selected), ``copi`` out, ``cipo`` in) to the board's SPI flash
         (``build --boot-from-flash``)."""
-        from core.errors import InputError
-
         raise InputError(f"{self.title} boards: reading the weights from the SPI flash is not "
                          f"supported; upload them with `run` instead")
 
@@ -324,8 +323,6 @@ class NextpnrFamily(Family):
 def request_flash(platform, name: str, title: str):
     """The platform's SPI flash resource, or a one-line error."""
     from amaranth.build import ResourceError
-
-    from core.errors import InputError
 
     try:
         return platform.request(name, 0)

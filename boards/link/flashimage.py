@@ -23,6 +23,10 @@ from pathlib import Path
 
 from amaranth.lib.crc import catalog
 
+from hw.images import geometry, weight_image
+
+from .protocol import design_id
+
 __all__ = ["MAGIC", "HEADER_BYTES", "PREFIX_BYTES", "CRC", "FLASH_FILE", "expected_prefix",
            "flash_image", "parse_flash_image", "write_flash_image"]
 
@@ -70,10 +74,6 @@ def parse_flash_image(data: bytes) -> tuple[int, bytes]:
 def write_flash_image(program, options, out_dir) -> Path:
     """``out_dir``/:data:`FLASH_FILE` for ``program`` built with ``options`` (uploaded
     weights)."""
-    from hw.images import geometry, weight_image
-
-    from .protocol import design_id
-
     geo = geometry(program, options)
     if geo.weights != "uploaded":
         raise ValueError(f"a flash image is for uploaded weights, not {geo.weights!r}")

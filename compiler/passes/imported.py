@@ -31,6 +31,8 @@ import numpy as np
 
 from core.arith import WEIGHT_MAX
 from core.ir import Model, Quantization
+
+from .. import reference
 from .quantize import QuantizationError, _activation_scale, _layer_forward, quantize_multipliers
 
 __all__ = ["quantize_imported", "agreement"]
@@ -164,8 +166,6 @@ def agreement(module, quantized: Model, x: np.ndarray) -> dict:
     """How often the quantized IR's integer outputs equal the graph's own (its fake-quant
     outputs divided by its output scale), on float inputs ``x``."""
     import torch
-
-    from compiler import reference
 
     x = np.asarray(x, np.float32)
     with torch.no_grad():

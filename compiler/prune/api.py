@@ -19,9 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from boards import get_board
 from core.errors import FrontendError, InputError
+
 from .data import PruneData, check_model_fits, load_data
 from .distributed import DEVICES, Runtime, resolve_device, runtime
+from .fit import calibration_of, choose_target, fit_report
 from .layers import check_finite, check_prunable, prunable_layers
 from .masks import Targets, keep_count, project_exact
 from .methods import AUTO_UNITS, METHODS, PROJECTION
@@ -106,7 +109,6 @@ class PruneConfig:
 def _validate_fit(config: PruneConfig) -> None:
     """``--fit-board``: a known board; ``--sparsity`` left out (None) or a number, the least
     the search may return."""
-    from boards import get_board
     try:
         get_board(config.fit_board)
     except InputError as e:
@@ -288,8 +290,6 @@ def _check_out(out: Path) -> None:
 def _refit(result: PruneResult, data: PruneData, search, notes: list[str], warn) -> None:
     """``--fit-board``: check the fine-tuned model itself (its zero count is the target's, its
     zeros may sit elsewhere) and record the search and that check in ``result.info["fit"]``."""
-    from boards import get_board
-    from .fit import calibration_of, fit_report
 
     calibration, shape = calibration_of(data)
     final = fit_report(result.model, calibration, get_board(result.config.fit_board),
@@ -327,7 +327,6 @@ def prune_file(model_path, config: PruneConfig, *, out=None, trust_pickle: bool 
     check_model_fits(module, data)
     fit_notes, search = [], None
     if config.fit_board is not None:
-        from .fit import choose_target
         target, search, fit_notes = choose_target(module, data, config, progress)
         config = replace(config, sparsity=target)
     out = Path(out) if out is not None else default_out(model_path, config)

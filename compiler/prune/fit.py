@@ -22,8 +22,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch.nn as nn
 
-from boards.fit import FitEstimate, resolve_options
+from boards import get_board
+from boards.fit import FitEstimate, plan, resolve_options
 from core.errors import FitError
+
+from .. import reference
+from ..compiling import compile_model, encode_calibrated
+from ..frontend import to_ir
+from ..passes.quantize import quantize
+from .layers import prunable_layers
 from .masks import Targets, project_exact
 from .methods import PROJECTION
 
@@ -88,9 +95,6 @@ def fit_estimate(module: nn.Module, calibration: np.ndarray, board, pes: int, *,
     """The fit estimate of ``module`` (float torch model) compiled for ``pes`` PEs on
     ``board``, as ``build``'s plan makes it (banks from a reference run on the calibration
     inputs, weights moved to SPRAM where only that fits). ``calibration``: float [N, in]."""
-    from .. import reference
-    from ..build import compile_model
-    from ..frontend import to_ir
 
     kwargs = {"input_shape": tuple(input_shape)} if input_shape else {}
     program = compile_model(to_ir(module, "model", **kwargs), calibration, pes,
@@ -170,11 +174,6 @@ def fit_report(model: nn.Module, calibration: np.ndarray, board, pes: int | None
     without the plan of ``--pes auto`` (the most inferences per second that fit). A dict:
     ``fits``, ``pes``, ``estimate`` (:meth:`~boards.fit.FitEstimate.as_dict`), ``reason`` or
     ``problem`` (the :class:`FitError` text)."""
-    from boards.fit import plan
-    from .. import reference
-    from ..build import encode_calibrated
-    from ..frontend import to_ir
-    from ..passes.quantize import quantize
 
     kwargs = {"input_shape": tuple(input_shape)} if input_shape else {}
     quantized = quantize(to_ir(copy.deepcopy(model).cpu().eval(), "model", **kwargs),
@@ -192,7 +191,6 @@ def fit_report(model: nn.Module, calibration: np.ndarray, board, pes: int | None
 
 
 def _zero_share(module: nn.Module) -> float:
-    from .layers import prunable_layers
     layers = [m.weight for _, m in prunable_layers(module)]
     total = sum(w.numel() for w in layers)
     return sum(int((w == 0).sum()) for w in layers) / max(total, 1)
@@ -205,7 +203,6 @@ def choose_target(module: nn.Module, data, config, progress=None
     the user asked for; None: 0) and the model's own share of zero weights (lower targets
     would let fine-tuning regrow weights the fit was measured without), at ``config.pes``
     PEs (None: 1, the smallest design, as ``build --pes auto`` falls back to)."""
-    from boards import get_board
 
     board = get_board(config.fit_board)
     pes = config.pes or 1
@@ -253,7 +250,6 @@ def sparsity_hint(module, calibration: np.ndarray, board, pes: int, *, model_pat
     ``pes`` PEs and the ``prune`` command that gets there, or that sparsity would not help
     (what stays short even at :data:`CEILING`). None when ``module`` cannot be pruned (not
     an eager torch model with Linear or Conv2d layers). A coarse, capped search: seconds."""
-    from .layers import prunable_layers
 
     if not isinstance(module, nn.Module) or not _is_prunable(module, prunable_layers):
         return None

@@ -33,7 +33,7 @@ from ..masks import Masks, Targets, apply_masks, keep_top, magnitude_scores, sel
 from ..schedule import cubic_sparsity, pruning_steps
 from ..train import Session, fine_tune
 from .base import MethodResult
-from ...build import compile_model
+from ...compiling import compile_model
 from ...frontend import to_ir
 from ...passes.encode import choose_grid
 
