@@ -21,7 +21,7 @@ __all__ = ["Requantizer"]
 
 
 class Requantizer(wiring.Component):
-    """Three-stage requantization pipeline (six when ``deep``) with a pass-through tag. It never
+    """Three-stage requantization pipeline (seven when ``deep``) with a pass-through tag. It never
     stalls: every cycle it takes a value if one is offered and delivers one ``latency`` cycles
     later.
 
@@ -92,7 +92,7 @@ class Requantizer(wiring.Component):
     @staticmethod
     def stages(deep: bool) -> int:
         """Cycles from an input to its output."""
-        return 6 if deep else 3
+        return 7 if deep else 3
 
     def elaborate(self, platform):
         m = Module()
@@ -114,6 +114,12 @@ class Requantizer(wiring.Component):
         # stage 2: multiply. Deep: in two halves (the low 16 bits of `biased` and the rest),
         # each a DSP tile of its own with a register behind it, summed a stage later
         if self.deep:
+            # the multiplier's operands again, in registers whose only load is the DSP tiles:
+            # placed beside them, so that neither routing hop into and out of a MULT18 is a
+            # long one (the P = 32 ECP5 critical path ran from the row parameters' register
+            # through a MULT18 into the product's)
+            s1 = register(valid=s1["valid"], biased=s1["biased"], multiplier=s1["multiplier"],
+                          shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
             biased, side = s1["biased"], {k: s1[k] for k in ("valid", "shift", "relu", "tag")}
             if len(biased) > 16:
                 s2a = register(lo=biased[:16] * s1["multiplier"],
