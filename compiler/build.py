@@ -30,6 +30,7 @@ from . import reference
 from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .frontend import first_layer, load_module, to_ir
+from .passes.codebook import WEIGHT_BITS_MAX, apply_codebook
 from .passes.encode import encode
 from .passes.quantize import quantization_warnings, quantize
 from .report import build_report, write_report
@@ -46,21 +47,25 @@ MAX_PES = 1024
 
 def encode_calibrated(quantized: Model, calibration: np.ndarray, pes: int, *,
                       grid: Grid | str | None = None, index_bits: int | None = None,
-                      dense: bool = False) -> SparseProgram:
+                      dense: bool = False, weight_bits="off") -> SparseProgram:
     """Encode ``quantized`` for ``pes`` PEs, balancing them on the activity that
-    ``calibration`` (float [N, in]) produces in every layer."""
+    ``calibration`` (float [N, in]) produces in every layer; ``weight_bits``: weight sharing
+    (:func:`~compiler.passes.codebook.apply_codebook`)."""
     x = reference.quantize_input(calibration, quantized.input_scale)
     _, acts = reference.run_dense(quantized, x[:256], return_activations=True)
-    return encode(quantized, pes, grid=grid, index_bits=index_bits,
-                  activity=[a != 0 for a in acts[:-1]], skip_zero_activations=not dense)
+    program = encode(quantized, pes, grid=grid, index_bits=index_bits,
+                     activity=[a != 0 for a in acts[:-1]], skip_zero_activations=not dense)
+    return apply_codebook(program, weight_bits)
 
 
 def compile_model(model: Model, calibration: np.ndarray, pes: int, *,
                   grid: Grid | str | None = None, index_bits: int | None = None,
-                  dense: bool = False) -> SparseProgram:
-    """Float IR -> quantized, encoded program (the library path of ``build`` without files)."""
-    return encode_calibrated(quantize(model, calibration), calibration, pes, grid=grid,
-                             index_bits=index_bits, dense=dense)
+                  dense: bool = False, weight_bits="off") -> SparseProgram:
+    """Float IR -> quantized, encoded program (the library path of ``build`` without files).
+    ``weight_bits`` other than "off" also quantizes a weight-shared layer on one scale."""
+    quantized = quantize(model, calibration, weight_sharing=weight_bits not in (None, "off"))
+    return encode_calibrated(quantized, calibration, pes, grid=grid, index_bits=index_bits,
+                             dense=dense, weight_bits=weight_bits)
 
 
 @dataclass
@@ -75,6 +80,7 @@ class BuildConfig:
     out: str | None = None               # default build/<model>-<board>
     trust_pickle: bool = False
     index_bits: int | None = None        # None: narrowest with <= 1 % padding
+    weight_bits: int | str = "auto"      # weight sharing: "auto", "off" or a codebook index width
     fifo_depth: int | None = None        # each PE's activation FIFO (hw.options)
     banks: int | list | None = None      # accumulator banks, all layers or per layer (hw.options)
     dense: bool = False                  # store every weight, skip nothing (baseline)
@@ -120,6 +126,10 @@ class BuildConfig:
             raise InputError(f"--seed must be a whole number >= 1, not {self.seed!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
+        if self.weight_bits not in ("auto", "off") and not (
+                isinstance(self.weight_bits, int) and 1 <= self.weight_bits <= WEIGHT_BITS_MAX):
+            raise InputError(f"--weight-bits must be auto, off or in 1..{WEIGHT_BITS_MAX}, not "
+                             f"{self.weight_bits!r}")
         self.choices                     # hw.options checks the gateware options
         get_board(self.board)
         return self
@@ -212,7 +222,8 @@ def step_frontend(s: BuildState):
 
 
 def step_quantize(s: BuildState):
-    s.quantized = quantize(s.model, s.calibration)
+    s.quantized = quantize(s.model, s.calibration,
+                           weight_sharing=s.config.weight_bits != "off")
     s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
 
 
@@ -228,7 +239,8 @@ def step_plan(s: BuildState):
 
     def compile_for(pes: int, grid=None) -> SparseProgram:
         return encode_calibrated(s.quantized, s.calibration, pes, grid=grid,
-                                 index_bits=config.index_bits, dense=config.dense)
+                                 index_bits=config.index_bits, dense=config.dense,
+                                 weight_bits=config.weight_bits)
 
     x = reference.quantize_input(s.calibration, s.quantized.input_scale)[:256]
     s.plan = plan(compile_for, s.board, pes=config.requested_pes, grid=config.grid,
