@@ -229,10 +229,9 @@ def entry_layout(geo: Geometry) -> data.StructLayout:
 
 
 def codebook_rom(geo: Geometry) -> list:
-    """The PEs' codebook ROM, addressed by (bank slot, code) as ``slot << B | code``: the table
-    of the slot's layer (so the walker needs no slot-to-layer decode)."""
-    return [geo.codebooks[geo.layer_of(s)][c] for s in range(geo.slots)
-            for c in range(1 << geo.weight_bits)]
+    """The PEs' codebook ROM, every layer's table in turn: layer ``m``'s code ``c`` at
+    ``m << B | c``."""
+    return [int(v) for table in geo.codebooks for v in table]
 
 
 def job_layout(geo: Geometry) -> data.StructLayout:

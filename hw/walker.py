@@ -207,15 +207,17 @@ class ColumnWalker(wiring.Component):
         return m
 
     def _decode(self, m, out, word):
-        """Weight sharing, stage D: the entry's code through its layer's codebook (a ROM
-        addressed by the op's bank slot and the code, :func:`hw.images.codebook_rom`) into a
-        register, with the op's other fields registered beside it."""
+        """Weight sharing, stage D: the entry's code through its layer's codebook (a ROM of
+        every layer's table, :func:`hw.images.codebook_rom`; the op's bank slot names its
+        layer) into a register, with the op's other fields registered beside it."""
         geo = self.geo
         rom = codebook_rom(geo)
         d = {name: Signal(value.shape(), name=f"d_{name}") for name, value in out.items()}
         m.d.sync += [d[name].eq(value) for name, value in out.items()]
+        layer_w = max(1, (geo.layers - 1).bit_length())
+        layer = Array(Const(geo.layer_of(s), layer_w) for s in range(geo.slots))[out["slot"]]
         address = Signal(range(len(rom)))
-        m.d.comb += address.eq(word.value | (out["slot"] << geo.weight_bits))
+        m.d.comb += address.eq(word.value | (layer << geo.weight_bits))
         weight = Signal(signed(8), name="d_weight")
         gap = Signal(geo.index_bits, name="d_gap")
         table = Array(Const(v, signed(8)) for v in rom)

@@ -88,16 +88,16 @@ def _activation_scale(values: np.ndarray) -> float:
 
 
 #: A layer counts as weight-shared when its nonzero weights take at most this many distinct
-#: values, each shared by this many weights on average (a trained layer has as many values as
-#: weights; a clustered one, a few).
-SHARED_VALUES, SHARED_BY = 128, 4
+#: values and fewer values than weights (a trained layer has as many values as weights; a
+#: clustered one, a few).
+SHARED_VALUES = 128
 
 
 def shared_weights(weight: np.ndarray, limit: int = SHARED_VALUES) -> bool:
     """Whether ``weight``'s nonzero values come from a small codebook (weight sharing)."""
     nonzero = weight[weight != 0]
     distinct = len(np.unique(nonzero))
-    return 0 < distinct <= limit and len(nonzero) >= SHARED_BY * distinct
+    return 0 < distinct <= limit and len(nonzero) > distinct
 
 
 def _weight_scales(layer: Layer, w: np.ndarray, shared: bool) -> np.ndarray:
