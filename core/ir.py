@@ -522,7 +522,7 @@ class SparseProgram:
         size = 1 << self.weight_bits
         if len(self.codebooks) != len(self.layers) or any(
                 len(t) != size for t in self.codebooks) or not 1 <= self.weight_bits <= 7:
-            raise IRError(f"one codebook of 2**B entries (B in 1..7) per layer expected")
+            raise IRError("one codebook of 2**B entries (B in 1..7) per layer expected")
         for t in self.codebooks:
             if np.abs(np.asarray(t, dtype=np.int64)).max(initial=0) > WEIGHT_MAX:
                 raise IRError("a codebook value is outside the symmetric int8 range")
