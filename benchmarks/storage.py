@@ -5,7 +5,8 @@
 * digits: the bundled example's architecture (MLP 64-128-64-10) trained densely as
   ``benchmarks/prune_digits.py`` does, pruned with ``--method`` to ``--sparsity`` (plain), and
   again with ``--weight-bits 4`` and ``5`` (same method, sparsity and budget); each built with
-  ``build --no-bitstream --weight-bits auto`` at every ``--pes``; accuracy of the reference
+  ``build --no-bitstream`` at every ``--pes``, ``--weight-bits off`` for the plain model and
+  ``--weight-bits B`` for the shared ones; accuracy of the reference
   model (bit-exact with the RTL) on the digits test split against the dense float model.
 * LeNet-300-100 (``benchmarks/board_builds.py``'s ``lenet_model()``: random weights, 92 %
   pruned): storage only (a random model has no accuracy), its weights clustered by the same
@@ -40,9 +41,12 @@ from compiler.prune.sharing import share_weights  # noqa: E402
 from compiler.prune.train import evaluate  # noqa: E402
 
 
-def _build(model_path, pes, work, calibration=None) -> tuple[dict, object]:
+def _build(model_path, pes, work, bits, calibration=None) -> tuple[dict, object]:
+    """``build --no-bitstream``: plain (``bits`` None: ``--weight-bits off``) or with B-bit
+    codes forced (what B costs, even where ``auto`` would keep int8 entries)."""
     config = BuildConfig(model=str(model_path), board="arty_a7", pes=pes, bitstream=False,
                          calibration=str(calibration) if calibration else None,
+                         weight_bits="off" if bits is None else bits,
                          out=str(work / f"{Path(model_path).stem}-p{pes}"))
     result = build(config)
     return result.report, result.program
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
         path = work / f"digits-{'plain' if bits is None else f'b{bits}'}.pt"
         torch.save(result.model, path)
         for pes in pes_list:
-            report, program = _build(path, pes, work)
+            report, program = _build(path, pes, work, bits)
             acc = f"{100 * _rtl_accuracy(program):.2f} (float {100 * result.accuracy_after:.2f})"
             rows.append(_row("digits MLP", bits or "-", pes, report, acc))
     model_path, cal_path = lenet_model(work)
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
             path = work / f"lenet-b{bits}.pt"
             torch.save(shared, path)
         for pes in pes_list:
-            report, _ = _build(path, pes, work, cal_path)
+            report, _ = _build(path, pes, work, bits, cal_path)
             rows.append(_row("LeNet-300-100", bits or "-", pes, report, "n/a (random)"))
     print(f"dense float digits MLP: {100 * dense_acc:.2f} % on the digits test split; "
           f"{args.method} at {100 * args.sparsity:g} %, {args.epochs} epochs")
