@@ -70,10 +70,14 @@ def apply_codebook(program: SparseProgram, weight_bits="auto") -> SparseProgram:
             if len(v) > 1 << bits:
                 nonzero = int(np.count_nonzero(v))
                 zero = " and 0 for its padding entries" if nonzero < len(v) else ""
+                need = codebook_bits([v])
+                fix = (f"give --weight-bits {need} or more, or auto" if need <= WEIGHT_BITS_MAX
+                       else "it needs int8 weights: give --weight-bits auto or off, or share "
+                            "its weights first (prune --weight-bits)")
                 raise InputError(
                     f"--weight-bits {bits}: layer {layer.name!r} has {nonzero} distinct "
                     f"nonzero int8 weights{zero}, more than a {bits}-bit codebook's "
-                    f"{1 << bits}; give --weight-bits {codebook_bits([v])} or more, or auto")
+                    f"{1 << bits}; {fix}")
     else:
         raise InputError(f"--weight-bits must be auto, off or a number in 1..{WEIGHT_BITS_MAX}, "
                          f"not {weight_bits!r}")
