@@ -170,7 +170,9 @@ def _markdown(r: dict) -> str:
         "",
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']} on a {r['grid']} grid, relative index bits: "
-        f"{r['index_bits']}, FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
+        f"{r['index_bits']}, weight bits: {r.get('weight_bits', 8)}"
+        f"{' (codebook indices)' if r.get('weight_bits', 8) < 8 else ''}, "
+        f"FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
         f"memories: {r['memory_style']}, accumulators: {r['accumulators']}, pointers: "
         f"{r['pointers']}, pipeline: {r['pipeline']}",
         *([f"- plan: {r['plan']['reason']}"] if r.get("plan") else []),
