@@ -526,13 +526,13 @@ class SparseProgram:
         for t in self.codebooks:
             if np.abs(np.asarray(t, dtype=np.int64)).max(initial=0) > WEIGHT_MAX:
                 raise IRError("a codebook value is outside the symmetric int8 range")
+        tables = np.asarray(self.codebooks, dtype=np.int64)
         for pe in self.pe_images:
             code = pe.entry_code
             if code is None or len(code) != len(pe.entry_value) or (
                     (code < 0) | (code >= size)).any():
                 raise IRError("every entry of a codebook program needs a code < 2**B")
             layer = pe.layer_of_entries(self.ptr_base, self.col_slots)
-            tables = np.asarray(self.codebooks, dtype=np.int64)
             if len(code) and not np.array_equal(tables[layer, code],
                                                 pe.entry_value.astype(np.int64)):
                 raise IRError("an entry's code does not decode to its weight")
