@@ -31,6 +31,7 @@ from . import reference
 from .arrays import load_features
 from .datasets import DIGITS_FEATURES, DIGITS_IMAGE, digits_split
 from .frontend import first_layer, load_module, to_ir
+from .passes.codebook import WEIGHT_BITS_MAX
 from .passes.imported import agreement, quantize_imported
 from .passes.quantize import quantization_warnings, quantize
 from .compiling import compile_model, encode_calibrated
@@ -59,6 +60,7 @@ class BuildConfig:
     out: str | None = None               # default build/<model>-<board>
     trust_pickle: bool = False
     index_bits: int | None = None        # None: narrowest with <= 1 % padding
+    weight_bits: int | str = "auto"      # weight sharing: "auto", "off" or a codebook index width
     fifo_depth: int | None = None        # each PE's activation FIFO (hw.options)
     banks: int | list | None = None      # accumulator banks, all layers or per layer (hw.options)
     dense: bool = False                  # store every weight, skip nothing (baseline)
@@ -107,6 +109,10 @@ class BuildConfig:
             raise InputError(f"--seed must be a whole number >= 1, not {self.seed!r}")
         if self.index_bits is not None and not 1 <= self.index_bits <= 16:
             raise InputError(f"--index-bits must be in 1..16, not {self.index_bits}")
+        if self.weight_bits not in ("auto", "off") and not (
+                isinstance(self.weight_bits, int) and 1 <= self.weight_bits <= WEIGHT_BITS_MAX):
+            raise InputError(f"--weight-bits must be auto, off or in 1..{WEIGHT_BITS_MAX}, not "
+                             f"{self.weight_bits!r}")
         self.choices                     # hw.options checks the gateware options
         board = get_board(self.board)
         if self.boot_from_flash and board.flash_offset is None:
@@ -208,13 +214,14 @@ def step_quantize(s: BuildState):
     """Our calibration, or a QONNX / QDQ graph's own quantizers (unless ``--requantize``),
     checked in integers against the graph's fake-quant outputs on the calibration inputs."""
     graph = getattr(s.module, "quantization", None)
+    sharing = s.config.weight_bits != "off"      # one scale a weight-shared layer
     if graph is None or not graph.present:
-        s.quantized = quantize(s.model, s.calibration)
+        s.quantized = quantize(s.model, s.calibration, weight_sharing=sharing)
         s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
         s.quantization = {"source": "calibration"}
         return
     if s.config.requantize:
-        s.quantized = quantize(s.model, s.calibration)
+        s.quantized = quantize(s.model, s.calibration, weight_sharing=sharing)
         s.warnings += quantization_warnings(s.model, s.quantized, s.calibration)
         s.quantization = {"source": "calibration (--requantize: the model's scales ignored)"}
         return
@@ -241,7 +248,8 @@ def step_plan(s: BuildState):
 
     def compile_for(pes: int, grid=None) -> SparseProgram:
         return encode_calibrated(s.quantized, s.calibration, pes, grid=grid,
-                                 index_bits=config.index_bits, dense=config.dense)
+                                 index_bits=config.index_bits, dense=config.dense,
+                                 weight_bits=config.weight_bits)
 
     x = reference.quantize_input(s.calibration, s.quantized.input_scale)[:256]
     try:

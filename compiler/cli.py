@@ -33,6 +33,20 @@ def _pes(text: str):
     return "auto" if text == "auto" else _positive(text)
 
 
+def _weight_bits(text: str):
+    """auto, off or a codebook index width 1..7."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number in 1..7, not "
+                                         f"{text!r}") from None
+    if not 1 <= value <= 7:
+        raise argparse.ArgumentTypeError(f"must be auto, off or in 1..7, not {value}")
+    return value
+
+
 def _banks(text: str):
     """N or N,N,... (the values are checked where every gateware option is: hw.options)."""
     try:
@@ -66,8 +80,8 @@ def cmd_build(args) -> int:
     config = BuildConfig(model=args.model, board=args.board or args.platform, pes=args.pes,
                          grid=args.grid, calibration=args.calibration, out=args.out,
                          trust_pickle=args.trust_pickle, index_bits=args.index_bits,
-                         fifo_depth=args.fifo_depth, banks=args.banks, dense=args.dense,
-                         requantize=args.requantize,
+                         weight_bits=args.weight_bits, fifo_depth=args.fifo_depth,
+                         banks=args.banks, dense=args.dense, requantize=args.requantize,
                          clock_mhz=args.clock_mhz, baud=args.baud,
                          allow_timing_failure=args.allow_timing_failure, seed=args.seed,
                          memory=args.memory, pipeline=args.pipeline, weights=args.weights,
@@ -85,7 +99,8 @@ def cmd_build(args) -> int:
     console.print(f"  plan: {r['plan']['reason']}")
     console.print(f"  sparsity {100 * r['totals']['sparsity']:.1f} % "
                   f"({r['totals']['nnz']}/{r['totals']['weights']} weights), "
-                  f"index bits {r['index_bits']}")
+                  f"index bits {r['index_bits']}, weight bits {r['weight_bits']}"
+                  f"{' (codebook)' if r['weight_bits'] < 8 else ''}")
     console.print(f"  cycles per inference: ideal {c['ideal']:.1f}, PE bound {c['pe_bound']:.1f}, "
                   f"dense {c['dense']}")
     console.print(f"  Verilog {r['verilog']}; report {result.out_dir / 'report.md'}")
@@ -208,6 +223,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickle that needs arbitrary classes (runs its code!)")
     p.add_argument("--index-bits", type=_positive, help="relative row index width")
+    p.add_argument("--weight-bits", type=_weight_bits, default="auto",
+                   help="weight sharing: auto (the default: a B-bit codebook index per entry "
+                        "where every layer's int8 weights take at most 2**B values, B <= 7, "
+                        "and that saves memory), off (int8 weights), or B in 1..7 (forced)")
     p.add_argument("--fifo-depth", type=_positive,
                    help="each PE's activation FIFO, 4..1024 (default 16)")
     p.add_argument("--banks", type=_banks,

@@ -108,6 +108,7 @@ def _decode_cached(program: SparseProgram):
         per_pe = []
         for k, pe in enumerate(program.pe_images):
             rows = program.reducers[k // C].row_count(m)
+            weights = _entry_weights(program, pe, m)
             mat = np.zeros((program.row_slots[m], cols), dtype=np.int64)
             for c in range(cols):
                 p = program.ptr_base[m] + c
@@ -117,10 +118,18 @@ def _decode_cached(program: SparseProgram):
                     if row >= rows:
                         raise ValueError(f"PE {k}'s image decodes to row {row} beyond its row "
                                          f"group's {rows} rows (layer {m}, column {c})")
-                    mat[row, c] += int(pe.entry_value[e])
+                    mat[row, c] += int(weights[e])
             per_pe.append(mat)
         mats.append(tuple(per_pe))
     return tuple(mats)
+
+
+def _entry_weights(program: SparseProgram, pe, layer: int) -> np.ndarray:
+    """The int8 weight of each of ``pe``'s entries, as the hardware sees it: the entry itself,
+    or (weight sharing) its code looked up in ``layer``'s codebook."""
+    if program.codebooks is None:
+        return pe.entry_value.astype(np.int64)
+    return np.asarray(program.codebooks[layer], dtype=np.int64)[pe.entry_code]
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,7 +14,27 @@ from hw.images import geometry, memory_bits
 
 from .reference import dense_cycles
 
-__all__ = ["build_report", "write_report", "record_simulation", "accuracy_line"]
+__all__ = ["storage", "build_report", "write_report", "record_simulation", "accuracy_line"]
+
+
+def storage(program, geo) -> dict:
+    """Weight-side memory of ``program``, by part, in bits, against the float32 dense model:
+    entry weight fields (int8 values or codebook indices, padding entries included), their
+    relative row indices, the pointer tables, the codebooks (a ROM in every PE), the
+    reducers' row parameters (bias and multiplier). ``float32_dense``: 32 bits per weight and
+    per bias of the float model, every weight stored."""
+    bits = memory_bits(geo)
+    entries = sum(geo.entry_depth)
+    parts = {"values": entries * geo.field_bits, "indices": entries * geo.index_bits,
+             "pointers": bits.get("pointers", 0), "codebooks": bits.get("codebooks", 0),
+             "row_parameters": bits.get("row_parameters", 0)}
+    total = sum(parts.values())
+    nnz = sum(layer.nnz for layer in program.layers)
+    dense = 32 * sum(layer.weight.size + layer.bias.size for layer in program.layers)
+    return {"parts": parts, "total": total, "nonzero": nnz,
+            "weight_bits": geo.field_bits, "index_bits": geo.index_bits,
+            "bits_per_nonzero": round(total / max(1, nnz), 3),
+            "float32_dense": dense, "compression": round(dense / max(1, total), 2)}
 
 
 def build_report(state) -> dict:
@@ -44,7 +64,7 @@ def build_report(state) -> dict:
     nnz = sum(layer.nnz for layer in program.layers)
     ideal = run.ideal_cycles
     bits = memory_bits(geo)
-    stored = bits["weights"] if "weights" in bits else bits.get("uploaded_weights", 0)
+    store = storage(program, geo)
     return {
         "model": program.model.name,
         "model_path": str(config.model),
@@ -54,6 +74,9 @@ def build_report(state) -> dict:
         "grid": str(program.grid),
         "plan": state.board_results.get("plan"),
         "index_bits": program.index_bits,
+        "weight_bits": geo.weight_bits,
+        "codebooks": ([[int(v) for v in t] for t in program.codebooks]
+                      if program.codebooks is not None else None),
         "memory_style": geo.memory,
         "accumulators": geo.accumulators,
         "pointers": geo.pointers,
@@ -82,8 +105,8 @@ def build_report(state) -> dict:
                    "accumulator": program.widths.accumulator, "biased": program.widths.biased,
                    "product": program.widths.product},
         "memory_bits": bits,
-        "bits_per_nonzero": round((stored + bits["pointers"] + bits["row_parameters"])
-                                  / max(1, nnz), 3),
+        "bits_per_nonzero": store["bits_per_nonzero"],
+        "storage": store,
         "verilog": str(state.verilog),
         "resources": state.board_results.get("resources") or {
             "source": "estimate from the memory images (no synthesis run)",
@@ -150,7 +173,9 @@ def _markdown(r: dict) -> str:
         "",
         f"- board: {r['board_description']}",
         f"- processing elements: {r['pes']} on a {r['grid']} grid, relative index bits: "
-        f"{r['index_bits']}, FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
+        f"{r['index_bits']}, weight bits: {r.get('weight_bits', 8)}"
+        f"{' (codebook indices)' if r.get('weight_bits', 8) < 8 else ''}, "
+        f"FIFO depth: {r['fifo_depth']}, banks per layer: {r['banks']}, "
         f"memories: {r['memory_style']}, accumulators: {r['accumulators']}, pointers: "
         f"{r['pointers']}, pipeline: {r['pipeline']}",
         *([f"- plan: {r['plan']['reason']}"] if r.get("plan") else []),
@@ -160,9 +185,10 @@ def _markdown(r: dict) -> str:
         f"- Verilog: `{r['verilog']}`",
         f"- Fmax: {r['fmax_mhz'] if r['fmax_mhz'] is not None else 'not built'} MHz, "
         f"bitstream: {r['bitstream'] or 'none'}",
-        f"- weight, pointer and row-parameter memory: {r['bits_per_nonzero']} bits per "
-        f"nonzero weight",
+        f"- weight, pointer, codebook and row-parameter memory: {r['bits_per_nonzero']} bits "
+        f"per nonzero weight",
         "",
+        *_storage_markdown(r),
         *_warnings_markdown(r),
         "## Layers",
         "",
@@ -204,6 +230,24 @@ def _markdown(r: dict) -> str:
     lines += ["", "## Build steps (seconds)", "", "| step | s |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r.get("steps", {}).items()]
     return "\n".join(lines) + "\n"
+
+
+def _storage_markdown(r: dict) -> list:
+    """The weight-side memory, part by part, against float32 dense (:func:`storage`)."""
+    st = r.get("storage")
+    if not st:
+        return []
+    kind = (f"{st['weight_bits']}-bit codebook indices" if st["weight_bits"] < 8
+            else "int8 values")
+    lines = ["## Storage", "", f"Weights as {kind}, {st['index_bits']}-bit relative row "
+             f"indices.", "", "| part | bits | bits per nonzero weight |", "|---|---|---|"]
+    nnz = max(1, st["nonzero"])
+    for part, value in st["parts"].items():
+        lines.append(f"| {part.replace('_', ' ')} | {value} | {value / nnz:.2f} |")
+    lines += [f"| total | {st['total']} | {st['bits_per_nonzero']:.2f} |",
+              f"| float32 dense (weights and biases) | {st['float32_dense']} | |", "",
+              f"{st['compression']:g} x smaller than the float32 dense model.", ""]
+    return lines
 
 
 def _warnings_markdown(r: dict) -> list:

@@ -45,6 +45,10 @@ def save_program(program: SparseProgram, path) -> None:
     for k, pe in enumerate(program.pe_images):
         for name in _PE_ARRAYS:
             arrays[f"pe{k}.{name}"] = getattr(pe, name)
+        if pe.entry_code is not None:
+            arrays[f"pe{k}.entry_code"] = pe.entry_code
+    for m, table in enumerate(program.codebooks or ()):
+        arrays[f"codebook{m}"] = np.asarray(table, dtype=np.int64)
     for r, red in enumerate(program.reducers):
         for name in _REDUCER_ARRAYS:
             arrays[f"reducer{r}.{name}"] = getattr(red, name)
@@ -59,6 +63,7 @@ def save_program(program: SparseProgram, path) -> None:
         "col_slots": list(program.col_slots), "ptr_base": list(program.ptr_base),
         "widths": dataclasses.asdict(program.widths),
         "skip_zero_activations": program.skip_zero_activations,
+        "codebooks": program.codebooks is not None,
     }
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     np.savez_compressed(path, **arrays)
@@ -90,8 +95,12 @@ def load_program(path) -> SparseProgram:
                                 bias=arrays[f"layer{m}.bias"], relu=info["relu"], quant=q,
                                 conv=conv or None, pool=pool or None))
         grid = Grid(*header["grid"])
-        pe_images = tuple(PEImage(**{name: arrays[f"pe{k}.{name}"] for name in _PE_ARRAYS})
+        shared = bool(header.get("codebooks", False))
+        pe_images = tuple(PEImage(**{name: arrays[f"pe{k}.{name}"] for name in _PE_ARRAYS},
+                                  entry_code=arrays[f"pe{k}.entry_code"] if shared else None)
                           for k in range(grid.pes))
+        codebooks = (tuple(arrays[f"codebook{m}"] for m in range(len(layers))) if shared
+                     else None)
         reducers = tuple(ReducerImage(
             rows=tuple(arrays[f"reducer{r}.rows{m}"] for m in range(len(layers))),
             **{name: arrays[f"reducer{r}.{name}"] for name in _REDUCER_ARRAYS})
@@ -103,7 +112,8 @@ def load_program(path) -> SparseProgram:
             row_base=tuple(header["row_base"]), out_slots=tuple(header["out_slots"]),
             col_slots=tuple(header["col_slots"]), ptr_base=tuple(header["ptr_base"]),
             pe_images=pe_images, reducers=reducers, widths=Widths(**header["widths"]),
-            skip_zero_activations=header["skip_zero_activations"]).verify()
+            skip_zero_activations=header["skip_zero_activations"],
+            codebooks=codebooks).verify()
     except FileNotFoundError:
         raise InputError(f"{path}: no compiled program here; run `python -m compiler build` "
                          f"first") from None

@@ -389,6 +389,13 @@ class PEImage:
     entry_value: np.ndarray   # int8
     entry_index: np.ndarray   # uint, < 2**index_bits
     ptr: np.ndarray           # int64, sum(col_slots) + 1 column starts
+    entry_code: np.ndarray | None = None   # codebook programs: each entry's index into its
+                                           # layer's table (``SparseProgram.codebooks``)
+
+    def layer_of_entries(self, ptr_base, col_slots) -> np.ndarray:
+        """The layer of each entry (entries are stored layer after layer)."""
+        ends = [int(self.ptr[b + n]) for b, n in zip(ptr_base, col_slots)]
+        return np.searchsorted(np.array(ends), np.arange(len(self.entry_value)), side="right")
 
 
 @dataclass(frozen=True, eq=False)
@@ -430,6 +437,16 @@ class SparseProgram:
     reducers: tuple[ReducerImage, ...]        # one per grid row
     widths: "Widths"
     skip_zero_activations: bool = True
+    # weight sharing (compiler.passes.codebook): per layer, the table that entry codes index
+    # (2**weight_bits int8 values; unused slots 0); None: entries hold int8 weights themselves
+    codebooks: tuple[np.ndarray, ...] | None = None
+
+    @property
+    def weight_bits(self) -> int:
+        """Bits of an entry's weight field: a codebook index, or 8 (an int8 weight)."""
+        if self.codebooks is None:
+            return 8
+        return max(1, (len(self.codebooks[0]) - 1).bit_length())
 
     @property
     def layers(self) -> tuple[Layer, ...]:
@@ -496,4 +513,29 @@ class SparseProgram:
             if len(pe.ptr) != depth or pe.ptr[0] != 0 or (np.diff(pe.ptr) < 0).any() \
                     or pe.ptr[-1] != len(pe.entry_value):
                 raise IRError("a PE's column pointers are not a CSC pointer table")
+        self._verify_codebooks()
         return self
+
+    def _verify_codebooks(self):
+        """Every entry's code decodes, through its layer's table, to its int8 value."""
+        if self.codebooks is None:
+            if any(pe.entry_code is not None for pe in self.pe_images):
+                raise IRError("entry codes without codebooks")
+            return
+        size = 1 << self.weight_bits
+        if len(self.codebooks) != len(self.layers) or any(
+                len(t) != size for t in self.codebooks) or not 1 <= self.weight_bits <= 7:
+            raise IRError("one codebook of 2**B entries (B in 1..7) per layer expected")
+        for t in self.codebooks:
+            if np.abs(np.asarray(t, dtype=np.int64)).max(initial=0) > WEIGHT_MAX:
+                raise IRError("a codebook value is outside the symmetric int8 range")
+        tables = np.asarray(self.codebooks, dtype=np.int64)
+        for pe in self.pe_images:
+            code = pe.entry_code
+            if code is None or len(code) != len(pe.entry_value) or (
+                    (code < 0) | (code >= size)).any():
+                raise IRError("every entry of a codebook program needs a code < 2**B")
+            layer = pe.layer_of_entries(self.ptr_base, self.col_slots)
+            if len(code) and not np.array_equal(tables[layer, code],
+                                                pe.entry_value.astype(np.int64)):
+                raise IRError("an entry's code does not decode to its weight")

@@ -24,8 +24,9 @@ from .options import HardwareOptions
 __all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "loader_queue_depth",
            "row_layout",
            "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
-           "pack_rows", "memory_bits",
-           "entry_bytes", "weight_image", "value_bits", "MemorySpec", "memories", "SPRAM_DEPTH", "deepest_memory"]
+           "pack_rows", "memory_bits", "codebook_rom",
+           "entry_bytes", "weight_image", "value_bits", "MemorySpec", "memories", "SPRAM_DEPTH",
+           "deepest_memory"]
 
 #: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
 #: chunks this deep.
@@ -80,10 +81,17 @@ class Geometry:
     fifo_depth: int           # each PE's activation FIFO
     reducer_fifo_depth: int   # each reducer's output FIFO
     skip_zero_activations: bool
+    weight_bits: int = 8      # an entry's weight field: 8 (int8) or a B-bit codebook index
+    codebooks: tuple = ()     # weight sharing: per layer, 2**B int8 values (the PEs' ROM)
 
     @property
     def pes(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def field_bits(self) -> int:
+        """Bits of an entry's weight field: the codebook index, or the signed value."""
+        return self.weight_bits if self.codebooks else self.value_bits
 
     @property
     def slots(self) -> int:
@@ -190,7 +198,9 @@ def geometry(program: SparseProgram, options: HardwareOptions | None = None) -> 
         pointers=options.pointers,
         partial_width=program.widths.partial, acc_width=program.widths.accumulator,
         bias_width=program.widths.biased, fifo_depth=fifo_depth, reducer_fifo_depth=16,
-        skip_zero_activations=program.skip_zero_activations)
+        skip_zero_activations=program.skip_zero_activations,
+        weight_bits=program.weight_bits,
+        codebooks=tuple(tuple(int(v) for v in t) for t in program.codebooks or ()))
 
 
 def deepest_memory(program: SparseProgram) -> int:
@@ -229,8 +239,17 @@ def bus_layout(geo: Geometry) -> data.StructLayout:
 
 
 def entry_layout(geo: Geometry) -> data.StructLayout:
-    return data.StructLayout({"value": signed(geo.value_bits),
-                              "index": unsigned(geo.index_bits)})
+    """One stored entry: its weight (a signed value of :attr:`Geometry.value_bits`, 8 for
+    int8, or with weight sharing a B-bit index into its layer's codebook) in the low bits, its
+    relative row index above."""
+    value = unsigned(geo.weight_bits) if geo.codebooks else signed(geo.value_bits)
+    return data.StructLayout({"value": value, "index": unsigned(geo.index_bits)})
+
+
+def codebook_rom(geo: Geometry) -> list:
+    """The PEs' codebook ROM, every layer's table in turn: layer ``m``'s code ``c`` at
+    ``m << B | c``."""
+    return [int(v) for table in geo.codebooks for v in table]
 
 
 def job_layout(geo: Geometry) -> data.StructLayout:
@@ -279,10 +298,12 @@ def pack_pointers(program: SparseProgram, pe: int, geo: Geometry) -> list:
 
 
 def pack_entries(program: SparseProgram, pe: int, geo: Geometry) -> list:
+    """PE ``pe``'s entry words (:func:`entry_layout`): weight field, then relative index."""
     img = program.pe_images[pe]
     mask = (1 << geo.index_bits) - 1
-    bits = geo.value_bits
-    values = (img.entry_value.astype(np.int64) & ((1 << bits) - 1)) | (
+    bits = geo.field_bits
+    weight = img.entry_value if img.entry_code is None else img.entry_code
+    values = (weight.astype(np.int64) & ((1 << bits) - 1)) | (
         img.entry_index.astype(np.int64) & mask) << bits
     return [int(v) for v in values] or [0]
 
@@ -341,6 +362,9 @@ def memories(geo: Geometry) -> list[MemorySpec]:
     else:
         for depth in geo.entry_depth:
             out.append(MemorySpec("pe.entries", depth, entry_w, kind="weights"))
+    if geo.codebooks:       # weight sharing: a small ROM in every PE (LUTs, in the bitstream)
+        out.append(MemorySpec("pe.codebook", len(codebook_rom(geo)), 8, count=geo.pes,
+                              read="async", kind="codebooks"))
     out.append(MemorySpec("pe.pointers", geo.ptr_depth, pointer_width(geo), count=geo.pes,
                           ports=2 if geo.pointers == "csc" else 1, kind="pointers"))
     if geo.accumulators == "block":

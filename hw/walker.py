@@ -9,7 +9,11 @@ tokens pass through in order, as ops of their own.
 Pipeline (``block`` memories add the two bracketed registers)::
 
     pop -> L0: pointer addresses -> L1: pointer words -> [L2] -> queue -> walker
-        -> E1: entry word -> [E2] -> op out
+        -> E1: entry word -> [E2] -> [D: codebook decode] -> op out
+
+With weight sharing an entry holds a B-bit code, not its int8 weight; a ROM of every layer's
+codebook (indexed by the op's bank slot, which names its layer, and the code) turns it into
+the weight in one more registered stage (D).
 """
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed, unsigned
@@ -17,8 +21,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, drain_layout,
-                     entry_layout, job_layout, pointer_width)
+from .images import (_WALKER_QUEUE, SPRAM_DEPTH, Geometry, bus_layout, codebook_rom,
+                     drain_layout, entry_layout, job_layout, pointer_width)
 from .weights import UploadedWeightMemory
 
 __all__ = ["ColumnWalker", "op_layout", "_count"]
@@ -108,8 +112,9 @@ class ColumnWalker(wiring.Component):
 
     @staticmethod
     def latency(geo: Geometry) -> int:
-        """Cycles from an op's issue to ``o``: the entry read (and its register)."""
-        return 2 if geo.memory == "block" else 1
+        """Cycles from an op's issue to ``o``: the entry read (and its register), and with
+        weight sharing the codebook's decode register."""
+        return (2 if geo.memory == "block" else 1) + (1 if geo.codebooks else 0)
 
     def elaborate(self, platform):
         m = Module()
@@ -186,17 +191,38 @@ class ColumnWalker(wiring.Component):
             m.d.sync += word.eq(entry)
             out = e2
         word = data.View(entry_layout(geo), word)
+        # a drain's weight is 0 as well as its act: the entry word read beside it can be
+        # any (in RTL simulation an X, which 0 x X does not clear)
+        weight, gap = Mux(out["drain"], 0, word.value), word.index
+        if geo.codebooks:
+            out, weight, gap = self._decode(m, out, word)
         m.d.comb += [
             self.o.valid.eq(out["valid"]),
             self.o.payload.slot.eq(out["slot"]), self.o.payload.first.eq(out["first"]),
             self.o.payload.end.eq(out["end"]), self.o.payload.act.eq(out["act"]),
             self.o.payload.drain.eq(out["drain"]), self.o.payload.row.eq(out["row"]),
-            # a drain's weight is 0 as well as its act: the entry word read beside it can be
-            # any (in RTL simulation an X, which 0 x X does not clear)
-            self.o.payload.weight.eq(Mux(out["drain"], 0, word.value)),
-            self.o.payload.gap.eq(word.index),
+            self.o.payload.weight.eq(weight),
+            self.o.payload.gap.eq(gap),
         ]
         return m
+
+    def _decode(self, m, out, word):
+        """Weight sharing, stage D: the entry's code through its layer's codebook (a ROM of
+        every layer's table, :func:`hw.images.codebook_rom`; the op's bank slot names its
+        layer) into a register, with the op's other fields registered beside it."""
+        geo = self.geo
+        rom = codebook_rom(geo)
+        d = {name: Signal(value.shape(), name=f"d_{name}") for name, value in out.items()}
+        m.d.sync += [d[name].eq(value) for name, value in out.items()]
+        layer_w = max(1, (geo.layers - 1).bit_length())
+        layer = Array(Const(geo.layer_of(s), layer_w) for s in range(geo.slots))[out["slot"]]
+        address = Signal(range(len(rom)))
+        m.d.comb += address.eq(word.value | (layer << geo.weight_bits))
+        weight = Signal(signed(8), name="d_weight")
+        gap = Signal(geo.index_bits, name="d_gap")
+        table = Array(Const(v, signed(8)) for v in rom)
+        m.d.sync += [weight.eq(Mux(out["drain"], 0, table[address])), gap.eq(word.index)]
+        return d, weight, gap
 
     def _lookup(self, m, pop, base):
         """L0: the column's pointer-table address; L1: the table's words; [L2: them in a

@@ -74,3 +74,23 @@ def images(shape, n=64, *, seed=1, density=0.6) -> np.ndarray:
     x = np.abs(rng.standard_normal((n, *shape)))
     x[rng.random(x.shape) > density] = 0.0
     return x.astype(np.float32)
+
+
+def share_weights(model: Model, values: int, *, seed=0) -> Model:
+    """``model`` with each layer's nonzero weights moved to the nearest of ``values`` distinct
+    nonzero levels (a weight-shared model, as ``prune --weight-bits`` leaves it); the zeros
+    stay zeros."""
+    import dataclasses
+    rng = np.random.default_rng(seed)
+    layers = []
+    for layer in model.layers:
+        w = layer.weight.astype(np.float64)
+        nz = w != 0
+        peak = float(np.abs(w).max()) if nz.any() else 1.0
+        levels = np.sort(rng.uniform(-peak, peak, values))
+        levels[np.argmax(np.abs(levels))] = peak * np.sign(levels[np.argmax(np.abs(levels))])
+        levels[levels == 0] = peak / 2
+        nearest = levels[np.abs(w[..., None] - levels).argmin(axis=-1)]
+        layers.append(dataclasses.replace(layer, weight=np.where(nz, nearest, 0.0)
+                                          .astype(np.float32)))
+    return dataclasses.replace(model, layers=tuple(layers)).verify()

@@ -255,6 +255,10 @@ def design_id(program) -> int:
     for pe in program.pe_images:
         for name in ("entry_value", "entry_index", "ptr"):
             h.update(bytes(getattr(pe, name).astype("<i8").tobytes()))
+        if pe.entry_code is not None:          # weight sharing: the codes the bitstream holds
+            h.update(bytes(pe.entry_code.astype("<i8").tobytes()))
+    for table in program.codebooks or ():
+        h.update(b"".join(int(v).to_bytes(8, "little", signed=True) for v in table))
     for red in program.reducers:
         for array in (*red.rows, red.bias, red.multiplier):
             h.update(bytes(array.astype("<i8").tobytes()))

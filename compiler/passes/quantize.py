@@ -15,7 +15,7 @@ from core.errors import SparsemacError
 from core.arith import ACT_MAX, MULTIPLIER_BITS, SHIFT_MAX, WEIGHT_MAX
 from core.ir import Layer, Model, Quantization
 
-__all__ = ["quantize", "quantize_multiplier", "quantize_multipliers", "float_forward",
+__all__ = ["quantize", "shared_weights", "SHARED_VALUES", "quantize_multiplier", "quantize_multipliers", "float_forward",
            "QuantizationError", "quantization_warnings", "LOSS_SHARE"]
 
 
@@ -87,9 +87,36 @@ def _activation_scale(values: np.ndarray) -> float:
     return peak / ACT_MAX if peak > 0 else 1.0
 
 
-def quantize(model: Model, calibration: np.ndarray) -> Model:
+#: A layer counts as weight-shared when its nonzero weights take at most this many distinct
+#: values and fewer values than weights (a trained layer has as many values as weights; a
+#: clustered one, a few).
+SHARED_VALUES = 128
+
+
+def shared_weights(weight: np.ndarray, limit: int = SHARED_VALUES) -> bool:
+    """Whether ``weight``'s nonzero values come from a small codebook (weight sharing)."""
+    nonzero = weight[weight != 0]
+    distinct = len(np.unique(nonzero))
+    return 0 < distinct <= limit and len(nonzero) > distinct
+
+
+def _weight_scales(layer: Layer, w: np.ndarray, shared: bool) -> np.ndarray:
+    """Per output channel, the float value of one int8 step: the channel's peak / 127, or for
+    a weight-shared layer one scale, the layer's peak / 127, for every channel (so that its few
+    float values stay few int8 values, and a codebook the pruner snapped to multiples of that
+    step quantizes exactly)."""
+    peak = np.abs(w).max(axis=1)
+    nonzero = peak > 0
+    if shared and nonzero.any():
+        return np.full(len(peak), peak.max() / WEIGHT_MAX)
+    return np.where(nonzero, peak / WEIGHT_MAX, peak.max() / WEIGHT_MAX if nonzero.any()
+                    else 1.0)
+
+
+def quantize(model: Model, calibration: np.ndarray, *, weight_sharing: bool = False) -> Model:
     """Quantize ``model`` with activation ranges measured on ``calibration`` (float [N, ...],
-    flattened to [N, in_features])."""
+    flattened to [N, in_features]). ``weight_sharing``: a layer whose weights come from a
+    small codebook (:func:`shared_weights`) gets one weight scale for all its channels."""
     x = np.asarray(calibration, dtype=np.float64).reshape(len(calibration), -1)
     scales = [_activation_scale(x)]
     for layer in model.layers:
@@ -100,10 +127,7 @@ def quantize(model: Model, calibration: np.ndarray) -> Model:
     for i, layer in enumerate(model.layers):
         in_scale, out_scale = scales[i], scales[i + 1]
         w = layer.weight.astype(np.float64).reshape(layer.channels, -1)
-        peak = np.abs(w).max(axis=1)
-        nonzero = peak > 0
-        w_scale = np.where(nonzero, peak / WEIGHT_MAX, peak.max() / WEIGHT_MAX if nonzero.any()
-                           else 1.0)
+        w_scale = _weight_scales(layer, w, weight_sharing and shared_weights(w))
         w_q = np.clip(np.rint(w / w_scale[:, None]), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
         w_q = w_q.reshape(layer.weight.shape)
         bias_q = np.rint(layer.bias.astype(np.float64) / (in_scale * w_scale))

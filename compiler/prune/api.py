@@ -30,6 +30,7 @@ from .masks import Targets, keep_count, project_exact
 from .methods import AUTO_UNITS, METHODS, PROJECTION
 from .metrics import SparsityReport, sparsity_report
 from .sensitivity import auto_targets
+from .sharing import BITS as SHARING_BITS, SHARE_FRACTION, share_weights
 from .train import Progress, Session, deterministic, evaluate
 from ..frontend import load_module, to_ir
 
@@ -77,6 +78,7 @@ class PruneConfig:
     lr: float = 3e-3
     batch_size: int = 64
     fit_board: str | None = None         # search the sparsity at which the model fits it
+    weight_bits: int | None = None       # weight sharing: 2**B-entry codebooks (sharing.py)
 
     def validate(self) -> "PruneConfig":
         if self.method not in METHODS:
@@ -98,6 +100,10 @@ class PruneConfig:
                              f"{self.max_accuracy_drop}")
         if self.val is not None and not isinstance(self.val, (str, os.PathLike)):
             raise InputError(f"--val must be the path of a .npz file, not {self.val!r}")
+        if self.weight_bits is not None and (not isinstance(self.weight_bits, int)
+                                             or self.weight_bits not in SHARING_BITS):
+            raise InputError(f"--weight-bits must be a whole number in {SHARING_BITS.start}.."
+                             f"{SHARING_BITS.stop - 1}, not {self.weight_bits!r}")
         if not self.lr > 0:
             raise InputError(f"--lr must be positive, not {self.lr}")
         if self.device not in DEVICES:
@@ -201,10 +207,19 @@ def prune_model(model: nn.Module, config: PruneConfig, *, data: PruneData | None
                             "budget_points": config.max_accuracy_drop}
         else:
             targets = Targets(float(config.sparsity))
+        sharing_steps = 0
+        if config.weight_bits is not None:      # the end of the budget tunes the codebooks
+            total = session.total_steps
+            sharing_steps = int(round(SHARE_FRACTION * total))
+            session.budget_steps = total - sharing_steps
         result = METHODS[config.method](copy.deepcopy(dense), session, targets)
         pruned = result.model.eval()
         info["projection"] = _make_exact(pruned, dense, targets, config.method,
                                          structured=result.kept is not None)
+        if config.weight_bits is not None:
+            distinct = share_weights(pruned, session, config.weight_bits, sharing_steps)
+            info["weight_sharing"] = {"bits": config.weight_bits, "steps": sharing_steps,
+                                      "distinct_nonzero": distinct}
         after = evaluate(pruned, x_eval, y_eval)
     pruned = pruned.cpu()
     report = sparsity_report(pruned, dense.cpu(), kept=result.kept)

@@ -15,6 +15,13 @@ _non_negative = real_number(at_least=0)
 _positive_float = real_number(above=0)
 
 
+def _weight_bits(text: str) -> int:
+    value = _positive(text)
+    if not 2 <= value <= 7:
+        raise argparse.ArgumentTypeError(f"must be in 2..7, not {value}")
+    return value
+
+
 def _sparsity(text: str):
     from core.errors import InputError
     from .api import parse_sparsity
@@ -79,7 +86,7 @@ def cmd_prune(args) -> int:
                          val=args.val, epochs=args.epochs, device=args.device, pes=args.pes,
                          seed=args.seed, max_accuracy_drop=args.max_accuracy_drop,
                          force=args.force, lr=args.lr, batch_size=args.batch_size,
-                         fit_board=args.fit_board)
+                         fit_board=args.fit_board, weight_bits=args.weight_bits)
     env = torchrun_env()
     main = env is None or env[0] == 0
     console = Console(highlight=False, soft_wrap=True)
@@ -137,6 +144,12 @@ def cmd_prune(args) -> int:
         console.print(f"per-layer targets ({what}; sensitivity analysis, one-shot within "
                       f"{args.max_accuracy_drop:g} points): " + ", ".join(
                           f"{k} {100 * v:.0f} %" for k, v in result.targets.per_layer.items()))
+    sharing = result.info.get("weight_sharing")
+    if sharing:
+        values = sharing["distinct_nonzero"]
+        console.print(f"weight sharing: {sharing['bits']}-bit codebooks, "
+                      f"{sharing['steps']} steps of centroid fine-tuning; distinct nonzero "
+                      f"values: " + ", ".join(f"{k} {v}" for k, v in values.items()))
     procs = f", {result.world_size} processes" if result.world_size > 1 else ""
     console.print(f"time {result.seconds:.1f} s on {result.device}{procs}; "
                   f"{args.epochs} epochs, seed {args.seed}")
@@ -209,6 +222,11 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=_positive, default=64,
                    help="global batch, split the same way on any number of processes "
                         "(default 64)")
+    p.add_argument("--weight-bits", type=_weight_bits, default=None, metavar="B",
+                   help="weight sharing (Deep Compression): cluster each layer's nonzero "
+                        "weights into a 2**B-entry codebook (2**B - 1 values and 0; B in "
+                        "2..7) and fine-tune it in the last quarter of the --epochs budget; "
+                        "build then stores B-bit indices")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow a pickle that needs arbitrary classes (runs its code!)")
     p.set_defaults(func=cmd_prune)
