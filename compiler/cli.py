@@ -194,6 +194,7 @@ def summary_table(s: dict) -> str:
         ("float correlation median / worst", stats(s["correlation"])),
         ("argmax agreement median / worst", stats(s["argmax_agreement"], 3)),
         ("builds warning of quantization loss", s["warned_builds"]),
+        ("builds with codebook weights", s["codebook_builds"]),
         ("simulator, seed", f"{s['simulator']}, {s['seed']}"),
         ("wall time", f"{s['wall_s']:.0f} s"),
     ]

@@ -135,7 +135,8 @@ def run_model(seed: int, index: int, cases: int, out_dir: str, simulator: str,
               "input_shape": list(model.input_shape), "cases": cases,
               "sizes": model.features.get("sizes", []),
               "sparsities": model.features.get("sparsities", []),
-              "outliers": model.features.get("outliers", 0)}
+              "outliers": model.features.get("outliers", 0),
+              "shared_layers": model.features.get("shared", 0)}
     options = _write_case(model, work)
     try:
         result = build(BuildConfig(model=str(work / "model.pt"), board=BOARD,
@@ -151,6 +152,7 @@ def run_model(seed: int, index: int, cases: int, out_dir: str, simulator: str,
         return _finish(record, model, out_dir, work, simulator, started, keep)
     record["warnings"] = result.report.get("warnings", [])
     record["pes"] = result.report["pes"]
+    record["weight_bits"] = result.report.get("weight_bits")
     # a model's few dozen inputs run in far less time than Verilator's optimised C++ build
     # takes: build it unoptimised, unless the user chose a level (sim/runner.py)
     saved = os.environ.get(VERILATOR_OPT_ENV)
@@ -223,6 +225,7 @@ def summarize(records: list, *, seed: int, cases: int, simulator: str, wall_s: f
         "pes_covered": sorted({r["pes"] for r in records if "pes" in r}),
         "kinds": {k: len([r for r in records if r["kind"] == k]) for k in ("mlp", "cnn")},
         "warned_builds": len([r for r in records if r.get("warnings")]),
+        "codebook_builds": len([r for r in records if (r.get("weight_bits") or 8) < 8]),
         "correlation": _stats(r.get("correlation") for r in ok),
         "argmax_agreement": _stats(r.get("argmax_agreement") for r in ok),
         "layer_sizes": {"min": min(sizes, default=None), "max": max(sizes, default=None),

@@ -79,6 +79,14 @@ def _sparsify(weight: torch.Tensor, rng, features: dict) -> None:
     if rng.random() < 0.08:
         flat.flat[rng.integers(0, flat.size)] = float(rng.choice([30.0, -200.0, 1e4]))
         features["outliers"] = features.get("outliers", 0) + 1
+    bits = features.get("share_bits")
+    if bits and (w != 0).any():            # weight-shared, as prune --weight-bits leaves it
+        peak = float(np.abs(w).max())
+        levels = features["share_rng"].uniform(-peak, peak, 2 ** bits - 1)
+        levels[levels == 0] = peak / 2
+        nz = w != 0
+        w[nz] = levels[np.abs(w[nz][:, None] - levels).argmin(axis=1)]
+        features["shared"] = features.get("shared", 0) + 1
     features.setdefault("sparsities", []).append(round(float((w == 0).mean()), 4))
 
 
@@ -205,6 +213,11 @@ def generate_model(seed: int, index: int, *, cases: int, calibration: int = 64,
     rng = np.random.default_rng([seed, index])
     torch.manual_seed(int(rng.integers(0, 2 ** 31)))
     features: dict = {"max_size": max_size}
+    # every layer weight-shared (a codebook build), drawn from a stream of its own so that the
+    # other models of a seed stay what they were
+    side = np.random.default_rng([seed, index, 1])
+    if side.random() < 0.15:
+        features["share_bits"], features["share_rng"] = int(side.integers(2, 7)), side
     if rng.random() < 0.3:
         features["kind"] = "cnn"
         layers, shape = _cnn(rng, features)
@@ -213,6 +226,7 @@ def generate_model(seed: int, index: int, *, cases: int, calibration: int = 64,
         fan_in = _size(rng, features)
         layers, shape = _linear_chain(rng, features, fan_in), (fan_in,)
     module = nn.Sequential(*layers).eval()
+    features.pop("share_rng", None)        # not part of the record (nor JSON)
     cal = rng.standard_normal((calibration, *shape)).astype(np.float32)
     if rng.random() < 0.3:
         cal = np.abs(cal)                    # nonnegative, like images
