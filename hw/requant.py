@@ -21,7 +21,7 @@ __all__ = ["Requantizer"]
 
 
 class Requantizer(wiring.Component):
-    """Three-stage requantization pipeline (seven when ``deep``) with a pass-through tag. It never
+    """Three-stage requantization pipeline (eight when ``deep``) with a pass-through tag. It never
     stalls: every cycle it takes a value if one is offered and delivers one ``latency`` cycles
     later.
 
@@ -92,7 +92,7 @@ class Requantizer(wiring.Component):
     @staticmethod
     def stages(deep: bool) -> int:
         """Cycles from an input to its output."""
-        return 7 if deep else 3
+        return 8 if deep else 3
 
     def elaborate(self, platform):
         m = Module()
@@ -124,9 +124,14 @@ class Requantizer(wiring.Component):
             if len(biased) > 16:
                 s2a = register(lo=biased[:16] * s1["multiplier"],
                                hi=biased[16:].as_signed() * s1["multiplier"], **side)
+                # and the products again: the DSP tiles sit in a few rows of the chip, often
+                # far from the rest of the reducer, and a register on each side of every long
+                # hop lets placement split it
+                s2a = register(lo=s2a["lo"], hi=s2a["hi"], **{k: s2a[k] for k in side})
                 product = (s2a["hi"] << 16) + s2a["lo"]
             else:
                 s2a = register(product=biased * s1["multiplier"], **side)
+                s2a = register(product=s2a["product"], **{k: s2a[k] for k in side})
                 product = s2a["product"]
             s2 = register(valid=s2a["valid"], product=product, shift=s2a["shift"],
                           relu=s2a["relu"], tag=s2a["tag"])
