@@ -318,11 +318,13 @@ class LinkedAccelerator(wiring.Component):
                          to_core.i.payload.eq(Mux(link.weights.valid,
                                                   Cat(link.weights.payload.data, 1,
                                                       link.weights.payload.first),
-                                                  link.input.payload)),
+                                                  Cat(link.input.payload, 0, 0))),
                          to_core.i.valid.eq(link.input.valid | link.weights.valid),
                          link.weights.ready.eq(to_core.i.ready)]
         else:
-            m.d.comb += [to_core.i.payload.eq(link.input.payload),
+            # an input is int8: widened as it is, a negative one would sign-extend into the
+            # weight and first-byte flags above it
+            m.d.comb += [to_core.i.payload.eq(Cat(link.input.payload, 0, 0)),
                          to_core.i.valid.eq(link.input.valid)]
         m.d.comb += [
             link.input.ready.eq(to_core.i.ready),
