@@ -200,6 +200,9 @@ def synth_options(board, options=None) -> str:
 #: an initial image (all zeros for these), and SPRAM, which has none, is only inferred for
 #: memories without one.
 DROP_UPLOADED_INIT = "delete r:MEMID=*uploaded_entries* t:$meminit_v2 %i"
+#: The flip-flops behind ``hw.images.REPLICA`` wires keep their copies: ``keep`` on the cells
+#: (an attribute on the wires alone does not stop ``opt_merge``).
+KEEP_REPLICAS = "setattr -set keep 1 a:sparsemac_replica %ci1 t:$dff %i"
 
 
 def board_products(program, board, out_dir, *, options, baud: int = DEFAULT_BAUD,
@@ -233,8 +236,9 @@ def build_bitstream(program, board, out_dir, *, options, baud: int = DEFAULT_BAU
     synth_opts = family.synth_options(board, options)
     if synth_opts:
         overrides["synth_opts"] = synth_opts
+    overrides["script_after_read"] = KEEP_REPLICAS
     if options.weights == "uploaded":
-        overrides["script_after_read"] = DROP_UPLOADED_INIT
+        overrides["script_after_read"] += "\n" + DROP_UPLOADED_INIT
     started = time.perf_counter()
     top, plan = _prepare(board, program, baud=baud, options=options,
                          overrides=overrides, toolchain_env=env)

@@ -27,7 +27,7 @@ from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .images import Geometry, drain_layout
+from .images import REPLICA, Geometry, drain_layout
 from .walker import ColumnWalker, op_layout
 
 __all__ = ["MacBanks"]
@@ -135,8 +135,10 @@ class MacBanks(wiring.Component):
         multiplexer of two registers, as in the block style."""
         geo = self.geo
         width = geo.partial_width
-        drain_valid = Signal()
-        drain = Signal.like(self.drain.payload)
+        # the PE's own copies of the request every PE of its grid row gets (REPLICA: not to be
+        # merged back into one register by synthesis)
+        drain_valid = Signal(attrs=REPLICA)
+        drain = Signal.like(self.drain.payload, attrs=REPLICA)
         m.d.sync += [drain_valid.eq(self.drain.valid), drain.eq(self.drain.payload)]
         reads, ports = [], []
         for s in range(geo.slots):
@@ -165,7 +167,7 @@ class MacBanks(wiring.Component):
         held = [Signal(signed(width), name=f"read{s}", reset_less=True)
                 for s in range(geo.slots)]
         m.d.sync += [h.eq(r) for h, r in zip(held, reads)]
-        a_drain_valid, a_drain = Signal(), Signal.like(drain)
+        a_drain_valid, a_drain = Signal(attrs=REPLICA), Signal.like(drain, attrs=REPLICA)
         m.d.sync += [a_drain_valid.eq(drain_valid), a_drain.eq(drain),
                      self.partial.eq(_select(held, a_drain.slot))]
         # the read (A0) missed what the ops one, two and three ahead (in S, A and W then)

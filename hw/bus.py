@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .images import Geometry, bus_layout
+from .images import REPLICA, Geometry, bus_layout
 
 __all__ = ["ColumnBus", "or_tree"]
 
@@ -107,8 +107,8 @@ class ColumnBus(wiring.Component):
             regs = []
             for k in range(count):
                 valid, payload = copies[min(k // per, len(copies) - 1)]
-                v = Signal(name=f"fan{level}_{k}_valid")
-                p = Signal(item, name=f"fan{level}_{k}_item", reset_less=True)
+                v = Signal(name=f"fan{level}_{k}_valid", attrs=REPLICA)
+                p = Signal(item, name=f"fan{level}_{k}_item", reset_less=True, attrs=REPLICA)
                 m.d.sync += [v.eq(valid), p.eq(payload)]
                 regs.append((v, p))
             copies = regs

@@ -23,10 +23,16 @@ from .options import HardwareOptions
 
 __all__ = ["Geometry", "geometry", "bus_layout", "entry_layout", "job_layout", "loader_queue_depth",
            "row_layout",
-           "drain_layout", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
+           "drain_layout", "REPLICA", "result_layout", "pack_entries", "pack_pointers", "pointer_width",
            "pack_rows", "memory_bits", "codebook_rom",
            "entry_bytes", "weight_image", "value_bits", "MemorySpec", "memories", "SPRAM_DEPTH",
            "deepest_memory"]
+
+#: Attributes of a register that copies another on purpose (a fan-out level, a PE's own copy
+#: of a request its neighbours get too). Yosys's ``opt_merge`` would fold identical registers
+#: back into one and undo the fan-out; the board flows mark the flip-flops behind such wires
+#: ``keep`` (``boards/flow.py``), which ``opt_merge`` respects.
+REPLICA = {"sparsemac_replica": 1}
 
 #: Words of one iCE40 SPRAM (SB_SPRAM256KA: 16384 x 16): uploaded weight memories come in
 #: chunks this deep.
