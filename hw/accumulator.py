@@ -21,6 +21,9 @@ Pipeline::
                  (from registers)
     block:       D: row decode, product -> D2: address, read -> R: registered (forwarded)
                  -> A: add (forwarded), write
+
+The deep pipeline puts a register stage before D (the operands) and after it (the product):
+the DSP tile is often far from the PE's logic, and each long hop gets a register at both ends.
 """
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
@@ -85,30 +88,43 @@ class MacBanks(wiring.Component):
         four-stage read-add (block)."""
         if geo.accumulators == "distributed":
             return 3
-        return 1 + ColumnWalker.latency(geo) + 5
+        return 1 + ColumnWalker.latency(geo) + 5 + (2 if geo.pipeline == "deep" else 0)
 
     def elaborate(self, platform):
         m = Module()
-        geo, op = self.geo, self.i.payload
+        geo, op, valid = self.geo, self.i.payload, self.i.valid
+        deep = geo.pipeline == "deep"
+        if deep:
+            # I: the op again, in registers placement can put beside the PE's DSP tile (the
+            # DSPs sit in a few rows of the chip, often far from the PE's logic)
+            valid, op = Signal(name="i_valid"), Signal(op_layout(geo), name="i_op",
+                                                       reset_less=True)
+            m.d.sync += [valid.eq(self.i.valid), op.eq(self.i.payload)]
 
         # D: the row of this entry (relative index: rows skipped since the previous entry's),
         # and its product
         prev = Signal(geo.row_bits)
         row = Signal(geo.row_bits)
         m.d.comb += row.eq(Mux(op.first, op.gap, prev + op.gap + 1))
-        with m.If(self.i.valid & ~op.end & ~op.drain):
+        with m.If(valid & ~op.end & ~op.drain):
             m.d.sync += prev.eq(row)
         d = {"valid": Signal(name="d_valid"), "end": Signal(name="d_end"),
              "drain": Signal(name="d_drain"), "slot": Signal.like(op.slot, name="d_slot"),
              "row": Signal(geo.row_bits, name="d_row", reset_less=True),
              "product": Signal(signed(16), name="d_product", reset_less=True)}
-        m.d.sync += [d["valid"].eq(self.i.valid), d["end"].eq(op.end), d["drain"].eq(op.drain),
+        m.d.sync += [d["valid"].eq(valid), d["end"].eq(op.end), d["drain"].eq(op.drain),
                      d["slot"].eq(op.slot), d["row"].eq(Mux(op.drain, op.row, row)),
                      d["product"].eq(op.weight * op.act)]
+        before = valid & ~op.end                    # what D's writes flag is registered from
+        if deep:
+            # D2: the product (and the op) again, so the hop back from the DSP is split too
+            d2 = {k: Signal.like(v, name=f"d2_{k}") for k, v in d.items()}
+            m.d.sync += [d2[k].eq(v) for k, v in d.items()]
+            before, d = d["valid"] & ~d["end"], d2
         if geo.accumulators == "distributed":
             token = self._distributed(m, d)
         else:
-            token = self._block(m, d)
+            token = self._block(m, d, before)
 
         # end tokens, per bank
         for s in range(geo.slots):
@@ -208,7 +224,7 @@ class MacBanks(wiring.Component):
             m.d.comb += [wp.addr.eq(addr), wp.data.eq(Mux(clear, 0, data)), wp.en.eq(en)]
         return a
 
-    def _block(self, m, d):
+    def _block(self, m, d, before):
         """One block RAM for every bank (bank ``s`` from ``base[s]``). R: the read's data into a
         register (or the sum the op two ahead wrote in the cycle of the read, which it
         missed); A: add the product to it - or to the sum the op just ahead wrote, which the
@@ -232,7 +248,7 @@ class MacBanks(wiring.Component):
         m.d.sync += addr.eq(Array(Const(b, addr_w) for b in bases)[d["slot"]] + d["row"])
         m.d.comb += rp.addr.eq(addr)
         w_in = Signal()
-        m.d.sync += w_in.eq(self.i.valid & ~self.i.payload.end)
+        m.d.sync += w_in.eq(before)
         d = d2
         r = {name: Signal.like(value, name=f"r_{name}") for name, value in d.items()}
         a = {name: Signal.like(value, name=f"a_{name}") for name, value in d.items()}
