@@ -1,5 +1,5 @@
 """Model factories for the tests: float IR models with controlled sparsity patterns, and torch
-modules for the frontend."""
+modules for the frontend; and the Amaranth-simulator check the accelerator tests share."""
 
 from __future__ import annotations
 
@@ -94,3 +94,18 @@ def share_weights(model: Model, values: int, *, seed=0) -> Model:
         layers.append(dataclasses.replace(layer, weight=np.where(nz, nearest, 0.0)
                                           .astype(np.float32)))
     return dataclasses.replace(model, layers=tuple(layers)).verify()
+
+
+def assert_accelerator_exact(program, x, options=None, **probabilities) -> np.ndarray:
+    """Run integer inputs ``x`` through the whole array in Amaranth's simulator
+    (:func:`hw.simulation.run_accelerator`, with ``probabilities``: ``ready_probability``,
+    ``valid_probability``) and check it against the reference model: every output equal, and
+    no inference in fewer cycles than the ideal. Returns the outputs."""
+    from compiler import reference
+    from hw.simulation import run_accelerator
+
+    hw, cycles, _ = run_accelerator(program, x, options, **probabilities)
+    expected = reference.run(program, x)
+    assert np.array_equal(hw, expected.outputs)
+    assert (cycles >= expected.ideal_cycles).all()
+    return hw

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 from _prune_helpers import digits_mlp, run_main
-from models import calibration, float_model, share_weights
+from models import assert_accelerator_exact, calibration, float_model, share_weights
 
 from compiler import reference
 from compiler.build import compile_model
@@ -155,11 +155,7 @@ def test_codebook_weights_are_bit_exact_in_the_amaranth_simulator(pes, memory, p
     x = np.vstack([x, np.full(shapes[0], 127), np.full(shapes[0], -128)])
     options = HardwareOptions(memory=memory, pipeline=pipeline, banks=2,
                               accumulators=accumulators, pointers=pointers)
-    hw, cycles, _ = run_accelerator(program, x, options, ready_probability=0.5,
-                                    valid_probability=0.7)
-    expected = reference.run(program, x)
-    assert np.array_equal(hw, expected.outputs)
-    assert (cycles >= expected.ideal_cycles).all()
+    assert_accelerator_exact(program, x, options, ready_probability=0.5, valid_probability=0.7)
 
 
 def test_uploaded_codebook_entries_follow_the_entry_width():

@@ -5,14 +5,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import images, sparsify_
+from models import assert_accelerator_exact, images, sparsify_
 
 from compiler import reference
 from compiler.build import compile_model
 from core.errors import FrontendError
 from compiler.frontend import to_ir
 from hw.options import HardwareOptions
-from hw.simulation import run_accelerator
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (3, 1, 1), (3, 2, 1), (5, 1, 0),
@@ -81,12 +80,8 @@ def test_gateware_runs_convolutions_bit_exactly(name, memory, pipeline):
     program = compile_model(model, cal.reshape(len(cal), -1), 3)
     x = reference.quantize_input(images(shape, n=2, seed=9).reshape(2, -1),
                                  program.model.input_scale)
-    hw, cycles, _ = run_accelerator(program, x,
-                                    HardwareOptions(memory=memory, pipeline=pipeline),
-                                    ready_probability=0.6)
-    expected = reference.run(program, x)
-    assert np.array_equal(hw, expected.outputs)
-    assert (cycles >= expected.ideal_cycles).all()
+    assert_accelerator_exact(program, x, HardwareOptions(memory=memory, pipeline=pipeline),
+                             ready_probability=0.6)
 
 
 @pytest.mark.parametrize("net, match", [

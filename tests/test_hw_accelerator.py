@@ -5,7 +5,7 @@ styles, banks, back-pressure, zero skipping, uploaded weights."""
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
-from models import calibration, float_model
+from models import assert_accelerator_exact, calibration, float_model
 
 from compiler import reference
 from compiler.build import compile_model
@@ -36,11 +36,7 @@ def test_accelerator_in_amaranth_simulation(pes, grid, shapes, sparsity, memory,
     x = np.vstack([x, np.zeros(shapes[0], dtype=np.int64)])      # a layer input of all zeros
     options = HardwareOptions(memory=memory, pipeline=pipeline, banks=banks,
                               accumulators=accumulators, pointers=pointers)
-    hw, cycles, _ = run_accelerator(program, x, options, ready_probability=0.5,
-                                    valid_probability=0.7)
-    expected = reference.run(program, x)
-    assert np.array_equal(hw, expected.outputs)
-    assert (cycles >= expected.ideal_cycles).all()
+    assert_accelerator_exact(program, x, options, ready_probability=0.5, valid_probability=0.7)
 
 
 def test_one_inference_at_a_time_gives_the_same_outputs():
