@@ -114,10 +114,11 @@ class Requantizer(wiring.Component):
         # stage 2: multiply. Deep: in two halves (the low 16 bits of `biased` and the rest),
         # each a DSP tile of its own with a register behind it, summed a stage later
         if self.deep:
-            # the multiplier's operands again, in registers whose only load is the DSP tiles:
-            # placed beside them, so that neither routing hop into and out of a MULT18 is a
-            # long one (the P = 32 ECP5 critical path ran from the row parameters' register
-            # through a MULT18 into the product's)
+            # the multiplier's operands again, in registers whose only load is the DSP tiles,
+            # meant to be placed beside them (the P = 32 ECP5 critical path ran from the row
+            # parameters' register through a MULT18 into the product's). Measured, nextpnr
+            # left them beside the reducer's logic (docs/benchmarks.md, section 0): the DSP's
+            # own registers are the next step
             s1 = register(valid=s1["valid"], biased=s1["biased"], multiplier=s1["multiplier"],
                           shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
             biased, side = s1["biased"], {k: s1[k] for k in ("valid", "shift", "relu", "tag")}
@@ -125,8 +126,7 @@ class Requantizer(wiring.Component):
                 s2a = register(lo=biased[:16] * s1["multiplier"],
                                hi=biased[16:].as_signed() * s1["multiplier"], **side)
                 # and the products again: the DSP tiles sit in a few rows of the chip, often
-                # far from the rest of the reducer, and a register on each side of every long
-                # hop lets placement split it
+                # far from the rest of the reducer (the same measured caveat as above)
                 s2a = register(lo=s2a["lo"], hi=s2a["hi"], **{k: s2a[k] for k in side})
                 product = (s2a["hi"] << 16) + s2a["lo"]
             else:
