@@ -23,7 +23,7 @@ Pipeline::
                  -> A: add (forwarded), write
 
 The deep pipeline puts a register stage before D (the operands) and after it (the product):
-the DSP tile is often far from the PE's logic (at P = 32 on the ECP5, 76.30 -> 78.02 MHz;
+the DSP tile is often far from the PE's logic (a small gain measured at P = 32 on the ECP5;
 placement does not always move these registers to the DSP, see docs/benchmarks.md).
 """
 
