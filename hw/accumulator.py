@@ -32,6 +32,7 @@ from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .images import REPLICA, Geometry, drain_layout
+from .multiply import Multiplier
 from .walker import ColumnWalker, op_layout
 
 __all__ = ["MacBanks"]
@@ -96,8 +97,11 @@ class MacBanks(wiring.Component):
         geo, op, valid = self.geo, self.i.payload, self.i.valid
         deep = geo.pipeline == "deep"
         if deep:
-            # I: the op again, in registers placement can put beside the PE's DSP tile (the
-            # DSPs sit in a few rows of the chip, often far from the PE's logic)
+            # I: the op again; its weight and activation in the multiplier's own operand
+            # registers (inside the DSP tile where the family's tile has them: the DSPs sit in a
+            # few rows of the chip, often far from the PE's logic), the rest beside the logic
+            m.submodules.multiplier = mul = Multiplier(op.weight.shape(), op.act.shape())
+            m.d.comb += [mul.a.eq(op.weight), mul.b.eq(op.act)]
             valid, op = Signal(name="i_valid"), Signal(op_layout(geo), name="i_op",
                                                        reset_less=True)
             m.d.sync += [valid.eq(self.i.valid), op.eq(self.i.payload)]
@@ -114,8 +118,12 @@ class MacBanks(wiring.Component):
              "row": Signal(geo.row_bits, name="d_row", reset_less=True),
              "product": Signal(signed(16), name="d_product", reset_less=True)}
         m.d.sync += [d["valid"].eq(valid), d["end"].eq(op.end), d["drain"].eq(op.drain),
-                     d["slot"].eq(op.slot), d["row"].eq(Mux(op.drain, op.row, row)),
-                     d["product"].eq(op.weight * op.act)]
+                     d["slot"].eq(op.slot), d["row"].eq(Mux(op.drain, op.row, row))]
+        if deep:
+            # the product from the multiplier's register (the tile's output register)
+            m.d.comb += d["product"].eq(mul.p)
+        else:
+            m.d.sync += d["product"].eq(op.weight * op.act)
         before = valid & ~op.end                    # what D's writes flag is registered from
         if deep:
             # D2: the product (and the op) again, so the hop back from the DSP is split too

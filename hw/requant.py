@@ -17,6 +17,8 @@ from amaranth.lib.wiring import In, Out
 
 from core.arith import ACT_MAX, ACT_MIN, MULTIPLIER_BITS, SHIFT_MAX
 
+from .multiply import Multiplier
+
 __all__ = ["Requantizer"]
 
 
@@ -114,25 +116,25 @@ class Requantizer(wiring.Component):
         # stage 2: multiply. Deep: in two halves (the low 16 bits of `biased` and the rest),
         # each a DSP tile of its own with a register behind it, summed a stage later
         if self.deep:
-            # the multiplier's operands again, in registers whose only load is the DSP tiles,
-            # meant to be placed beside them (the P = 32 ECP5 critical path ran from the row
-            # parameters' register through a MULT18 into the product's). Measured, nextpnr
-            # left them beside the reducer's logic (docs/benchmarks.md, section 0): the DSP's
-            # own registers are the next step
-            s1 = register(valid=s1["valid"], biased=s1["biased"], multiplier=s1["multiplier"],
-                          shift=s1["shift"], relu=s1["relu"], tag=s1["tag"])
-            biased, side = s1["biased"], {k: s1[k] for k in ("valid", "shift", "relu", "tag")}
-            if len(biased) > 16:
-                s2a = register(lo=biased[:16] * s1["multiplier"],
-                               hi=biased[16:].as_signed() * s1["multiplier"], **side)
-                # and the products again: the DSP tiles sit in a few rows of the chip, often
-                # far from the rest of the reducer (the same measured caveat as above)
-                s2a = register(lo=s2a["lo"], hi=s2a["hi"], **{k: s2a[k] for k in side})
-                product = (s2a["hi"] << 16) + s2a["lo"]
-            else:
-                s2a = register(product=biased * s1["multiplier"], **side)
-                s2a = register(product=s2a["product"], **{k: s2a[k] for k in side})
-                product = s2a["product"]
+            # the multiply in registered multipliers (hw/multiply.py: operands and product in
+            # the DSP tile's own registers where the family's tile has them; the P = 32 ECP5
+            # critical path ran from the row parameters' register through a MULT18 into the
+            # product's, docs/benchmarks.md, section 0), the side values in registers beside
+            biased, multiplier = s1["biased"], s1["multiplier"]
+            halves = ({"lo": biased[:16], "hi": biased[16:].as_signed()} if len(biased) > 16
+                      else {"product": biased})
+            products = {}
+            for name, operand in halves.items():
+                mul = Multiplier(operand.shape(), multiplier.shape())
+                m.submodules[f"multiplier_{name}"] = mul
+                m.d.comb += [mul.a.eq(operand), mul.b.eq(multiplier)]
+                products[name] = mul.p
+            side = {k: s1[k] for k in ("valid", "shift", "relu", "tag")}
+            for _ in range(Multiplier.latency):
+                side = register(**side)
+            # and the products again, beside the reducer's logic
+            s2a = register(**products, **side)
+            product = ((s2a["hi"] << 16) + s2a["lo"]) if "hi" in s2a else s2a["product"]
             s2 = register(valid=s2a["valid"], product=product, shift=s2a["shift"],
                           relu=s2a["relu"], tag=s2a["tag"])
         else:

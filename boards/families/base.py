@@ -85,8 +85,9 @@ class Family:
     def create_platform(self, platform_cls):
         """An instance of the board's platform class, in the flavour our flow reads
         (:meth:`platform_flavour`, :attr:`platform_options`), with :meth:`map_memory` as its
-        ``get_memory()`` hook when the family maps memories."""
-        flavour = with_memory_map(self.platform_flavour(platform_cls), self)
+        ``get_memory()`` hook when the family maps memories and :meth:`map_multiplier` as its
+        ``get_multiplier()`` hook when it maps multipliers."""
+        flavour = with_hooks(self.platform_flavour(platform_cls), self)
         return flavour(**self.platform_options)
 
     def platform_flavour(self, platform_cls):
@@ -99,6 +100,13 @@ class Family:
         Amaranth's own (what the synthesiser infers). Reached through the platform's
         ``get_memory()`` hook (:meth:`create_platform`), so the design never tests the
         family."""
+        return None
+
+    def map_multiplier(self, mul):
+        """The implementation of one of the design's registered multipliers
+        (:class:`hw.multiply.Multiplier`) on this family, or None for fabric registers around a
+        product the synthesiser maps. Reached through the platform's ``get_multiplier()`` hook,
+        like :meth:`map_memory`."""
         return None
 
     # ---- default gateware styles ----------------------------------------------------------
@@ -253,17 +261,22 @@ def _family(name: str):
     return _INSTANCES[name]
 
 
-def with_memory_map(platform_cls, family: Family):
-    """``platform_cls`` with a ``get_memory()`` hook that asks ``family.map_memory`` first
-    (unchanged when the family maps nothing)."""
-    if type(family).map_memory is Family.map_memory:
+def with_hooks(platform_cls, family: Family):
+    """``platform_cls`` with a ``get_memory()`` hook that asks ``family.map_memory`` first and a
+    ``get_multiplier()`` hook that asks ``family.map_multiplier`` (each only where the family
+    overrides the base's; unchanged when it overrides neither)."""
+    hooks = {}
+    if type(family).map_memory is not Family.map_memory:
+        def get_memory(self, mem):
+            return family.map_memory(mem) or memory.Memory.elaborate(mem, None)
+        hooks["get_memory"] = get_memory
+    if type(family).map_multiplier is not Family.map_multiplier:
+        def get_multiplier(self, mul):
+            return family.map_multiplier(mul)
+        hooks["get_multiplier"] = get_multiplier
+    if not hooks:
         return platform_cls
-
-    def get_memory(self, mem):
-        return family.map_memory(mem) or memory.Memory.elaborate(mem, None)
-
-    return type(platform_cls.__name__, (platform_cls,), {"get_memory": get_memory,
-                                                         "__module__": __name__})
+    return type(platform_cls.__name__, (platform_cls,), {**hooks, "__module__": __name__})
 
 
 class MemoryWithAttrs(Elaboratable):

@@ -142,6 +142,38 @@ class ECP5Family(NextpnrFamily):
             o_CLKOP=clkop, o_LOCK=locked)
         m.d.comb += [sync_clk.eq(clkop), link_clk.eq(clk_in)]
 
+    def map_multiplier(self, mul):
+        """A ``MULT18X18D`` with its input registers (A and B) and its output register on,
+        which hold the multiplier's operand and product registers inside the DSP tile: the
+        fabric copies were placed beside the logic, and the hops to and from the DSP rows set
+        the P = 32 clock. None (fabric registers, Yosys's mapping) when an operand does not fit
+        one tile: signed up to 18 bits, unsigned up to 17."""
+        from amaranth.hdl import ClockSignal, Instance, Module, Signal, signed
+
+        def fits(shape):
+            return shape.width <= (18 if shape.signed else 17)
+
+        if not (fits(mul.a_shape) and fits(mul.b_shape)):
+            return None
+        m = Module()
+        a, b, p = Signal(signed(18)), Signal(signed(18)), Signal(signed(36))
+        # sign- or zero-extended by the operand's own shape; the tile multiplies signed
+        m.d.comb += [a.eq(mul.a), b.eq(mul.b), mul.p.eq(p[:len(mul.p)])]
+        ports = {f"i_A{i}": a[i] for i in range(18)}
+        ports.update({f"i_B{i}": b[i] for i in range(18)})
+        ports.update({f"i_C{i}": 0 for i in range(18)})
+        ports.update({f"o_P{i}": p[i] for i in range(36)})
+        m.submodules.dsp = Instance(
+            "MULT18X18D",
+            p_REG_INPUTA_CLK="CLK0", p_REG_INPUTA_CE="CE0", p_REG_INPUTA_RST="RST0",
+            p_REG_INPUTB_CLK="CLK0", p_REG_INPUTB_CE="CE0", p_REG_INPUTB_RST="RST0",
+            p_REG_OUTPUT_CLK="CLK0", p_REG_OUTPUT_CE="CE0", p_REG_OUTPUT_RST="RST0",
+            p_GSR="DISABLED", p_RESETMODE="SYNC",
+            i_SIGNEDA=1, i_SIGNEDB=1, i_SOURCEA=0, i_SOURCEB=0,
+            i_CLK0=ClockSignal("sync"), i_CE0=1, i_RST0=0,
+            **ports)
+        return m
+
     def global_buffer(self, m, signal, name: str):
         """A ``DCCA`` onto one of the primary clock networks, which reach every slice's LSR
         mux too: nextpnr promotes only clocks by itself, and the reset, routed through the
