@@ -23,8 +23,9 @@ Pipeline::
                  -> A: add (forwarded), write
 
 The deep pipeline puts a register stage before D (the operands) and after it (the product):
-the DSP tile is often far from the PE's logic (a small gain measured at P = 32 on the ECP5;
-placement does not always move these registers to the DSP, see docs/benchmarks.md).
+the DSP tile is often far from the PE's logic. The product's operand and product registers are
+a :class:`~hw.multiply.Multiplier`'s, which a family with registered DSP tiles puts inside the
+tile (fabric registers were placed beside the logic, not the DSP: docs/benchmarks.md).
 """
 
 from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
